@@ -1,0 +1,278 @@
+"""The fast evaluator: a score set aligned to its ground truth, evaluated per class.
+
+:func:`load_eval_set` aligns a score set to the ground truth (every ground-truth clip must
+have scores and every scored clip must be in the ground truth, the classes must agree), and
+:class:`Evaluator` scores per-class parameters with sed_eval's semantics (see
+:mod:`envs.metrics`). Class columns are read lazily, one class at a time, and the filtered
+scores and their level index are cached per (class, kernel), so a search that revisits a
+kernel pays for the median filter once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.errors import SedtuneInputError
+from envs.events import ClassEvents
+from envs.groundtruth import GroundTruth, read_durations, read_ground_truth
+from envs.levels import LevelIndex
+from envs.metrics.counts import Counts
+from envs.metrics.event_based import event_counts
+from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall
+from envs.metrics.segment_based import segment_counts
+from envs.params import ClassParams
+from envs.scoreset import ClassScores, ScoreSet
+from envs.stack import apply_stack, clean, decode, median_filter
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """How events are scored.
+
+    Attributes:
+        t_collar_s: Onset/offset collar (seconds).
+        percentage_of_length: Offset tolerance as a fraction of the reference length.
+        segment_s: Segment length of the segment-based metric (seconds).
+    """
+
+    t_collar_s: float = 0.2
+    percentage_of_length: float = 0.2
+    segment_s: float = 1.0
+
+    def validate(self, where: str = "metric") -> MetricConfig:
+        """Check ranges; return self."""
+        if not (math.isfinite(self.t_collar_s) and self.t_collar_s >= 0):
+            raise SedtuneInputError(f"{where}.t_collar_s must be >= 0, but got {self.t_collar_s!r}")
+        if not (0 <= self.percentage_of_length <= 1):
+            raise SedtuneInputError(
+                f"{where}.percentage_of_length must be in [0, 1], but got {self.percentage_of_length!r}"
+            )
+        if not self.segment_s > 0:
+            raise SedtuneInputError(f"{where}.segment_s must be > 0, but got {self.segment_s!r}")
+        return self
+
+
+class EvalSet:
+    """Ground truth and (lazily read) scores of the same clips, in ground-truth order.
+
+    Args:
+        filenames: Clip names (ground-truth order).
+        classes: Class labels (score-set column order).
+        frame_hop_s: Seconds per frame.
+        durations_s: Per clip duration in seconds (NaN where unknown).
+        refs: Per class, its reference events.
+        loader: Reads one class's scores in ``filenames`` order.
+    """
+
+    def __init__(
+        self,
+        filenames: Sequence[str],
+        classes: Sequence[str],
+        frame_hop_s: float,
+        durations_s: F64,
+        refs: Mapping[str, ClassEvents],
+        loader: Callable[[str], ClassScores],
+    ) -> None:
+        self.filenames = tuple(filenames)
+        self.classes = list(classes)
+        self.frame_hop_s = frame_hop_s
+        self.durations_s = durations_s
+        self.refs = {c: refs.get(c, ClassEvents.empty()) for c in self.classes}
+        self._loader = loader
+        self._scores: dict[str, ClassScores] = {}
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+    def scores(self, label: str) -> ClassScores:
+        """One class's scores (read on first use, then kept)."""
+        if label not in self._scores:
+            self._scores[label] = self._loader(label)
+        return self._scores[label]
+
+    def subset(self, clip_indices: Sequence[int] | I64) -> EvalSet:
+        """The same data restricted to some clips (in the given order)."""
+        idx = np.asarray(clip_indices, dtype=np.int64)
+        gt = GroundTruth(self.filenames, dict(self.refs)).subset(idx)
+        parent = self
+        return EvalSet(
+            gt.filenames, self.classes, self.frame_hop_s, self.durations_s[idx], gt.events,
+            lambda c: parent.scores(c).take(idx),
+        )
+
+
+def align(
+    scores: ScoreSet,
+    truth: GroundTruth,
+    durations: Mapping[str, float] | None,
+    where: str,
+) -> EvalSet:
+    """Align a score set to a ground truth, refusing any mismatch.
+
+    Args:
+        scores: Opened score set.
+        truth: Ground truth.
+        durations: Optional clip durations (seconds).
+        where: Names the inputs in error messages.
+
+    Returns:
+        The aligned set (scores read lazily).
+
+    Raises:
+        SedtuneInputError: Clips or classes that do not match.
+    """
+    score_index = {n: i for i, n in enumerate(scores.filenames)}
+    missing = [n for n in truth.filenames if n not in score_index]
+    if missing:
+        raise SedtuneInputError(
+            f"{where}: clip {missing[0]!r} is in the ground truth but has no scores "
+            f"({len(missing)} such clip(s))"
+        )
+    gt_names = set(truth.filenames)
+    extra = [n for n in scores.filenames if n not in gt_names]
+    if extra:
+        raise SedtuneInputError(
+            f"{where}: clip {extra[0]!r} has scores but is not in the ground truth "
+            f"({len(extra)} such clip(s))"
+        )
+    unknown = [c for c in truth.labels if c not in scores.classes]
+    if unknown:
+        raise SedtuneInputError(
+            f"{where}: ground-truth class {unknown[0]!r} is not among the score classes {scores.classes}"
+        )
+    absent = [c for c in scores.classes if c not in truth.events]
+    if absent:
+        raise SedtuneInputError(
+            f"{where}: score class {absent[0]!r} has no event in the ground truth "
+            "(class sets differ)"
+        )
+    dur = np.full(len(truth.filenames), np.nan)
+    if durations is not None:
+        no_dur = [n for n in truth.filenames if n not in durations]
+        if no_dur:
+            raise SedtuneInputError(f"{where}: clip {no_dur[0]!r} has no duration")
+        dur = np.array([durations[n] for n in truth.filenames], dtype=np.float64)
+    order = np.array([score_index[n] for n in truth.filenames], dtype=np.int64)
+    identity = bool(np.array_equal(order, np.arange(len(order))))
+
+    def load(label: str) -> ClassScores:
+        cs = scores.read_class(label)
+        return cs if identity else cs.take(order)
+
+    return EvalSet(truth.filenames, scores.classes, scores.frame_hop_s, dur, truth.events, load)
+
+
+def load_eval_set(scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None) -> EvalSet:
+    """Open a score set, its ground truth and optional durations, aligned and validated."""
+    scores = ScoreSet.open(scores_uri)
+    truth = read_ground_truth(ground_truth_uri)
+    durations = read_durations(durations_uri) if durations_uri else None
+    return align(scores, truth, durations, f"{scores_uri} vs {ground_truth_uri}")
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """One class's figures."""
+
+    counts: Counts
+    f_measure: float
+    precision: float
+    recall: float
+
+    @staticmethod
+    def of(c: Counts) -> ClassResult:
+        """Figures from counts (sed_eval formulas)."""
+        return ClassResult(c, class_f_measure(c), precision(c), recall(c))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-class results and the macro F (class-wise average, NaN classes dropped)."""
+
+    per_class: dict[str, ClassResult]
+    macro_f: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "macro_f", macro_f_measure([r.f_measure for r in self.per_class.values()])
+        )
+
+
+class Evaluator:
+    """Evaluates per-class stack parameters on an :class:`EvalSet`.
+
+    Args:
+        data: The aligned set.
+        metric: Collars and segment length.
+    """
+
+    def __init__(self, data: EvalSet, metric: MetricConfig | None = None) -> None:
+        self.data = data
+        self.metric = (metric or MetricConfig()).validate()
+        self._filtered: dict[tuple[str, int], ClassScores] = {}
+        self._levels: dict[tuple[str, int], LevelIndex] = {}
+
+    def filtered(self, label: str, kernel_frames: int) -> ClassScores:
+        """Median-filtered scores of a class (cached)."""
+        key = (label, kernel_frames)
+        if key not in self._filtered:
+            self._filtered[key] = median_filter(self.data.scores(label), kernel_frames)
+        return self._filtered[key]
+
+    def levels(self, label: str, kernel_frames: int) -> LevelIndex:
+        """Level index of the filtered scores (cached)."""
+        key = (label, kernel_frames)
+        if key not in self._levels:
+            self._levels[key] = LevelIndex.build(self.filtered(label, kernel_frames))
+        return self._levels[key]
+
+    def events(self, label: str, params: ClassParams) -> ClassEvents:
+        """A class's events under ``params``."""
+        hop = self.data.frame_hop_s
+        if params.threshold_off is not None:
+            return apply_stack(
+                self.data.scores(label), params, hop, self.data.durations_s,
+                self.filtered(label, params.median_filter_frames),
+            )
+        index = self.levels(label, params.median_filter_frames)
+        start, end = index.runs_at(params.threshold)
+        clip = np.searchsorted(index.offsets, start, side="right").astype(np.int64) - 1
+        base = index.offsets[clip]
+        clip, s, e = clean(clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s)
+        return decode(clip, s, e, hop, self.data.durations_s)
+
+    def class_counts(self, label: str, params: ClassParams) -> Counts:
+        """Event-based counts of one class."""
+        m = self.metric
+        return event_counts(
+            self.data.refs[label], self.events(label, params), m.t_collar_s, m.percentage_of_length
+        )
+
+    def evaluate(self, params: Mapping[str, ClassParams]) -> Evaluation:
+        """Event-based figures for every class of the set.
+
+        Raises:
+            SedtuneInputError: If a class has no parameters.
+        """
+        out = {}
+        for c in self.data.classes:
+            if c not in params:
+                raise SedtuneInputError(f"parameters: no entry for class {c!r}")
+            out[c] = ClassResult.of(self.class_counts(c, params[c]))
+        return Evaluation(out)
+
+    def evaluate_segments(self, params: Mapping[str, ClassParams]) -> Evaluation:
+        """Segment-based figures (segments of ``metric.segment_s``)."""
+        out = {}
+        for c in self.data.classes:
+            ev = self.events(c, params[c])
+            out[c] = ClassResult.of(segment_counts(self.data.refs[c], ev, self.metric.segment_s))
+        return Evaluation(out)

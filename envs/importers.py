@@ -1,0 +1,191 @@
+"""Importers into score sets: sed_scores_eval TSV folders and NumPy arrays.
+
+TSV folder (sed_scores_eval convention): one file per clip, named after the clip without its
+audio extension, columns ``onset offset <class...>``, one row per frame, frames gapless. The
+frame hop is read from the first row (``offset - onset``) and every row's onset must lie at
+``i * hop`` (within 1 µs). The clip name in the score set gets ``audio_extension`` appended
+so that it matches the ground truth.
+
+NumPy: an ``.npz`` with ``scores`` (clips, frames, classes), ``filenames`` (clips,) and
+``classes`` (classes,), plus ``frame_hop_s``; or the same arrays passed directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.errors import SedtuneInputError
+from envs.scoreset import ScoreSetWriter, check_classes
+
+LOG = logging.getLogger(__name__)
+
+
+def _read_tsv(path: str) -> tuple[list[str], npt.NDArray[np.float64]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+            if header[:2] != ["onset", "offset"] or len(header) < 3:
+                raise SedtuneInputError(
+                    f"{path}, line 1: header must be 'onset offset <class...>', got {header[:4]}"
+                )
+            rows = []
+            for lineno, line in enumerate(f, start=2):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if len(parts) != len(header):
+                    raise SedtuneInputError(
+                        f"{path}, line {lineno}: {len(parts)} fields, header has {len(header)}"
+                    )
+                try:
+                    rows.append([float(x) for x in parts])
+                except ValueError:
+                    bad = next(x for x in parts if not _is_float(x))
+                    raise SedtuneInputError(f"{path}, line {lineno}: {bad!r} is not a number") from None
+    except UnicodeDecodeError as e:
+        raise SedtuneInputError(f"{path}: not a UTF-8 text file ({e})") from None
+    if not rows:
+        raise SedtuneInputError(f"{path}: no frames")
+    return header[2:], np.asarray(rows, dtype=np.float64)
+
+
+def _is_float(x: str) -> bool:
+    try:
+        float(x)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_frames(path: str, times: npt.NDArray[np.float64]) -> float:
+    onset, offset = times[:, 0], times[:, 1]
+    hop = float(offset[0] - onset[0])
+    if not hop > 0:
+        raise SedtuneInputError(f"{path}, line 2: offset {offset[0]} must exceed onset {onset[0]}")
+    expected = np.arange(len(onset)) * hop
+    bad = np.flatnonzero(np.abs(onset - expected) > 1e-6)
+    if len(bad):
+        i = int(bad[0])
+        raise SedtuneInputError(
+            f"{path}, line {i + 2}: onset {onset[i]} is not frame {i} x hop {hop} (frames must be gapless)"
+        )
+    return hop
+
+
+def import_tsv_folder(
+    folder: str,
+    out_uri: str,
+    audio_extension: str = ".wav",
+    clips_per_shard: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreSetWriter:
+    """Convert a sed_scores_eval TSV folder into a score set.
+
+    Args:
+        folder: Directory of ``<clip>.tsv`` files.
+        out_uri: Output score-set directory.
+        audio_extension: Appended to each clip name (ground truth names clips with it).
+        clips_per_shard: Rows per shard.
+        progress: Called with 1 after each clip.
+
+    Returns:
+        The closed writer (``n_clips``, ``n_shards``).
+
+    Raises:
+        SedtuneInputError: Malformed TSV, differing classes or hops, bad values.
+    """
+    if not os.path.isdir(folder):
+        raise SedtuneInputError(f"{folder}: not a directory")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".tsv"))
+    if not files:
+        raise SedtuneInputError(f"{folder}: no .tsv files")
+    writer: ScoreSetWriter | None = None
+    first = ""
+    hop0 = 0.0
+    for name in files:
+        path = os.path.join(folder, name)
+        classes, table = _read_tsv(path)
+        hop = _check_frames(path, table[:, :2])
+        if writer is None:
+            check_classes(classes, path)
+            writer = ScoreSetWriter(out_uri, classes, hop, clips_per_shard)
+            first, hop0 = path, hop
+        elif classes != writer.classes:
+            raise SedtuneInputError(f"{path}: classes {classes} differ from {writer.classes} in {first}")
+        elif abs(hop - hop0) > 1e-9:
+            raise SedtuneInputError(f"{path}: frame hop {hop} differs from {hop0} in {first}")
+        writer.add(name[: -len(".tsv")] + audio_extension, table[:, 2:])
+        if progress:
+            progress(1)
+    assert writer is not None  # files is non-empty
+    return writer.close()
+
+
+def _npz_arrays(path: str) -> tuple[npt.NDArray[np.floating], list[str], list[str], float]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("scores", "filenames", "classes", "frame_hop_s") if k not in z]
+            if missing:
+                raise SedtuneInputError(f"{path}: array {missing[0]!r} is missing")
+            return (
+                np.asarray(z["scores"]),
+                [str(x) for x in z["filenames"]],
+                [str(x) for x in z["classes"]],
+                float(z["frame_hop_s"]),
+            )
+    except (OSError, ValueError) as e:
+        raise SedtuneInputError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def import_numpy(
+    out_uri: str,
+    scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]],
+    filenames: Sequence[str],
+    classes: Sequence[str],
+    frame_hop_s: float,
+    clips_per_shard: int = 2000,
+) -> ScoreSetWriter:
+    """Write arrays as a score set.
+
+    Args:
+        out_uri: Output directory.
+        scores: (clips, frames, classes) array, or one (frames, classes) array per clip.
+        filenames: Clip names, one per clip.
+        classes: Class labels.
+        frame_hop_s: Seconds per frame.
+        clips_per_shard: Rows per shard.
+
+    Raises:
+        SedtuneInputError: Count or shape mismatches, bad values.
+    """
+    if len(scores) != len(filenames):
+        raise SedtuneInputError(
+            f"{out_uri}: {len(scores)} score matrices but {len(filenames)} filenames"
+        )
+    writer = ScoreSetWriter(out_uri, classes, frame_hop_s, clips_per_shard)
+    writer.add_many(zip(filenames, _iter(scores), strict=True))
+    return writer.close()
+
+
+def _iter(scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]]) -> Iterator[
+    npt.NDArray[np.floating]
+]:
+    yield from scores
+
+
+def import_npz(path: str, out_uri: str, clips_per_shard: int = 2000) -> ScoreSetWriter:
+    """Write an ``.npz`` (see module docstring) as a score set."""
+    scores, filenames, classes, hop = _npz_arrays(path)
+    if scores.ndim != 3:
+        raise SedtuneInputError(f"{path}: 'scores' must be (clips, frames, classes), got {scores.shape}")
+    if scores.shape[2] != len(classes):
+        raise SedtuneInputError(
+            f"{path}: 'scores' has {scores.shape[2]} classes but 'classes' lists {len(classes)}"
+        )
+    return import_numpy(out_uri, scores, filenames, classes, hop, clips_per_shard)

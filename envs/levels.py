@@ -1,0 +1,86 @@
+"""Threshold levels of one class's (filtered) scores: runs at any threshold without frames.
+
+A frame is active at threshold θ when ``p > θ``. With ``V`` the sorted distinct values of
+the scores and ``rank(p)`` the index of p in V, ``p > θ`` holds exactly when
+``rank(p) >= g(θ)``, with ``g(θ)`` the number of distinct values ``<= θ``. A frame starts a
+run at level g when its rank is ``>= g`` and its predecessor's (or -1 at a clip start) is
+``< g``; it ends one likewise with its successor. Only frames where the rank rises (falls)
+can ever start (end) a run, so those edges are all that is kept, and the runs at any
+threshold come from two integer comparisons over the edges instead of a pass over every
+frame. The threshold sweep (:mod:`envs.sweep`) uses the same edges for every level at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.scoreset import ClassScores
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class LevelIndex:
+    """Rising and falling rank edges of one class's scores.
+
+    Attributes:
+        values: Sorted distinct score values (float64).
+        offsets: Clip boundaries of the frames (n_clips + 1).
+        start_pos: Global frame position of every rising edge.
+        start_prev_rank: Rank of the previous frame (-1 at a clip start).
+        start_rank: Rank of the edge's frame.
+        end_pos: Global frame position of every falling edge (the run's last frame).
+        end_next_rank: Rank of the next frame (-1 at a clip end).
+        end_rank: Rank of the edge's frame.
+        rank: Rank of every frame.
+    """
+
+    values: F64
+    offsets: I64
+    start_pos: I64
+    start_prev_rank: I64
+    start_rank: I64
+    end_pos: I64
+    end_next_rank: I64
+    end_rank: I64
+    rank: I64
+
+    @staticmethod
+    def build(scores: ClassScores) -> LevelIndex:
+        """Index the scores (already median-filtered if a filter is wanted)."""
+        v64 = scores.values.astype(np.float64)
+        values, rank = np.unique(v64, return_inverse=True)
+        rank = rank.astype(np.int64)
+        n = rank.size
+        offsets = scores.offsets
+        prev = np.empty(n, np.int64)
+        nxt = np.empty(n, np.int64)
+        if n:
+            prev[1:] = rank[:-1]
+            prev[0] = -1
+            nxt[:-1] = rank[1:]
+            nxt[-1] = -1
+            prev[offsets[:-1][offsets[:-1] < n]] = -1
+            nxt[offsets[1:][offsets[1:] > 0] - 1] = -1
+        rising = np.flatnonzero(rank > prev).astype(np.int64)
+        falling = np.flatnonzero(rank > nxt).astype(np.int64)
+        return LevelIndex(
+            values, offsets,
+            rising, prev[rising], rank[rising],
+            falling, nxt[falling], rank[falling], rank,
+        )
+
+    def level(self, threshold: float) -> int:
+        """g(θ): how many distinct values are <= θ."""
+        return int(np.searchsorted(self.values, np.float64(threshold), side="right"))
+
+    def runs_at(self, threshold: float) -> tuple[I64, I64]:
+        """Runs of ``p > threshold``: global start positions and exclusive ends, in order."""
+        g = self.level(threshold)
+        s = self.start_pos[(self.start_rank >= g) & (self.start_prev_rank < g)]
+        e = self.end_pos[(self.end_rank >= g) & (self.end_next_rank < g)] + 1
+        return s, e

@@ -1,0 +1,203 @@
+"""The exact threshold sweep: one class, one fixed setting, F at every threshold.
+
+For a fixed median-filter kernel, gap filling and minimum duration, the events of a clip
+depend on the threshold only through which of the clip's distinct (filtered) values lie
+above it, so a clip with m distinct values has m + 1 possible outputs. The sweep computes the
+runs of every clip at every one of its levels at once from the rank edges of
+:class:`envs.levels.LevelIndex` (a median filter commutes with a threshold, so filtering
+once per kernel suffices), cleans and decodes them, matches them against the clip's
+reference events (each (clip, level) is a pseudo-clip with its own copy of the references),
+and accumulates the per-clip count changes over the global sorted values. The result is
+exact: the counts at every threshold equal a direct evaluation at that threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.events import ClassEvents
+from envs.levels import LevelIndex
+from envs.metrics.counts import Counts
+from envs.metrics.event_based import hit_pairs, matched_events
+from envs.metrics.fscore import class_f_measure
+from envs.stack import clean, decode
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+# Frames handled per chunk of clips: bounds the sweep's memory on large sets.
+CHUNK_FRAMES = 400_000
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """F against threshold for one class and setting, over the thresholds in (0, 1).
+
+    Attributes:
+        thresholds: One representative threshold per distinct decision (ascending): the
+            middle of the interval of thresholds that give that decision.
+        lower: Lower end of each interval (inclusive).
+        upper: Upper end of each interval (exclusive).
+        ntp: True positives at each threshold.
+        nsys: System events at each threshold.
+        nref: Reference events.
+        f_measure: Class F at each threshold (sed_eval, zero_score).
+    """
+
+    thresholds: F64
+    lower: F64
+    upper: F64
+    ntp: I64
+    nsys: I64
+    nref: int
+    f_measure: F64
+
+    def counts(self, i: int) -> Counts:
+        """Counts at threshold index i."""
+        return Counts(self.nref, int(self.nsys[i]), int(self.ntp[i]))
+
+    def best(self) -> tuple[float, float]:
+        """(threshold, F) with the highest F (the lowest such threshold on ties)."""
+        if len(self.f_measure) == 0 or bool(np.isnan(self.f_measure).all()):
+            return 0.5, float("nan")
+        i = int(np.nanargmax(self.f_measure))
+        return float(self.thresholds[i]), float(self.f_measure[i])
+
+
+def sweep_class(
+    index: LevelIndex,
+    refs: ClassEvents,
+    frame_hop_s: float,
+    durations_s: F64,
+    t_collar_s: float = 0.2,
+    percentage_of_length: float = 0.2,
+    fill_gap_s: float = 0.0,
+    min_duration_s: float = 0.0,
+) -> SweepResult:
+    """Sweep every threshold of one class for one setting of the other stages.
+
+    Args:
+        index: Level index of the class's (filtered) scores.
+        refs: The class's reference events (clip indices into the same clips).
+        frame_hop_s: Seconds per frame.
+        durations_s: Per clip duration (NaN where unknown).
+        t_collar_s: Collar (seconds).
+        percentage_of_length: Offset tolerance fraction.
+        fill_gap_s: Gap-filling setting (seconds).
+        min_duration_s: Minimum-duration setting (seconds).
+
+    Returns:
+        The F curve over all thresholds in (0, 1).
+    """
+    n_values = len(index.values)
+    delta_tp = np.zeros(n_values + 2, np.int64)
+    delta_sys = np.zeros(n_values + 2, np.int64)
+    n_clips = len(index.offsets) - 1
+    lo = 0
+    while lo < n_clips:
+        # Clips [lo, hi) with at most CHUNK_FRAMES frames (at least one clip).
+        limit = index.offsets[lo] + CHUNK_FRAMES
+        hi = max(lo + 1, int(np.searchsorted(index.offsets, limit, side="right")) - 1)
+        hi = min(hi, n_clips)
+        _sweep_chunk(
+            index, lo, hi, refs, frame_hop_s, durations_s, t_collar_s, percentage_of_length,
+            fill_gap_s, min_duration_s, delta_tp, delta_sys,
+        )
+        lo = hi
+    ntp = np.cumsum(delta_tp)[: n_values + 1]
+    nsys = np.cumsum(delta_sys)[: n_values + 1]
+    # Interval g holds thresholds in [V[g-1], V[g]); keep those meeting (0, 1).
+    lower = np.concatenate(([-np.inf], index.values))
+    upper = np.concatenate((index.values, [np.inf]))
+    valid = (upper > 0.0) & (lower < 1.0)
+    lo_c = np.maximum(lower[valid], 0.0)
+    up_c = np.minimum(upper[valid], 1.0)
+    thresholds = (lo_c + up_c) / 2
+    nref = len(refs)
+    f = np.array(
+        [class_f_measure(Counts(nref, int(s), int(t))) for s, t in zip(nsys[valid], ntp[valid], strict=True)]
+    )
+    return SweepResult(thresholds, lower[valid], upper[valid], ntp[valid], nsys[valid], nref, f)
+
+
+def _sweep_chunk(
+    index: LevelIndex,
+    clip_lo: int,
+    clip_hi: int,
+    refs: ClassEvents,
+    hop: float,
+    durations_s: F64,
+    t_collar_s: float,
+    pct: float,
+    fill_gap_s: float,
+    min_duration_s: float,
+    delta_tp: I64,
+    delta_sys: I64,
+) -> None:
+    f_lo, f_hi = int(index.offsets[clip_lo]), int(index.offsets[clip_hi])
+    if f_hi == f_lo:
+        return
+    n_values = np.int64(len(index.values) + 1)
+    offsets = index.offsets[clip_lo : clip_hi + 1]
+    frame_clip = np.repeat(np.arange(clip_lo, clip_hi, dtype=np.int64), np.diff(offsets))
+    # Levels: the distinct ranks of every clip, coded clip * n_values + rank, sorted.
+    levels = np.unique(frame_clip * n_values + index.rank[f_lo:f_hi])
+    level_clip = levels // n_values
+    level_rank = levels % n_values
+
+    def expand(pos: I64, low_rank: I64, high_rank: I64) -> tuple[I64, I64]:
+        # An edge at `pos` applies to the levels of its clip with rank in (low, high].
+        c = np.searchsorted(index.offsets, pos, side="right").astype(np.int64) - 1
+        a = np.searchsorted(levels, c * n_values + low_rank, side="right")
+        b = np.searchsorted(levels, c * n_values + high_rank, side="right")
+        n = b - a
+        total = int(n.sum())
+        first = np.cumsum(n) - n
+        lvl = np.repeat(a - first, n) + np.arange(total, dtype=np.int64)
+        return lvl, np.repeat(pos, n)
+
+    s_sel = (index.start_pos >= f_lo) & (index.start_pos < f_hi)
+    e_sel = (index.end_pos >= f_lo) & (index.end_pos < f_hi)
+    s_lvl, s_pos = expand(index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel])
+    e_lvl, e_pos = expand(index.end_pos[e_sel], index.end_next_rank[e_sel], index.end_rank[e_sel])
+    n_frames = np.int64(index.offsets[-1] + 1)
+    s_order = np.argsort(s_lvl * n_frames + s_pos, kind="stable")
+    e_order = np.argsort(e_lvl * n_frames + e_pos, kind="stable")
+    group = s_lvl[s_order]
+    clip = level_clip[group]
+    base = index.offsets[clip]
+    start = s_pos[s_order] - base
+    end = e_pos[e_order] + 1 - base
+    group, start, end = clean(group, start, end, hop, fill_gap_s, min_duration_s)
+    # Decode with each level as a pseudo-clip carrying its clip's duration.
+    est = decode(group, start, end, hop, durations_s[level_clip])
+    n_levels = len(levels)
+    nsys = np.bincount(est.clip, minlength=n_levels)
+    # References of each level's clip, copied per level, sorted by (level, onset).
+    r_first = np.searchsorted(refs.clip, level_clip, side="left")
+    r_count = np.searchsorted(refs.clip, level_clip, side="right") - r_first
+    total = int(r_count.sum())
+    first = np.cumsum(r_count) - r_count
+    r_idx = np.repeat(r_first - first, r_count) + np.arange(total, dtype=np.int64)
+    rep = ClassEvents(
+        np.repeat(np.arange(n_levels, dtype=np.int64), r_count),
+        refs.onset_s[r_idx], refs.offset_s[r_idx],
+    )
+    r_hit, e_hit = hit_pairs(rep, est, t_collar_s, pct)
+    matched = matched_events(r_hit, e_hit)
+    ntp = np.bincount(est.clip[matched], minlength=n_levels)
+    # Counts at level k apply for g in (rank_{k-1}, rank_k]; record the change at rank_k + 1
+    # to the clip's next level (or to nothing after its highest level).
+    last = np.ones(n_levels, dtype=bool)
+    last[:-1] = level_clip[1:] != level_clip[:-1]
+    first_lvl = np.ones(n_levels, dtype=bool)
+    first_lvl[1:] = level_clip[1:] != level_clip[:-1]
+    next_tp = np.where(last, 0, np.roll(ntp, -1))
+    next_sys = np.where(last, 0, np.roll(nsys, -1))
+    delta_tp[0] += int(ntp[first_lvl].sum())
+    delta_sys[0] += int(nsys[first_lvl].sum())
+    np.add.at(delta_tp, level_rank + 1, next_tp - ntp)
+    np.add.at(delta_sys, level_rank + 1, next_sys - nsys)
