@@ -5,7 +5,8 @@ have scores and every scored clip must be in the ground truth, the classes must 
 :class:`Evaluator` scores per-class parameters with sed_eval's semantics (see
 :mod:`envs.metrics`). Class columns are read lazily, one class at a time, and the filtered
 scores and their level index are cached per (class, kernel), so a search that revisits a
-kernel pays for the median filter once.
+kernel pays for the median filter once. Decoding goes through :class:`envs.levels.LevelIndex`;
+the frame-level path of :mod:`envs.stack` (used by ``apply``) is tested equal to it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from envs.events import ClassEvents
 from envs.groundtruth import GroundTruth, read_durations, read_ground_truth
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
-from envs.metrics.event_based import event_counts
+from envs.metrics.event_based import event_counts, hit_pairs, matched_events
 from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall
 from envs.metrics.segment_based import segment_counts
 from envs.params import ClassParams
 from envs.scoreset import ClassScores, ScoreSet
-from envs.stack import apply_stack, clean, decode, median_filter
+from envs.stack import clean, decode, median_filter_values
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -49,8 +50,9 @@ class MetricConfig:
 
     def validate(self, where: str = "metric") -> MetricConfig:
         """Check ranges; return self."""
-        if not (math.isfinite(self.t_collar_s) and self.t_collar_s >= 0):
-            raise SedtuneInputError(f"{where}.t_collar_s must be >= 0, but got {self.t_collar_s!r}")
+        # sed_eval refuses a collar of 0 (it must be a float > 0); so does sedtune.
+        if not (math.isfinite(self.t_collar_s) and self.t_collar_s > 0):
+            raise SedtuneInputError(f"{where}.t_collar_s must be > 0, but got {self.t_collar_s!r}")
         if not (0 <= self.percentage_of_length <= 1):
             raise SedtuneInputError(
                 f"{where}.percentage_of_length must be in [0, 1], but got {self.percentage_of_length!r}"
@@ -104,7 +106,11 @@ class EvalSet:
         gt = GroundTruth(self.filenames, dict(self.refs)).subset(idx)
         parent = self
         return EvalSet(
-            gt.filenames, self.classes, self.frame_hop_s, self.durations_s[idx], gt.events,
+            gt.filenames,
+            self.classes,
+            self.frame_hop_s,
+            self.durations_s[idx],
+            gt.events,
             lambda c: parent.scores(c).take(idx),
         )
 
@@ -170,7 +176,9 @@ def align(
     return EvalSet(truth.filenames, scores.classes, scores.frame_hop_s, dur, truth.events, load)
 
 
-def load_eval_set(scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None) -> EvalSet:
+def load_eval_set(
+    scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None
+) -> EvalSet:
     """Open a score set, its ground truth and optional durations, aligned and validated."""
     scores = ScoreSet.open(scores_uri)
     truth = read_ground_truth(ground_truth_uri)
@@ -217,36 +225,45 @@ class Evaluator:
     def __init__(self, data: EvalSet, metric: MetricConfig | None = None) -> None:
         self.data = data
         self.metric = (metric or MetricConfig()).validate()
-        self._filtered: dict[tuple[str, int], ClassScores] = {}
+        self._ranked: dict[str, tuple[F64, I64]] = {}
         self._levels: dict[tuple[str, int], LevelIndex] = {}
 
-    def filtered(self, label: str, kernel_frames: int) -> ClassScores:
-        """Median-filtered scores of a class (cached)."""
-        key = (label, kernel_frames)
-        if key not in self._filtered:
-            self._filtered[key] = median_filter(self.data.scores(label), kernel_frames)
-        return self._filtered[key]
+    def ranked(self, label: str) -> tuple[F64, I64]:
+        """A class's sorted distinct values and every frame's rank among them (cached)."""
+        if label not in self._ranked:
+            values, rank = np.unique(
+                self.data.scores(label).values.astype(np.float64), return_inverse=True
+            )
+            self._ranked[label] = (values, rank.astype(np.int64))
+        return self._ranked[label]
 
     def levels(self, label: str, kernel_frames: int) -> LevelIndex:
-        """Level index of the filtered scores (cached)."""
+        """Level index of the class's scores filtered with ``kernel_frames`` (cached).
+
+        The ranks are filtered instead of the values: a median commutes with the monotone
+        map value -> rank, so this equals indexing the filtered values.
+        """
         key = (label, kernel_frames)
         if key not in self._levels:
-            self._levels[key] = LevelIndex.build(self.filtered(label, kernel_frames))
+            values, rank = self.ranked(label)
+            offsets = self.data.scores(label).offsets
+            filtered = median_filter_values(rank, offsets, kernel_frames)
+            self._levels[key] = LevelIndex.from_ranks(filtered, values, offsets)
         return self._levels[key]
 
     def events(self, label: str, params: ClassParams) -> ClassEvents:
         """A class's events under ``params``."""
         hop = self.data.frame_hop_s
-        if params.threshold_off is not None:
-            return apply_stack(
-                self.data.scores(label), params, hop, self.data.durations_s,
-                self.filtered(label, params.median_filter_frames),
-            )
         index = self.levels(label, params.median_filter_frames)
-        start, end = index.runs_at(params.threshold)
+        if params.threshold_off is None:
+            start, end = index.runs_at(params.threshold)
+        else:
+            start, end = index.hysteresis_runs_at(params.threshold, params.threshold_off)
         clip = np.searchsorted(index.offsets, start, side="right").astype(np.int64) - 1
         base = index.offsets[clip]
-        clip, s, e = clean(clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s)
+        clip, s, e = clean(
+            clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s
+        )
         return decode(clip, s, e, hop, self.data.durations_s)
 
     def class_counts(self, label: str, params: ClassParams) -> Counts:
@@ -255,6 +272,33 @@ class Evaluator:
         return event_counts(
             self.data.refs[label], self.events(label, params), m.t_collar_s, m.percentage_of_length
         )
+
+    def class_counts_by_group(
+        self, label: str, params: ClassParams, groups: I64, n_groups: int
+    ) -> npt.NDArray[np.int64]:
+        """Event-based counts of one class split by clip groups (folds, or one group per clip).
+
+        Matching never crosses clips, so group totals add up to :meth:`class_counts`.
+
+        Args:
+            label: Class label.
+            params: The class's parameters.
+            groups: Group id of every clip (``len(data)`` entries).
+            n_groups: Number of groups.
+
+        Returns:
+            Array (n_groups, 3) of [nref, nsys, ntp].
+        """
+        m = self.metric
+        refs = self.data.refs[label]
+        est = self.events(label, params)
+        r_hit, e_hit = hit_pairs(refs, est, m.t_collar_s, m.percentage_of_length)
+        matched = matched_events(r_hit, e_hit)
+        out = np.zeros((n_groups, 3), np.int64)
+        out[:, 0] = np.bincount(groups[refs.clip], minlength=n_groups)
+        out[:, 1] = np.bincount(groups[est.clip], minlength=n_groups)
+        out[:, 2] = np.bincount(groups[est.clip[matched]], minlength=n_groups)
+        return out
 
     def evaluate(self, params: Mapping[str, ClassParams]) -> Evaluation:
         """Event-based figures for every class of the set.

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow.fs as pafs
 
 from envs.errors import SedtuneInputError
-from envs.scoreset import ScoreSetWriter, check_classes
+from envs.scoreset import ScoreSetWriter, check_classes, check_scores, resolve
 
 LOG = logging.getLogger(__name__)
 
@@ -66,16 +68,69 @@ def _is_float(x: str) -> bool:
 def _check_frames(path: str, times: npt.NDArray[np.float64]) -> float:
     onset, offset = times[:, 0], times[:, 1]
     hop = float(offset[0] - onset[0])
-    if not hop > 0:
+    if not (hop > 0 and np.isfinite(hop)):
         raise SedtuneInputError(f"{path}, line 2: offset {offset[0]} must exceed onset {onset[0]}")
+    not_finite = np.flatnonzero(~np.isfinite(offset))
+    if len(not_finite):
+        i = int(not_finite[0])
+        raise SedtuneInputError(f"{path}, line {i + 2}: offset {offset[i]} is not finite")
     expected = np.arange(len(onset)) * hop
-    bad = np.flatnonzero(np.abs(onset - expected) > 1e-6)
+    # written so that a NaN onset counts as off the grid
+    bad = np.flatnonzero(~(np.abs(onset - expected) <= 1e-6))
     if len(bad):
         i = int(bad[0])
         raise SedtuneInputError(
             f"{path}, line {i + 2}: onset {onset[i]} is not frame {i} x hop {hop} (frames must be gapless)"
         )
     return hop
+
+
+def _first_bad_score(values: npt.NDArray[np.floating]) -> tuple[int, int] | None:
+    """(row, column) of the first NaN, infinite or out-of-[0, 1] value of a 2-D array."""
+    with np.errstate(invalid="ignore"):
+        bad = ~((values >= 0.0) & (values <= 1.0))
+    if not bad.any():
+        return None
+    row, col = np.argwhere(bad)[0]
+    return int(row), int(col)
+
+
+def _check_output(out_uri: str) -> bool:
+    """Refuse an output that exists and is not an empty directory.
+
+    The writer names its shards ``part-00000.parquet``, ...: in a directory holding another
+    set it would overwrite some of that set's shards and leave the rest mixed into the new one.
+
+    Returns:
+        Whether the (empty) directory already existed.
+    """
+    fs, root = resolve(out_uri)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    if info.type != pafs.FileType.Directory:
+        raise SedtuneInputError(f"{out_uri}: the output exists and is not a directory")
+    if fs.get_file_info(pafs.FileSelector(root)):
+        raise SedtuneInputError(
+            f"{out_uri}: the output directory is not empty; choose a new or empty directory"
+        )
+    return True
+
+
+def _discard(writer: ScoreSetWriter | None, out_uri: str, existed: bool) -> None:
+    """After a failed import: delete the shards written and the directory if we created it."""
+    if writer is not None:
+        writer.abort()
+    if existed:
+        return
+    fs, root = resolve(out_uri)
+    try:
+        if fs.get_file_info(root).type == pafs.FileType.Directory and not fs.get_file_info(
+            pafs.FileSelector(root)
+        ):
+            fs.delete_dir(root)
+    except OSError:
+        LOG.warning("could not remove the empty output directory %s", out_uri)
 
 
 def import_tsv_folder(
@@ -98,47 +153,73 @@ def import_tsv_folder(
         The closed writer (``n_clips``, ``n_shards``).
 
     Raises:
-        SedtuneInputError: Malformed TSV, differing classes or hops, bad values.
+        SedtuneInputError: Malformed TSV, differing classes or hops, bad values, an output
+            that is not a new or empty directory. A failed import leaves no shards behind.
     """
     if not os.path.isdir(folder):
         raise SedtuneInputError(f"{folder}: not a directory")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".tsv"))
     if not files:
         raise SedtuneInputError(f"{folder}: no .tsv files")
+    existed = _check_output(out_uri)
     writer: ScoreSetWriter | None = None
     first = ""
     hop0 = 0.0
-    for name in files:
-        path = os.path.join(folder, name)
-        classes, table = _read_tsv(path)
-        hop = _check_frames(path, table[:, :2])
-        if writer is None:
+    try:
+        for name in files:
+            path = os.path.join(folder, name)
+            classes, table = _read_tsv(path)
             check_classes(classes, path)
-            writer = ScoreSetWriter(out_uri, classes, hop, clips_per_shard)
-            first, hop0 = path, hop
-        elif classes != writer.classes:
-            raise SedtuneInputError(f"{path}: classes {classes} differ from {writer.classes} in {first}")
-        elif abs(hop - hop0) > 1e-9:
-            raise SedtuneInputError(f"{path}: frame hop {hop} differs from {hop0} in {first}")
-        writer.add(name[: -len(".tsv")] + audio_extension, table[:, 2:])
-        if progress:
-            progress(1)
-    assert writer is not None  # files is non-empty
-    return writer.close()
+            hop = _check_frames(path, table[:, :2])
+            bad = _first_bad_score(table[:, 2:])
+            if bad is not None:
+                row, col = bad
+                check_scores(table[row, 2 + col : 3 + col],
+                             f"{path}, line {row + 2}, class {classes[col]!r}")
+            if writer is None:
+                writer = ScoreSetWriter(out_uri, classes, hop, clips_per_shard)
+                first, hop0 = path, hop
+            elif classes != writer.classes:
+                raise SedtuneInputError(
+                    f"{path}: classes {classes} differ from {writer.classes} in {first}"
+                )
+            elif abs(hop - hop0) > 1e-9:
+                raise SedtuneInputError(f"{path}: frame hop {hop} differs from {hop0} in {first}")
+            writer.add(name[: -len(".tsv")] + audio_extension, table[:, 2:])
+            if progress:
+                progress(1)
+        assert writer is not None  # files is non-empty
+        return writer.close()
+    except BaseException:
+        _discard(writer, out_uri, existed)
+        raise
 
 
 def _npz_arrays(path: str) -> tuple[npt.NDArray[np.floating], list[str], list[str], float]:
+    if not os.path.isfile(path):
+        raise SedtuneInputError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise SedtuneInputError(f"{path}: not a .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("scores", "filenames", "classes", "frame_hop_s") if k not in z]
             if missing:
                 raise SedtuneInputError(f"{path}: array {missing[0]!r} is missing")
+            hop = np.asarray(z["frame_hop_s"])
+            try:
+                hop_s = float(hop.item())
+            except (TypeError, ValueError):
+                raise SedtuneInputError(
+                    f"{path}: 'frame_hop_s' must be one number, but got {hop.shape} {hop.dtype}"
+                ) from None
             return (
                 np.asarray(z["scores"]),
                 [str(x) for x in z["filenames"]],
                 [str(x) for x in z["classes"]],
-                float(z["frame_hop_s"]),
+                hop_s,
             )
+    except SedtuneInputError:
+        raise
     except (OSError, ValueError) as e:
         raise SedtuneInputError(f"{path}: not a readable .npz file ({e})") from None
 
@@ -168,9 +249,15 @@ def import_numpy(
         raise SedtuneInputError(
             f"{out_uri}: {len(scores)} score matrices but {len(filenames)} filenames"
         )
-    writer = ScoreSetWriter(out_uri, classes, frame_hop_s, clips_per_shard)
-    writer.add_many(zip(filenames, _iter(scores), strict=True))
-    return writer.close()
+    existed = _check_output(out_uri)
+    writer = None
+    try:
+        writer = ScoreSetWriter(out_uri, classes, frame_hop_s, clips_per_shard)
+        writer.add_many(zip(filenames, _iter(scores), strict=True))
+        return writer.close()
+    except BaseException:
+        _discard(writer, out_uri, existed)
+        raise
 
 
 def _iter(scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]]) -> Iterator[
@@ -180,12 +267,38 @@ def _iter(scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]])
 
 
 def import_npz(path: str, out_uri: str, clips_per_shard: int = 2000) -> ScoreSetWriter:
-    """Write an ``.npz`` (see module docstring) as a score set."""
+    """Write an ``.npz`` (see module docstring) as a score set.
+
+    Every array is checked first, so errors name the ``.npz`` (and clip and class).
+    """
     scores, filenames, classes, hop = _npz_arrays(path)
-    if scores.ndim != 3:
-        raise SedtuneInputError(f"{path}: 'scores' must be (clips, frames, classes), got {scores.shape}")
+    if scores.ndim != 3 or not np.issubdtype(scores.dtype, np.number):
+        raise SedtuneInputError(
+            f"{path}: 'scores' must be a numeric (clips, frames, classes) array, "
+            f"got {scores.dtype} {scores.shape}"
+        )
+    check_classes(classes, f"{path}, 'classes'")
     if scores.shape[2] != len(classes):
         raise SedtuneInputError(
             f"{path}: 'scores' has {scores.shape[2]} classes but 'classes' lists {len(classes)}"
         )
+    if scores.shape[0] != len(filenames):
+        raise SedtuneInputError(
+            f"{path}: 'scores' holds {scores.shape[0]} clips but 'filenames' lists {len(filenames)}"
+        )
+    seen: set[str] = set()
+    for name in filenames:
+        if name in seen:
+            raise SedtuneInputError(
+                f"{path}: clip {name!r} appears twice in 'filenames' (duplicate)"
+            )
+        seen.add(name)
+    if not (hop > 0 and np.isfinite(hop)):
+        raise SedtuneInputError(f"{path}: 'frame_hop_s' must be > 0, but got {hop}")
+    for i, name in enumerate(filenames):
+        bad = _first_bad_score(scores[i])
+        if bad is not None:
+            frame, k = bad
+            check_scores(scores[i, frame, k : k + 1],
+                         f"{path}, clip {name!r}, class {classes[k]!r}, frame {frame}")
     return import_numpy(out_uri, scores, filenames, classes, hop, clips_per_shard)

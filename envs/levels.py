@@ -52,11 +52,21 @@ class LevelIndex:
     @staticmethod
     def build(scores: ClassScores) -> LevelIndex:
         """Index the scores (already median-filtered if a filter is wanted)."""
-        v64 = scores.values.astype(np.float64)
-        values, rank = np.unique(v64, return_inverse=True)
-        rank = rank.astype(np.int64)
+        values, rank = np.unique(scores.values.astype(np.float64), return_inverse=True)
+        return LevelIndex.from_ranks(rank.astype(np.int64), values, scores.offsets)
+
+    @staticmethod
+    def from_ranks(rank: I64, values: F64, offsets: I64) -> LevelIndex:
+        """Index frames given as ranks into ``values`` (sorted, possibly with unused entries).
+
+        A median filter commutes with the monotone map value -> rank, so a class is ranked
+        once and each kernel filters the ranks; unused values are dropped here in O(n).
+        """
+        used = np.bincount(rank, minlength=len(values)) > 0
+        if not used.all():
+            rank = (np.cumsum(used) - 1)[rank]
+            values = values[used]
         n = rank.size
-        offsets = scores.offsets
         prev = np.empty(n, np.int64)
         nxt = np.empty(n, np.int64)
         if n:
@@ -69,9 +79,15 @@ class LevelIndex:
         rising = np.flatnonzero(rank > prev).astype(np.int64)
         falling = np.flatnonzero(rank > nxt).astype(np.int64)
         return LevelIndex(
-            values, offsets,
-            rising, prev[rising], rank[rising],
-            falling, nxt[falling], rank[falling], rank,
+            values,
+            offsets,
+            rising,
+            prev[rising],
+            rank[rising],
+            falling,
+            nxt[falling],
+            rank[falling],
+            rank,
         )
 
     def level(self, threshold: float) -> int:
@@ -84,3 +100,18 @@ class LevelIndex:
         s = self.start_pos[(self.start_rank >= g) & (self.start_prev_rank < g)]
         e = self.end_pos[(self.end_rank >= g) & (self.end_next_rank < g)] + 1
         return s, e
+
+    def hysteresis_runs_at(self, on: float, off: float) -> tuple[I64, I64]:
+        """Runs that start at a frame with ``p > on`` and continue while ``p > off``.
+
+        Each run of ``p > off`` yields one run from its first frame above ``on`` (which
+        starts a run of ``p > on``) to its end; runs never above ``on`` yield nothing.
+        """
+        s_off, e_off = self.runs_at(off)
+        s_on, _ = self.runs_at(on)
+        if len(s_on) == 0:
+            return s_on, s_on
+        j = np.searchsorted(s_on, s_off, side="left")
+        first = s_on[np.minimum(j, len(s_on) - 1)]
+        valid = (j < len(s_on)) & (first < e_off)
+        return first[valid], e_off[valid]

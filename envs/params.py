@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from envs.errors import SedtuneInputError
 
@@ -77,7 +77,7 @@ class ClassParams:
         return asdict(self)
 
 
-def _is_number(v: object) -> bool:
+def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
@@ -190,6 +190,8 @@ def load_params(path: str) -> ParamFile:
             obj = json.load(f)
     except FileNotFoundError:
         raise SedtuneInputError(f"{path}: parameter file not found") from None
+    except OSError as e:
+        raise SedtuneInputError(f"{path}: cannot read the parameter file ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SedtuneInputError(f"{path}: not valid JSON ({e})") from None
     return params_from_json(obj, path)

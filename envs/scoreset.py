@@ -115,10 +115,11 @@ def check_scores(values: npt.NDArray[Any], where: str) -> None:
     if not finite.all():
         bad = values[~finite].flat[0]
         raise SedtuneInputError(f"{where}: score {bad} is not finite (NaN or inf)")
-    lo, hi = float(values.min()), float(values.max())
+    # numpy scalars print float32 values as written (-0.1), not widened (-0.10000000149011612)
+    lo, hi = values.min(), values.max()
     if lo < 0.0 or hi > 1.0:
         bad_value = lo if lo < 0.0 else hi
-        raise SedtuneInputError(f"{where}: score {bad_value} is outside [0, 1]")
+        raise SedtuneInputError(f"{where}: score {bad_value!s} is outside [0, 1]")
 
 
 class ScoreSetWriter:
@@ -212,12 +213,28 @@ class ScoreSetWriter:
             raise SedtuneInputError(f"{self.uri}: no clips were written")
         return self
 
+    def abort(self) -> None:
+        """Delete the shards this writer wrote and drop its buffer (after a failed write).
+
+        Shards already flushed would otherwise look like a complete, valid set.
+        """
+        self._names, self._mats = [], []
+        for i in range(self.n_shards):
+            path = f"{self.root}/part-{i:05d}.parquet"
+            try:
+                self.fs.delete_file(path)
+            except OSError:
+                LOG.warning("could not delete the partial shard %s", path)
+        self.n_shards = self.n_clips = 0
+
     def __enter__(self) -> ScoreSetWriter:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
 
 
 @dataclass(frozen=True)
@@ -371,7 +388,13 @@ class ScoreSet:
         lengths: list[npt.NDArray[np.int64]] = []
         for shard in self.shards:
             table = _read_columns(self.fs, shard.path, ["n_frames", label])
-            n_frames = table.column("n_frames").to_numpy().astype(np.int64)
+            n_frames_col = table.column("n_frames")
+            if n_frames_col.null_count:
+                row = int(np.flatnonzero(n_frames_col.is_null().to_numpy())[0])
+                raise SedtuneInputError(
+                    f"{shard.path}, clip {shard.filenames[row]!r}: n_frames is missing (null)"
+                )
+            n_frames = n_frames_col.to_numpy().astype(np.int64)
             col = table.column(label).combine_chunks()
             if col.null_count:
                 row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
@@ -430,9 +453,24 @@ def _read_shard_header(fs: pafs.FileSystem, path: str) -> tuple[list[str], float
                 )
             try:
                 classes = json.loads(meta[META_CLASSES])
-                hop = float(meta[META_HOP])
             except (KeyError, ValueError) as e:
-                raise SedtuneInputError(f"{path}: schema metadata is malformed ({e})") from e
+                raise SedtuneInputError(
+                    f"{path}: schema metadata {META_CLASSES.decode()} is missing or not JSON ({e})"
+                ) from e
+            if not isinstance(classes, list):
+                raise SedtuneInputError(
+                    f"{path}: schema metadata {META_CLASSES.decode()} must be a JSON list, "
+                    f"got {classes!r}"
+                )
+            try:
+                hop = float(meta[META_HOP])
+            except (KeyError, ValueError):
+                hop = math.nan
+            if not (hop > 0 and math.isfinite(hop)):
+                raise SedtuneInputError(
+                    f"{path}: schema metadata {META_HOP.decode()} must be a number > 0, "
+                    f"got {meta.get(META_HOP)!r}"
+                )
             check_classes(classes, path)
             for c in RESERVED_COLUMNS + tuple(classes):
                 if c not in schema.names:
@@ -447,7 +485,7 @@ def _read_shard_header(fs: pafs.FileSystem, path: str) -> tuple[list[str], float
     except SedtuneInputError:
         raise
     except (pa.ArrowException, OSError) as e:
-        raise SedtuneInputError(f"{path}: not a readable Parquet file ({e})") from e
+        raise SedtuneInputError(f"{path}: not a readable Parquet file ({_one_line(e)})") from e
     if names_col.null_count:
         raise SedtuneInputError(f"{path}: a row has no filename")
     names = [str(n) for n in names_col.to_pylist()]
@@ -459,4 +497,9 @@ def _read_columns(fs: pafs.FileSystem, path: str, columns: list[str]) -> pa.Tabl
         with fs.open_input_file(path) as f:
             return pq.read_table(f, columns=columns)
     except (pa.ArrowException, OSError) as e:
-        raise SedtuneInputError(f"{path}: not a readable Parquet file ({e})") from e
+        raise SedtuneInputError(f"{path}: not a readable Parquet file ({_one_line(e)})") from e
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's text on one line (Arrow messages can span several)."""
+    return " ".join(str(e).split())

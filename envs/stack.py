@@ -20,6 +20,8 @@ Comparisons against thresholds are made in float64 (the float32 probability wide
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import median_filter as _scipy_median
@@ -43,18 +45,25 @@ def median_filter(scores: ClassScores, kernel_frames: int) -> ClassScores:
     Returns:
         Filtered scores with the same offsets.
     """
+    values = median_filter_values(scores.values, scores.offsets, kernel_frames)
+    return ClassScores(scores.label, values, scores.offsets)
+
+
+def median_filter_values(
+    values: npt.NDArray[Any], offsets: I64, kernel_frames: int
+) -> npt.NDArray[Any]:
+    """Median-filter ragged per-clip values of any dtype (see :func:`median_filter`)."""
     if kernel_frames == 1:
-        return scores
-    out = np.empty_like(scores.values)
-    lengths = np.diff(scores.offsets)
+        return values
+    out = np.empty_like(values)
+    lengths = np.diff(offsets)
     for length in np.unique(lengths):
         if length == 0:
             continue
         clips = np.flatnonzero(lengths == length)
-        idx = scores.offsets[clips][:, None] + np.arange(length)[None, :]
-        block = scores.values[idx]
-        out[idx] = _scipy_median(block, size=(1, int(kernel_frames)), mode="reflect")
-    return ClassScores(scores.label, out, scores.offsets)
+        idx = offsets[clips][:, None] + np.arange(length)[None, :]
+        out[idx] = _scipy_median(values[idx], size=(1, int(kernel_frames)), mode="reflect")
+    return out
 
 
 def frame_clips(offsets: I64) -> I64:
@@ -90,9 +99,9 @@ def runs(active: BoolArray, offsets: I64) -> tuple[I64, I64]:
     return start, end
 
 
-def hysteresis_runs(values: npt.NDArray[np.floating], offsets: I64, on: float, off: float) -> (
-    tuple[I64, I64]
-):
+def hysteresis_runs(
+    values: npt.NDArray[np.floating], offsets: I64, on: float, off: float
+) -> tuple[I64, I64]:
     """Runs that start above ``on`` and continue while above ``off``."""
     v = values.astype(np.float64, copy=False)
     start, end = runs(v > np.float64(off), offsets)

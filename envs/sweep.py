@@ -45,6 +45,9 @@ class SweepResult:
         nsys: System events at each threshold.
         nref: Reference events.
         f_measure: Class F at each threshold (sed_eval, zero_score).
+        group_ntp: True positives per clip group (n_groups, thresholds).
+        group_nsys: System events per clip group (n_groups, thresholds).
+        group_nref: Reference events per clip group (n_groups,).
     """
 
     thresholds: F64
@@ -54,6 +57,9 @@ class SweepResult:
     nsys: I64
     nref: int
     f_measure: F64
+    group_ntp: npt.NDArray[np.int64]
+    group_nsys: npt.NDArray[np.int64]
+    group_nref: I64
 
     def counts(self, i: int) -> Counts:
         """Counts at threshold index i."""
@@ -76,6 +82,8 @@ def sweep_class(
     percentage_of_length: float = 0.2,
     fill_gap_s: float = 0.0,
     min_duration_s: float = 0.0,
+    groups: I64 | None = None,
+    n_groups: int = 1,
 ) -> SweepResult:
     """Sweep every threshold of one class for one setting of the other stages.
 
@@ -88,14 +96,19 @@ def sweep_class(
         percentage_of_length: Offset tolerance fraction.
         fill_gap_s: Gap-filling setting (seconds).
         min_duration_s: Minimum-duration setting (seconds).
+        groups: Group id (e.g. cross-validation fold) of every clip; None = one group.
+        n_groups: Number of groups.
 
     Returns:
         The F curve over all thresholds in (0, 1).
     """
     n_values = len(index.values)
-    delta_tp = np.zeros(n_values + 2, np.int64)
-    delta_sys = np.zeros(n_values + 2, np.int64)
     n_clips = len(index.offsets) - 1
+    if groups is None:
+        groups = np.zeros(n_clips, np.int64)
+        n_groups = 1
+    delta_tp = np.zeros((n_groups, n_values + 2), np.int64)
+    delta_sys = np.zeros((n_groups, n_values + 2), np.int64)
     lo = 0
     while lo < n_clips:
         # Clips [lo, hi) with at most CHUNK_FRAMES frames (at least one clip).
@@ -103,12 +116,24 @@ def sweep_class(
         hi = max(lo + 1, int(np.searchsorted(index.offsets, limit, side="right")) - 1)
         hi = min(hi, n_clips)
         _sweep_chunk(
-            index, lo, hi, refs, frame_hop_s, durations_s, t_collar_s, percentage_of_length,
-            fill_gap_s, min_duration_s, delta_tp, delta_sys,
+            index,
+            lo,
+            hi,
+            refs,
+            frame_hop_s,
+            durations_s,
+            t_collar_s,
+            percentage_of_length,
+            fill_gap_s,
+            min_duration_s,
+            groups,
+            delta_tp,
+            delta_sys,
         )
         lo = hi
-    ntp = np.cumsum(delta_tp)[: n_values + 1]
-    nsys = np.cumsum(delta_sys)[: n_values + 1]
+    g_tp = np.cumsum(delta_tp, axis=1)[:, : n_values + 1]
+    g_sys = np.cumsum(delta_sys, axis=1)[:, : n_values + 1]
+    ntp, nsys = g_tp.sum(axis=0), g_sys.sum(axis=0)
     # Interval g holds thresholds in [V[g-1], V[g]); keep those meeting (0, 1).
     lower = np.concatenate(([-np.inf], index.values))
     upper = np.concatenate((index.values, [np.inf]))
@@ -118,9 +143,16 @@ def sweep_class(
     thresholds = (lo_c + up_c) / 2
     nref = len(refs)
     f = np.array(
-        [class_f_measure(Counts(nref, int(s), int(t))) for s, t in zip(nsys[valid], ntp[valid], strict=True)]
+        [
+            class_f_measure(Counts(nref, int(s), int(t)))
+            for s, t in zip(nsys[valid], ntp[valid], strict=True)
+        ]
     )
-    return SweepResult(thresholds, lower[valid], upper[valid], ntp[valid], nsys[valid], nref, f)
+    g_ref = np.bincount(groups[refs.clip], minlength=n_groups).astype(np.int64)
+    return SweepResult(
+        thresholds, lower[valid], upper[valid], ntp[valid], nsys[valid], nref, f,
+        g_tp[:, valid], g_sys[:, valid], g_ref,
+    )
 
 
 def _sweep_chunk(
@@ -134,8 +166,9 @@ def _sweep_chunk(
     pct: float,
     fill_gap_s: float,
     min_duration_s: float,
-    delta_tp: I64,
-    delta_sys: I64,
+    groups: I64,
+    delta_tp: npt.NDArray[np.int64],
+    delta_sys: npt.NDArray[np.int64],
 ) -> None:
     f_lo, f_hi = int(index.offsets[clip_lo]), int(index.offsets[clip_hi])
     if f_hi == f_lo:
@@ -161,7 +194,9 @@ def _sweep_chunk(
 
     s_sel = (index.start_pos >= f_lo) & (index.start_pos < f_hi)
     e_sel = (index.end_pos >= f_lo) & (index.end_pos < f_hi)
-    s_lvl, s_pos = expand(index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel])
+    s_lvl, s_pos = expand(
+        index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel]
+    )
     e_lvl, e_pos = expand(index.end_pos[e_sel], index.end_next_rank[e_sel], index.end_rank[e_sel])
     n_frames = np.int64(index.offsets[-1] + 1)
     s_order = np.argsort(s_lvl * n_frames + s_pos, kind="stable")
@@ -184,7 +219,8 @@ def _sweep_chunk(
     r_idx = np.repeat(r_first - first, r_count) + np.arange(total, dtype=np.int64)
     rep = ClassEvents(
         np.repeat(np.arange(n_levels, dtype=np.int64), r_count),
-        refs.onset_s[r_idx], refs.offset_s[r_idx],
+        refs.onset_s[r_idx],
+        refs.offset_s[r_idx],
     )
     r_hit, e_hit = hit_pairs(rep, est, t_collar_s, pct)
     matched = matched_events(r_hit, e_hit)
@@ -197,7 +233,8 @@ def _sweep_chunk(
     first_lvl[1:] = level_clip[1:] != level_clip[:-1]
     next_tp = np.where(last, 0, np.roll(ntp, -1))
     next_sys = np.where(last, 0, np.roll(nsys, -1))
-    delta_tp[0] += int(ntp[first_lvl].sum())
-    delta_sys[0] += int(nsys[first_lvl].sum())
-    np.add.at(delta_tp, level_rank + 1, next_tp - ntp)
-    np.add.at(delta_sys, level_rank + 1, next_sys - nsys)
+    g = groups[level_clip]
+    np.add.at(delta_tp, (g[first_lvl], 0), ntp[first_lvl])
+    np.add.at(delta_sys, (g[first_lvl], 0), nsys[first_lvl])
+    np.add.at(delta_tp, (g, level_rank + 1), next_tp - ntp)
+    np.add.at(delta_sys, (g, level_rank + 1), next_sys - nsys)

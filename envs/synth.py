@@ -22,15 +22,16 @@ to the open files), so sets of any size stream through a bounded amount of memor
 
 Determinism: class properties come from ``SeedSequence(seed, spawn_key=(0, class index))``
 and chunk ``i`` from ``SeedSequence(seed, spawn_key=(1, i))``. The chunk size depends only on
-the number of classes and frames, so the same config gives identical scores and ground truth,
-``clips_per_shard`` does not change any value, and a larger ``n_clips`` extends a smaller set
-(its first clips are identical).
+the number of classes and frames (:attr:`SynthConfig.chunk_clips`), so the same config gives
+identical scores and ground truth whatever the machine, and ``clips_per_shard`` does not change
+any value.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import IO
@@ -151,7 +152,7 @@ class SynthConfig:
     gain_logit_range: tuple[float, float] = (5.0, 9.0)
     calibration_bias_logit_range: tuple[float, float] = (-2.5, 2.5)
     event_strength_std: float = 0.35
-    noise_std_logit: float = 1.2
+    noise_std_logit: float = 0.6
     noise_correlation_s: float = 0.08
     clip_offset_std_logit: float = 0.5
     response_smoothing_s: float = 0.1
@@ -164,6 +165,10 @@ class SynthConfig:
     fp_burst_strength_range: tuple[float, float] = (0.4, 1.0)
 
     def __post_init__(self) -> None:
+        for name in ("n_clips", "n_classes", "clips_per_shard", "max_events_per_class", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise SedtuneInputError(f"{name} must be an integer, but got {name}={value!r}")
         _check_min("n_clips", self.n_clips, 1)
         _check_min("n_classes", self.n_classes, 1)
         _check_min("clips_per_shard", self.clips_per_shard, 1)
@@ -400,7 +405,7 @@ def _sample_events(rng: np.random.Generator, cfg: SynthConfig, prof: _Profiles, 
         counts[over] -= 1
     # Sorted uniform positions share the free time out among the gaps before each event.
     u = np.sort(np.where(valid, rng.random(dur.shape), np.inf), axis=-1)
-    start = np.where(valid, u * free[..., None], 0.0)
+    start = np.where(valid, u, 0.0) * free[..., None]
     onset = start + np.cumsum(dur, axis=-1) - dur + m * gap_s
     onset_r = np.round(onset, 3)
     last_s = math.floor(t_s * 1000 + 1e-6) / 1000
@@ -409,15 +414,24 @@ def _sample_events(rng: np.random.Generator, cfg: SynthConfig, prof: _Profiles, 
 
 
 def _render(start_s: F64, end_s: F64, amp: F64, cfg: SynthConfig) -> F32:
-    """Per (clip, class, frame), the max over slots of amp x the frame's covered fraction."""
+    """Per row and frame, the max over slots of amp x the frame's covered fraction.
+
+    Args:
+        start_s: Starts of the slots, seconds, shape (rows, slots).
+        end_s: Ends of the slots, seconds, shape (rows, slots).
+        amp: Amplitude of each slot (0 for an empty slot), shape (rows, slots).
+        cfg: Gives the frame hop and the number of frames.
+
+    Returns:
+        Shape (rows, frames).
+    """
     hop = cfg.frame_hop_s
     edges = np.arange(cfg.n_frames + 1) * hop
-    n, k, slots = start_s.shape
-    out = np.zeros((n, k, cfg.n_frames), dtype=np.float32)
-    for s in range(slots):
-        a, b = start_s[..., s, None], end_s[..., s, None]
+    out = np.zeros((start_s.shape[0], cfg.n_frames), dtype=np.float32)
+    for s in range(start_s.shape[1]):
+        a, b = start_s[:, s, None], end_s[:, s, None]
         cover = np.clip(np.minimum(b, edges[1:]) - np.maximum(a, edges[:-1]), 0.0, hop) / hop
-        np.maximum(out, cover * amp[..., s, None], out=out, casting="unsafe")
+        np.maximum(out, cover * amp[:, s, None], out=out, casting="unsafe")
     return out
 
 
@@ -448,25 +462,29 @@ def _response(rng: np.random.Generator, cfg: SynthConfig, prof: _Profiles, ev: _
     """What the model hears per (clip, class, frame): lagged events, leaks, false positives."""
     n, k, slots = ev.valid.shape
     t_s, hop = cfg.clip_duration_s, cfg.frame_hop_s
-    jit = rng.normal(0.0, cfg.lag_jitter_s, size=(2, n, k, slots)) if cfg.lag_jitter_s else 0.0
+    jit = rng.normal(0.0, cfg.lag_jitter_s, size=(2, n, k, slots))
     start = ev.onset_s + prof.onset_lag_s[:, None] + jit[0]
     end = np.maximum(ev.offset_s + prof.offset_lag_s[:, None] + jit[1], start + hop)
     strength = np.exp(rng.normal(0.0, cfg.event_strength_std, size=(n, k, slots)))
-    resp = _render(np.clip(start, 0, t_s), np.clip(end, 0, t_s),
-                   np.where(ev.valid, strength, 0.0), cfg)
-    resp = _smooth(resp, cfg.response_smoothing_s, hop)
-    resp += prof.leak[:, None].astype(np.float32) * resp[:, prof.leak_src, :]
+    amp = np.where(ev.valid, strength, 0.0)
     # False-positive bursts, placed anywhere (also partly outside the clip).
     n_fp = np.minimum(rng.poisson(prof.fp_rate, size=(n, k)), MAX_FP_BURSTS)
-    fp_slots = int(n_fp.max()) if n_fp.size else 0
+    fp_slots = int(n_fp.max())
     if fp_slots:
         lo, hi = np.log(cfg.fp_burst_duration_range_s)
         dur = np.exp(rng.uniform(lo, hi, size=(n, k, fp_slots)))
-        start = rng.uniform(-dur, t_s)
-        amp = rng.uniform(*cfg.fp_burst_strength_range, size=(n, k, fp_slots))
-        amp = np.where(np.arange(fp_slots) < n_fp[..., None], amp, 0.0)
-        fp = _smooth(_render(start, start + dur, amp, cfg), cfg.response_smoothing_s, hop)
-        np.maximum(resp, fp, out=resp)
+        fp_start = rng.uniform(-dur, t_s)
+        fp_amp = rng.uniform(*cfg.fp_burst_strength_range, size=(n, k, fp_slots))
+        start = np.concatenate([start, fp_start], axis=-1)
+        end = np.concatenate([end, fp_start + dur], axis=-1)
+        amp = np.concatenate([amp, np.where(np.arange(fp_slots) < n_fp[..., None], fp_amp, 0.0)],
+                             axis=-1)
+    # Most (clip, class) pairs of a many-class set are silent: render only the others.
+    ci, ki = np.nonzero((amp > 0).any(axis=-1))
+    rows = _render(np.clip(start[ci, ki], 0, t_s), np.clip(end[ci, ki], 0, t_s), amp[ci, ki], cfg)
+    resp = np.zeros((n, k, cfg.n_frames), dtype=np.float32)
+    resp[ci, ki] = _smooth(rows, cfg.response_smoothing_s, hop)
+    resp += prof.leak[:, None].astype(np.float32) * resp[:, prof.leak_src, :]
     return resp
 
 

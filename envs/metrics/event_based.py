@@ -95,7 +95,7 @@ def matched_events(r_idx: I64, e_idx: I64) -> I64:
     deg_r = np.bincount(r_idx)
     deg_e = np.bincount(e_idx)
     simple = (deg_r[r_idx] == 1) & (deg_e[e_idx] == 1)
-    matched = e_idx[simple]
+    matched: I64 = e_idx[simple]
     if bool(simple.all()):
         return matched
     rest = np.asarray(_kuhn(r_idx[~simple], e_idx[~simple]), dtype=np.int64)

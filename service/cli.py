@@ -1,0 +1,93 @@
+"""The ``sedtune`` command line: parser, dispatch and error reporting.
+
+Every command is a function ``run(args) -> int`` in a small module of its own; this module
+wires them into one argparse tree. A :class:`envs.errors.SedtuneInputError` (bad user input)
+is printed as one line ``sedtune: error: ...`` with exit code 2; any other failure is printed
+as one line too (exit 1), with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from envs.errors import SedtuneInputError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    from service.commands import data_commands
+
+    parser = argparse.ArgumentParser(
+        prog="sedtune",
+        description="Tune the post-processing of sound event detection models.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_commands.register(sub)
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register command groups that live in other modules, if present."""
+    import importlib
+
+    for name in ("tune_commands", "service_commands"):
+        try:
+            mod = importlib.import_module(f"service.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"service.commands.{name}":
+                raise
+            continue
+        mod.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sedtune`` console script.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The process exit code.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SedtuneInputError as e:
+        if args.debug:
+            raise
+        print(f"sedtune: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sedtune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the user gets one line, never a traceback
+        if args.debug:
+            raise
+        print(
+            f"sedtune: failed: {type(e).__name__}: {e} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    """Collapse a message onto one line (errors are reported as exactly one line)."""
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

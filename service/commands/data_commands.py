@@ -1,0 +1,183 @@
+"""Data commands: ``synth``, ``import``, ``evaluate``, ``apply``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from envs.errors import SedtuneInputError
+from envs.evaluator import ClassResult, Evaluation, Evaluator, MetricConfig, load_eval_set
+from envs.metrics.counts import Counts
+from envs.params import ClassParams, ParamFile, check_hop, load_params
+from service.progress import progress_bar
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the data commands to the CLI."""
+    p = sub.add_parser("synth", help="generate a synthetic score set with ground truth")
+    p.add_argument("out", help="output directory (scores/, ground_truth.tsv, durations.tsv)")
+    p.add_argument("--clips", type=int, default=1000, help="number of clips")
+    p.add_argument("--classes", type=int, default=10, help="number of classes")
+    p.add_argument("--duration-s", type=float, default=10.0, help="clip duration (seconds)")
+    p.add_argument("--hop-s", type=float, default=0.064, help="frame hop (seconds)")
+    p.add_argument("--clips-per-shard", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=run_synth)
+
+    p = sub.add_parser("import", help="convert a TSV folder or .npz into a score set")
+    p.add_argument("source", help="folder of per-clip TSV files (sed_scores_eval) or an .npz file")
+    p.add_argument("out", help="output score-set directory or URI")
+    p.add_argument("--extension", default=".wav", help="appended to TSV clip names (default .wav)")
+    p.add_argument("--clips-per-shard", type=int, default=2000)
+    p.set_defaults(handler=run_import)
+
+    p = sub.add_parser("evaluate", help="event-based F1 of a parameter setting")
+    _data_args(p)
+    _param_args(p)
+    p.add_argument("--collar-s", type=float, default=0.2, help="t_collar (seconds)")
+    p.add_argument("--pct-length", type=float, default=0.2, help="percentage_of_length")
+    p.add_argument("--evaluator", choices=("fast", "sed_eval"), default="fast",
+                   help="fast (default) or the sed_eval reference (slow)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run_evaluate)
+
+    p = sub.add_parser("apply", help="turn scores into a DCASE event TSV with a parameter file")
+    p.add_argument("--scores", required=True, help="score-set directory or URI")
+    p.add_argument("--params", required=True, help="parameter file (JSON)")
+    p.add_argument("--durations", help="durations TSV (clip offsets to the clip end)")
+    p.add_argument("--out", required=True, help="output TSV (filename onset offset event_label)")
+    p.set_defaults(handler=run_apply)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scores", required=True, help="score-set directory or URI")
+    p.add_argument("--ground-truth", required=True, help="DCASE ground-truth TSV")
+    p.add_argument("--durations", help="durations TSV")
+
+
+def _param_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", help="parameter file (JSON); else the uniform setting below")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--median-filter-frames", type=int, default=1)
+    p.add_argument("--threshold-off", type=float, default=None, help="hysteresis release")
+    p.add_argument("--fill-gap-s", type=float, default=0.0)
+    p.add_argument("--min-duration-s", type=float, default=0.0)
+
+
+def _params(args: argparse.Namespace, classes: list[str], hop: float) -> ParamFile:
+    if args.params:
+        pf = load_params(args.params)
+        pf.check_classes(classes, args.params)
+        check_hop(pf, hop, args.params)
+        return pf
+    cp = ClassParams(
+        median_filter_frames=args.median_filter_frames,
+        threshold=args.threshold,
+        threshold_off=args.threshold_off,
+        fill_gap_s=args.fill_gap_s,
+        min_duration_s=args.min_duration_s,
+    ).validate("command line")
+    return ParamFile.uniform(classes, hop, cp)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """``sedtune synth``."""
+    from envs.synth import SynthConfig, generate
+
+    cfg = SynthConfig(
+        n_clips=args.clips, n_classes=args.classes, clip_duration_s=args.duration_s,
+        frame_hop_s=args.hop_s, seed=args.seed, clips_per_shard=args.clips_per_shard,
+    )
+    with progress_bar(total=args.clips, desc="synth", unit="clip") as bar:
+        res = generate(args.out, cfg, progress=bar.update)
+    print(
+        f"wrote {res.n_clips} clips x {len(res.classes)} classes ({res.n_events} events): "
+        f"{res.scores_uri}, {res.ground_truth_path}, {res.durations_path}"
+    )
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """``sedtune import``."""
+    from envs.importers import import_npz, import_tsv_folder
+
+    if args.source.endswith(".npz"):
+        w = import_npz(args.source, args.out, args.clips_per_shard)
+    elif os.path.isdir(args.source):
+        n = len([f for f in os.listdir(args.source) if f.endswith(".tsv")])
+        with progress_bar(total=n, desc="import", unit="clip") as bar:
+            w = import_tsv_folder(args.source, args.out, args.extension, args.clips_per_shard, bar.update)
+    else:
+        raise SedtuneInputError(f"{args.source}: neither a directory of TSV files nor an .npz file")
+    print(f"wrote {w.n_clips} clips x {len(w.classes)} classes in {w.n_shards} shard(s) to {args.out}")
+    return 0
+
+
+def evaluation_json(ev: Evaluation, seg: Evaluation | None) -> dict[str, Any]:
+    """Evaluation as a JSON-ready dict (NaN as null)."""
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    classes: dict[str, Any] = {}
+    for c, r in ev.per_class.items():
+        classes[c] = {
+            "nref": r.counts.nref, "nsys": r.counts.nsys, "ntp": r.counts.ntp,
+            "precision": num(r.precision), "recall": num(r.recall), "f_measure": num(r.f_measure),
+        }
+        if seg is not None:
+            classes[c]["segment_f_measure"] = num(seg.per_class[c].f_measure)
+    out: dict[str, Any] = {"macro_f_measure": num(ev.macro_f), "classes": classes}
+    if seg is not None:
+        out["segment_macro_f_measure"] = num(seg.macro_f)
+    return out
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``sedtune evaluate``."""
+    data = load_eval_set(args.scores, args.ground_truth, args.durations)
+    params = _params(args, data.classes, data.frame_hop_s)
+    metric = MetricConfig(t_collar_s=args.collar_s, percentage_of_length=args.pct_length)
+    evaluator = Evaluator(data, metric)
+    seg = evaluator.evaluate_segments(params.classes)
+    if args.evaluator == "sed_eval":
+        from envs.metrics.sed_eval_oracle import sed_eval_event_counts
+
+        events = {c: evaluator.events(c, params.classes[c]) for c in data.classes}
+        counts, _ = sed_eval_event_counts(
+            data.filenames, data.classes, data.refs, events, metric.t_collar_s, metric.percentage_of_length
+        )
+        ev = Evaluation({
+            c: ClassResult.of(Counts(counts[c].nref, counts[c].nsys, counts[c].ntp)) for c in data.classes
+        })
+    else:
+        ev = evaluator.evaluate(params.classes)
+    out = evaluation_json(ev, seg)
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'class':32s} {'Nref':>6s} {'Nsys':>6s} {'Ntp':>6s} {'P':>7s} {'R':>7s} {'F1':>7s} {'segF1':>7s}")
+    for c, r in out["classes"].items():
+        cells = [_fmt(r[k]) for k in ("precision", "recall", "f_measure", "segment_f_measure")]
+        print(f"{c:32s} {r['nref']:6d} {r['nsys']:6d} {r['ntp']:6d} " + " ".join(cells))
+    print(f"{'macro':32s} {'':6s} {'':6s} {'':6s} {'':7s} {'':7s} "
+          f"{_fmt(out['macro_f_measure'])} {_fmt(out['segment_macro_f_measure'])}")
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    return f"{'nan':>7s}" if x is None else f"{x:7.4f}"
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    """``sedtune apply``: scores + parameter file -> DCASE event TSV."""
+    from envs.apply import apply_to_tsv
+
+    n = apply_to_tsv(args.scores, args.params, args.out, args.durations)
+    print(f"wrote {n} events to {args.out}")
+    return 0

@@ -1,0 +1,131 @@
+"""A tuning problem: what every strategy searches, and how its candidates are scored.
+
+The problem holds the tuning clips (an :class:`envs.evaluator.EvalSet`), the search space,
+the metric, the manual reference setting and the cross-validation folds of the tuning clips.
+:class:`DataRef` is the small, picklable description of the same data that Ray workers use to
+read the shards themselves (nothing but names and paths travels to them).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.evaluator import EvalSet, Evaluator, MetricConfig, align
+from envs.groundtruth import read_durations, read_ground_truth
+from envs.params import ClassParams
+from envs.scoreset import ScoreSet
+from envs.space import SearchSpace
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Where a set's data lives, and which of its clips form the tuning part.
+
+    Attributes:
+        scores: Score-set URI.
+        ground_truth: Ground-truth TSV path or URI.
+        durations: Durations TSV, or None.
+        clips: Clip names of the part, in order (None = every ground-truth clip).
+    """
+
+    scores: str
+    ground_truth: str
+    durations: str | None
+    clips: tuple[str, ...] | None = None
+
+    def load(self) -> EvalSet:
+        """Open and align the data (on whichever process calls it), restricted to ``clips``."""
+        return _load_cached(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(ref: DataRef) -> EvalSet:
+    # Cached per process: Tune reuses actors and RLlib env runners live long, so a worker
+    # reads its data once.
+    scores = ScoreSet.open(ref.scores)
+    truth = read_ground_truth(ref.ground_truth)
+    durations = read_durations(ref.durations) if ref.durations else None
+    full = align(scores, truth, durations, f"{ref.scores} vs {ref.ground_truth}")
+    if ref.clips is None:
+        return full
+    index = {n: i for i, n in enumerate(full.filenames)}
+    return full.subset(np.array([index[n] for n in ref.clips], dtype=np.int64))
+
+
+def fold_ids(n_clips: int, n_folds: int, seed: int) -> I64:
+    """Balanced random fold id per clip (deterministic by seed)."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n_clips, dtype=np.int64) % n_folds
+    rng.shuffle(ids)
+    return ids
+
+
+@dataclass
+class TuningProblem:
+    """What a strategy tunes.
+
+    Attributes:
+        data: Reference to the tuning clips (for workers).
+        tuning: The tuning clips, loaded in this process.
+        space: Per-class search space.
+        metric: Collars.
+        manual: The manual reference parameters per class.
+        n_folds: Cross-validation folds of the tuning clips (for robust selection).
+        seed: Seed of the problem (fold assignment).
+    """
+
+    data: DataRef
+    tuning: EvalSet
+    space: SearchSpace
+    metric: MetricConfig
+    manual: dict[str, ClassParams]
+    n_folds: int = 5
+    seed: int = 0
+    folds: I64 = field(init=False)
+    _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.folds = fold_ids(len(self.tuning), self.n_folds, self.seed)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class labels."""
+        return self.tuning.classes
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """A cached evaluator on the tuning clips."""
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.tuning, self.metric)
+        return self._evaluator
+
+
+def fold_counts(
+    evaluator: Evaluator, params: Mapping[str, ClassParams], folds: I64, n_folds: int
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Per class, [nref, nsys, ntp] per fold (array (n_folds, 3))."""
+    return {c: evaluator.class_counts_by_group(c, params[c], folds, n_folds) for c in params}
+
+
+def macro_from_counts(counts: Mapping[str, npt.NDArray[np.int64]]) -> float:
+    """Macro F of totals over all folds (sed_eval semantics)."""
+    from envs.metrics.counts import Counts
+    from envs.metrics.fscore import class_f_measure, macro_f_measure
+
+    per = []
+    for c in counts.values():
+        tot = c.sum(axis=0)
+        per.append(class_f_measure(Counts(int(tot[0]), int(tot[1]), int(tot[2]))))
+    return macro_f_measure(per)
+
+
+def classes_order(values: Sequence[str]) -> list[str]:
+    """Class list as given (helper for readable call sites)."""
+    return list(values)
