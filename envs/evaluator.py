@@ -12,6 +12,7 @@ the frame-level path of :mod:`envs.stack` (used by ``apply``) is tested equal to
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ class EvalSet:
         durations_s: Per clip duration in seconds (NaN where unknown).
         refs: Per class, its reference events.
         loader: Reads one class's scores in ``filenames`` order.
+        max_cached_classes: Classes kept in memory after reading (None: all). Workers that
+            sweep one class after another on large sets keep only a few.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class EvalSet:
         durations_s: F64,
         refs: Mapping[str, ClassEvents],
         loader: Callable[[str], ClassScores],
+        max_cached_classes: int | None = None,
     ) -> None:
         self.filenames = tuple(filenames)
         self.classes = list(classes)
@@ -89,16 +93,23 @@ class EvalSet:
         self.durations_s = durations_s
         self.refs = {c: refs.get(c, ClassEvents.empty()) for c in self.classes}
         self._loader = loader
-        self._scores: dict[str, ClassScores] = {}
+        self._scores: OrderedDict[str, ClassScores] = OrderedDict()
+        self.max_cached_classes = max_cached_classes
 
     def __len__(self) -> int:
         return len(self.filenames)
 
     def scores(self, label: str) -> ClassScores:
-        """One class's scores (read on first use, then kept)."""
-        if label not in self._scores:
-            self._scores[label] = self._loader(label)
-        return self._scores[label]
+        """One class's scores (read on first use, then kept up to ``max_cached_classes``)."""
+        if label in self._scores:
+            self._scores.move_to_end(label)
+            return self._scores[label]
+        scores = self._loader(label)
+        self._scores[label] = scores
+        if self.max_cached_classes is not None:
+            while len(self._scores) > self.max_cached_classes:
+                self._scores.popitem(last=False)
+        return scores
 
     def subset(self, clip_indices: Sequence[int] | I64) -> EvalSet:
         """The same data restricted to some clips (in the given order)."""
@@ -112,6 +123,7 @@ class EvalSet:
             self.durations_s[idx],
             gt.events,
             lambda c: parent.scores(c).take(idx),
+            self.max_cached_classes,
         )
 
 

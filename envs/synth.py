@@ -18,13 +18,16 @@ event detection model, so that the post-processing stack has something to fix:
 
 Memory: clips are generated in chunks of about :data:`CELLS_PER_CHUNK` (frame, class) cells
 and written at once (scores through :class:`envs.scoreset.ScoreSetWriter`, TSV rows appended
-to the open files), so sets of any size stream through a bounded amount of memory.
+to the open files), so sets of any size stream through a bounded amount of memory: one chunk
+plus the writer's shard buffer (about 3 x clips_per_shard x classes x frames x 4 bytes while
+it flushes).
 
-Determinism: class properties come from ``SeedSequence(seed, spawn_key=(0, class index))``
-and chunk ``i`` from ``SeedSequence(seed, spawn_key=(1, i))``. The chunk size depends only on
+Determinism: class properties come from ``SeedSequence(seed, spawn_key=(0, class index))``,
+the confusion cycle from ``spawn_key=(2,)`` and chunk ``i`` from ``SeedSequence(seed, spawn_key=(1, i))``. The chunk size depends only on
 the number of classes and frames (:attr:`SynthConfig.chunk_clips`), so the same config gives
-identical scores and ground truth whatever the machine, and ``clips_per_shard`` does not change
-any value.
+identical scores and ground truth (given the same numpy and scipy versions; numpy's SIMD math
+may differ in the last bit between CPU families), and ``clips_per_shard`` does not change any
+value.
 """
 
 from __future__ import annotations

@@ -33,30 +33,47 @@ class DataRef:
         ground_truth: Ground-truth TSV path or URI.
         durations: Durations TSV, or None.
         clips: Clip names of the part, in order (None = every ground-truth clip).
+        classes: Classes evaluated (None = all of the score set's).
     """
 
     scores: str
     ground_truth: str
     durations: str | None
     clips: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
-    def load(self) -> EvalSet:
-        """Open and align the data (on whichever process calls it), restricted to ``clips``."""
-        return _load_cached(self)
+    def load(self, max_cached_classes: int | None = None) -> EvalSet:
+        """Open and align the data (on whichever process calls it), restricted to ``clips``.
+
+        Args:
+            max_cached_classes: Class columns kept in memory once read (None: all); workers
+                that go through hundreds of classes keep a few.
+        """
+        return _load_cached(self, max_cached_classes)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(ref: DataRef) -> EvalSet:
+def _load_cached(ref: DataRef, max_cached_classes: int | None) -> EvalSet:
     # Cached per process: Tune reuses actors and RLlib env runners live long, so a worker
     # reads its data once.
     scores = ScoreSet.open(ref.scores)
     truth = read_ground_truth(ref.ground_truth)
     durations = read_durations(ref.durations) if ref.durations else None
     full = align(scores, truth, durations, f"{ref.scores} vs {ref.ground_truth}")
+    if ref.classes is not None:
+        from service.jobcheck import restrict_classes
+
+        full.max_cached_classes = 0  # the restricted view below keeps the columns
+        full = restrict_classes(full, list(ref.classes))
     if ref.clips is None:
+        full.max_cached_classes = max_cached_classes
         return full
+    # The full set only feeds the subset: keep no columns there, so memory holds one copy.
+    full.max_cached_classes = 0
     index = {n: i for i, n in enumerate(full.filenames)}
-    return full.subset(np.array([index[n] for n in ref.clips], dtype=np.int64))
+    part = full.subset(np.array([index[n] for n in ref.clips], dtype=np.int64))
+    part.max_cached_classes = max_cached_classes
+    return part
 
 
 def fold_ids(n_clips: int, n_folds: int, seed: int) -> I64:

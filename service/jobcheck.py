@@ -1,0 +1,135 @@
+"""Semantic validation of a job spec, before any Ray work: files, clips, classes, options.
+
+Structural errors are caught by :mod:`service.spec`; this module opens the data (shard
+footers and clip names, the ground truth, the durations), aligns them, and validates every
+strategy's options and budget, all with field paths in the messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ValidationError
+
+from envs.errors import SedtuneInputError
+from envs.evaluator import EvalSet, MetricConfig, align
+from envs.groundtruth import read_durations, read_ground_truth
+from envs.params import ClassParams
+from envs.scoreset import ScoreSet
+from envs.space import SearchSpace, kernels_for_seconds
+from service.spec import DataSpec, JobSpec, validation_message
+from service.strategies.base import Strategy, strategy_class
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass
+class ResolvedJob:
+    """A validated job, ready to run.
+
+    Attributes:
+        spec: The spec.
+        data: The tuning data (aligned; class columns read lazily).
+        heldout_data: A separate held-out set, or None to split ``data``.
+        classes: Classes tuned.
+        space: The search space.
+        metric: The metric.
+        manual: The manual setting per class.
+        strategies: (spec entry name, budget, strategy instance), in spec order.
+    """
+
+    spec: JobSpec
+    data: EvalSet
+    heldout_data: EvalSet | None
+    classes: list[str]
+    space: SearchSpace
+    metric: MetricConfig
+    manual: dict[str, ClassParams]
+    strategies: list[tuple[str, float | None, Strategy]]
+
+
+def _open(data: DataSpec, where: str) -> EvalSet:
+    def wrap(field: str, fn, *a):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*a)
+        except SedtuneInputError as e:
+            raise SedtuneInputError(f"{where}.{field}: {e}") from None
+
+    scores = wrap("scores", ScoreSet.open, data.scores)
+    truth = wrap("ground_truth", read_ground_truth, data.ground_truth)
+    durations = wrap("durations", read_durations, data.durations) if data.durations else None
+    try:
+        return align(scores, truth, durations, f"{data.scores} vs {data.ground_truth}")
+    except SedtuneInputError as e:
+        raise SedtuneInputError(f"{where}: {e}") from None
+
+
+def restrict_classes(data: EvalSet, classes: list[str]) -> EvalSet:
+    """The same set evaluated on a subset of classes."""
+    return EvalSet(
+        data.filenames, classes, data.frame_hop_s, data.durations_s,
+        {c: data.refs[c] for c in classes}, data.scores, data.max_cached_classes,
+    )
+
+
+def check_job(spec: JobSpec) -> ResolvedJob:
+    """Validate everything a job needs; raise with the field path of the first problem.
+
+    Raises:
+        SedtuneInputError: Missing files, mismatched clips or classes, unknown classes in
+            ``data.classes``, invalid strategy options or budgets.
+    """
+    data = _open(spec.data, "data")
+    classes = list(data.classes)
+    if spec.data.classes is not None:
+        for i, c in enumerate(spec.data.classes):
+            if c not in data.classes:
+                raise SedtuneInputError(f"data.classes[{i}]: unknown class {c!r}; score classes: {data.classes}")
+        classes = list(dict.fromkeys(spec.data.classes))
+        data = restrict_classes(data, classes)
+    heldout = None
+    if spec.heldout.data is not None:
+        heldout = _open(spec.heldout.data, "heldout.data")
+        missing = [c for c in classes if c not in heldout.classes]
+        if missing:
+            raise SedtuneInputError(f"heldout.data: class {missing[0]!r} is not in the held-out scores")
+        if heldout.frame_hop_s != data.frame_hop_s:
+            raise SedtuneInputError(
+                f"heldout.data: frame_hop_s {heldout.frame_hop_s} differs from the tuning set's {data.frame_hop_s}"
+            )
+        heldout = restrict_classes(heldout, classes)
+    elif len(data) < 4:
+        raise SedtuneInputError(f"data: {len(data)} clips are too few to split into tuning and held-out parts")
+    space = spec.space.to_space().validate("space")
+    metric = MetricConfig(spec.metric.t_collar_s, spec.metric.percentage_of_length).validate("metric")
+    k = kernels_for_seconds(spec.manual.median_filter_s, data.frame_hop_s)
+    manual = {c: ClassParams(median_filter_frames=k, threshold=spec.manual.threshold).validate("manual") for c in classes}
+    strategies = []
+    for i, s in enumerate(spec.strategies):
+        cls = strategy_class(s.name)
+        try:
+            opts: BaseModel = cls.Options.model_validate(s.options)
+        except ValidationError as e:
+            raise SedtuneInputError(validation_message(e, f"strategies[{i}].options").replace("options: ", "options.", 1)) from None
+        if s.name == "exact" and s.budget is not None and s.budget < len(space.settings):
+            raise SedtuneInputError(
+                f"strategies[{i}].budget: exact needs at least one threshold per setting, "
+                f"so budget must be >= {len(space.settings)}, but got {s.budget}"
+            )
+        strategies.append((s.name, s.budget, cls(opts)))
+    return ResolvedJob(spec, data, heldout, classes, space, metric, manual, strategies)
+
+
+def split_clips(n_clips: int, heldout_fraction: float, seed: int) -> tuple[I64, I64]:
+    """Random tuning / held-out split of clip indices (deterministic by seed).
+
+    Returns:
+        (tuning indices, held-out indices), each sorted.
+    """
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_clips)
+    n_held = int(round(n_clips * heldout_fraction))
+    n_held = min(max(n_held, 1), n_clips - 1)
+    return np.sort(perm[n_held:]).astype(np.int64), np.sort(perm[:n_held]).astype(np.int64)

@@ -1,0 +1,120 @@
+"""Writing a job's results: parameter files, comparison table (JSON and Markdown)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+from envs.params import ParamFile
+
+if TYPE_CHECKING:
+    from service.runner import JobResult, Row
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
+
+
+def row_json(r: Row) -> dict[str, Any]:
+    """One comparison row as JSON."""
+    return {
+        "strategy": r.strategy,
+        "selection": r.selection,
+        "tuning_f": {"mean": _num(r.tuning_f_mean), "std": _num(r.tuning_f_std)},
+        "heldout_f": {"mean": _num(r.heldout_f_mean), "std": _num(r.heldout_f_std)},
+        "gain_over_manual": {
+            "mean": _num(r.gain.gain), "ci95": [_num(r.gain.low), _num(r.gain.high)],
+            "significant": bool(r.gain.significant),
+        },
+        "evaluations": _num(r.evaluations),
+        "wall_s": _num(r.wall_s),
+        "heldout_class_f": {k: _num(v) for k, v in r.heldout_class_f.items()},
+        "tuning_class_f": {k: _num(v) for k, v in r.tuning_class_f.items()},
+        "trajectory": [
+            {"evaluations": _num(p.evaluations), "best_f": _num(p.best_f), "wall_s": _num(p.wall_s)}
+            for p in r.trajectory
+        ],
+    }
+
+
+def comparison_json(result: JobResult) -> dict[str, Any]:
+    """The whole comparison as JSON-ready data."""
+    return {
+        "job": result.spec.name,
+        "classes": result.classes,
+        "splits": result.splits,
+        "selection": result.spec.selection,
+        "recommended": result.recommended.key,
+        "message": result.message,
+        "wall_s": _num(result.wall_s),
+        "rows": [row_json(r) for r in result.rows],
+    }
+
+
+def comparison_markdown(result: JobResult) -> str:
+    """The comparison as a Markdown table plus per-class F of the recommendation."""
+    def pct(x: float) -> str:
+        return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
+
+    lines = [
+        f"# sedtune job `{result.spec.name}`",
+        "",
+        f"{result.splits} split(s), selection `{result.spec.selection}`. {result.message}",
+        "",
+        "| strategy | selection | tuning F1 | held-out F1 | gain vs manual (95% CI) | evaluations | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result.rows:
+        g = r.gain
+        gain = "n/a" if math.isnan(g.gain) else f"{100 * g.gain:+.2f} ({100 * g.low:+.2f}, {100 * g.high:+.2f})"
+        spread = f" ± {r.heldout_f_std:.4f}" if result.splits > 1 else ""
+        tspread = f" ± {r.tuning_f_std:.4f}" if result.splits > 1 else ""
+        mark = " **(recommended)**" if r is result.recommended else ""
+        lines.append(
+            f"| {r.strategy}{mark} | {r.selection} | {pct(r.tuning_f_mean)}{tspread} | "
+            f"{pct(r.heldout_f_mean)}{spread} | {gain} | {r.evaluations:.1f} | {r.wall_s:.1f} |"
+        )
+    rec = result.recommended
+    lines += ["", f"## Per-class held-out F1 of {rec.key}", "", "| class | tuning F1 | held-out F1 |", "|---|---|---|"]
+    for c in result.classes:
+        lines.append(f"| {c} | {pct(rec.tuning_class_f.get(c, math.nan))} | {pct(rec.heldout_class_f.get(c, math.nan))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: JobResult) -> dict[str, str]:
+    """Write parameter files and the comparison; returns the paths written by name."""
+    out = result.output_dir
+    os.makedirs(os.path.join(out, "params"), exist_ok=True)
+    paths: dict[str, str] = {}
+    for r in result.rows:
+        if r.params is None:
+            continue
+        pf = ParamFile(result.frame_hop_s, dict(r.params),
+                       {"job": result.spec.name, "strategy": r.strategy, "selection": r.selection})
+        path = os.path.join(out, "params", f"{r.strategy}.{r.selection}.json")
+        pf.save(path)
+        paths[f"params/{r.key}"] = path
+    rec = result.recommended
+    if rec.params is not None:
+        best = os.path.join(out, "best_params.json")
+        ParamFile(result.frame_hop_s, dict(rec.params),
+                  {"job": result.spec.name, "strategy": rec.strategy, "selection": rec.selection,
+                   "heldout_f": _num(rec.heldout_f_mean), "message": result.message}).save(best)
+        paths["best_params"] = best
+    cj = os.path.join(out, "comparison.json")
+    with open(cj, "w", encoding="utf-8") as f:
+        json.dump(comparison_json(result), f, indent=2)
+    md = os.path.join(out, "comparison.md")
+    with open(md, "w", encoding="utf-8") as f:
+        f.write(comparison_markdown(result))
+    spec_path = os.path.join(out, "spec.resolved.json")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(result.spec.model_dump(mode="json"), f, indent=2)
+    paths.update({"comparison_json": cj, "comparison_md": md, "spec": spec_path})
+    for name, res_list in result.results.items():
+        for key, val in res_list[0].artifacts.items():
+            paths[f"{name}/{key}"] = val
+    result.artifacts.update(paths)
+    return paths

@@ -1,0 +1,231 @@
+"""The job spec: YAML or JSON, validated with field-path errors before any Ray work.
+
+Example (every field but ``name``, ``data`` and ``strategies`` has a default)::
+
+    name: desed-student
+    data: {scores: scores/, ground_truth: ground_truth.tsv, durations: durations.tsv}
+    heldout: {fraction: 0.5, seed: 0, splits: 1}      # or heldout: {data: {...}} for a separate set
+    metric: {t_collar_s: 0.2, percentage_of_length: 0.2}
+    space: {kernels: [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21], threshold: {low: 0.01, high: 0.99},
+            fill_gap_s: [0.0], min_duration_s: [0.0]}
+    manual: {threshold: 0.5, median_filter_s: 0.45}
+    strategies:
+      - {name: manual}
+      - {name: exact}
+      - {name: random, budget: 200}
+      - {name: bayes, budget: 200}
+      - {name: rl, budget: 200}
+    selection: robust          # or naive
+    seed: 0
+    output: sedtune-out/desed-student
+
+Structural errors name the field path (``strategies[2].budget: ...``); semantic checks (files
+exist, classes known, strategy options) are made by :func:`check_job` with the same paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envs.errors import SedtuneInputError
+from envs.space import SearchSpace
+
+StrategyName = Literal["manual", "exact", "random", "bayes", "rl"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Model):
+    """Where the scores and the ground truth are."""
+
+    scores: str = Field(min_length=1, description="score-set directory or URI")
+    ground_truth: str = Field(min_length=1, description="DCASE ground-truth TSV")
+    durations: str | None = Field(default=None, description="durations TSV")
+    classes: list[str] | None = Field(default=None, description="restrict tuning to these classes")
+
+
+class HeldoutSpec(_Model):
+    """How clips are split into tuning and held-out parts."""
+
+    fraction: float = Field(default=0.5, gt=0.0, lt=1.0, description="held-out fraction of clips")
+    seed: int = Field(default=0, description="seed of the first split")
+    splits: int = Field(default=1, ge=1, le=50, description="seeded splits (seed, seed+1, ...)")
+    data: DataSpec | None = Field(default=None, description="a separate held-out set instead")
+
+
+class MetricSpec(_Model):
+    """Collars of the event-based metric."""
+
+    t_collar_s: float = Field(default=0.2, gt=0.0, description="onset/offset collar (s)")
+    percentage_of_length: float = Field(default=0.2, ge=0.0, le=1.0)
+
+
+class ThresholdRange(_Model):
+    """Threshold search range."""
+
+    low: float = Field(default=0.01, gt=0.0, lt=1.0)
+    high: float = Field(default=0.99, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdRange:
+        if not self.low < self.high:
+            raise ValueError(f"`low < high` must hold, but got (low={self.low}, high={self.high})")
+        return self
+
+
+class SpaceSpec(_Model):
+    """Per-class search space."""
+
+    kernels: list[int] = Field(default_factory=lambda: list(range(1, 22, 2)), min_length=1)
+    threshold: ThresholdRange = Field(default_factory=ThresholdRange)
+    fill_gap_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    min_duration_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    threshold_step: float = Field(default=0.05, gt=0.0, lt=1.0)
+
+    @field_validator("kernels")
+    @classmethod
+    def _odd(cls, v: list[int]) -> list[int]:
+        for i, k in enumerate(v):
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"kernels[{i}] must be an odd integer >= 1, but got {k}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"kernels must be unique, but got {v}")
+        return v
+
+    @field_validator("fill_gap_s", "min_duration_s")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        for i, x in enumerate(v):
+            if x < 0:
+                raise ValueError(f"item [{i}] must be >= 0, but got {x}")
+        return v
+
+    def to_space(self) -> SearchSpace:
+        """As the domain object."""
+        return SearchSpace(
+            kernels=tuple(self.kernels),
+            threshold_low=self.threshold.low,
+            threshold_high=self.threshold.high,
+            fill_gap_s=tuple(self.fill_gap_s),
+            min_duration_s=tuple(self.min_duration_s),
+            threshold_step=self.threshold_step,
+        )
+
+
+class ManualSpec(_Model):
+    """The manual reference setting (DCASE baseline by default)."""
+
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    median_filter_s: float = Field(default=0.45, ge=0.0, description="filter length (s), odd frames")
+
+
+class StrategySpec(_Model):
+    """One strategy of the job."""
+
+    name: StrategyName
+    budget: float | None = Field(default=None, gt=0.0, description="full-set evaluations")
+    options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+
+class ResourcesSpec(_Model):
+    """Ray resources."""
+
+    address: str | None = Field(default=None, description="Ray address; None starts local Ray")
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs for a local Ray")
+    max_concurrent_trials: int = Field(default=2, ge=1)
+
+
+class TrackingSpec(_Model):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    uri: str | None = Field(default=None, description="tracking URI; default sqlite:///mlflow.db")
+    experiment: str | None = Field(default=None, description="experiment name; default the job name")
+
+
+class JobSpec(_Model):
+    """A tuning job."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    data: DataSpec
+    heldout: HeldoutSpec = Field(default_factory=HeldoutSpec)
+    metric: MetricSpec = Field(default_factory=MetricSpec)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    manual: ManualSpec = Field(default_factory=ManualSpec)
+    strategies: list[StrategySpec] = Field(min_length=1)
+    selection: Literal["robust", "naive"] = "robust"
+    folds: int = Field(default=5, ge=2, le=20, description="cross-validation folds of tuning clips")
+    bootstrap: int = Field(default=1000, ge=100, le=100000, description="bootstrap resamples")
+    seed: int = 0
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output: str | None = Field(default=None, description="output directory; default sedtune-out/<name>")
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique(cls, v: list[StrategySpec]) -> list[StrategySpec]:
+        names = [s.name for s in v]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"strategy {n!r} is listed twice (item [{i}])")
+        return v
+
+    @property
+    def output_dir(self) -> str:
+        """Where results go."""
+        return self.output or os.path.join("sedtune-out", self.name)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "spec"
+
+
+def validation_message(err: ValidationError, source: str) -> str:
+    """One line naming the first failing field path and the rule."""
+    first = err.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {_path(tuple(first['loc']))}: {msg}{extra}"
+
+
+def parse_spec(obj: object, source: str = "spec") -> JobSpec:
+    """Validate a parsed spec.
+
+    Raises:
+        SedtuneInputError: With the field path of the first problem.
+    """
+    if not isinstance(obj, dict):
+        raise SedtuneInputError(f"{source}: the spec must be a mapping, got {type(obj).__name__}")
+    try:
+        return JobSpec.model_validate(obj)
+    except ValidationError as e:
+        raise SedtuneInputError(validation_message(e, source)) from None
+
+
+def load_spec(path: str) -> JobSpec:
+    """Read a YAML or JSON spec file (structural validation only; see :func:`check_job`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise SedtuneInputError(f"{path}: spec file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise SedtuneInputError(f"{path}: cannot read the spec ({e})") from None
+    try:
+        obj = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SedtuneInputError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})".replace("\n", " ")) from None
+    return parse_spec(obj, path)

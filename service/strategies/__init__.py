@@ -1,0 +1,1 @@
+"""Search strategies: manual, exact, random, bayes (Ray Tune) and rl (Ray RLlib)."""

@@ -1,0 +1,179 @@
+"""The strategy interface: a tuning problem in, a result out.
+
+Every strategy (manual, exact, random, bayes, rl) implements :class:`Strategy`. Budgets are
+counted in *full-set evaluations*: one evaluation of every class on every tuning clip counts
+1; evaluating one candidate for every class at once counts 1; an RL episode over n of the N
+tuning clips counts n / N. A result carries
+
+- ``naive``: the parameters with the best tuning macro F among what the strategy evaluated
+  (what a plain search reports);
+- ``candidates``: per class, every per-class setting it evaluated with its counts per
+  cross-validation fold of the tuning clips, from which :mod:`envs.selection` makes the
+  robust recommendation;
+- ``trajectory``: best tuning macro F so far against evaluations spent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from envs.params import ClassParams
+from envs.selection import Candidate
+from service.problem import TuningProblem
+
+
+class NoOptions(BaseModel):
+    """A strategy without options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    """One point of the F curve.
+
+    Attributes:
+        evaluations: Full-set evaluations spent so far.
+        best_f: Best tuning macro F so far.
+        wall_s: Seconds since the strategy started.
+    """
+
+    evaluations: float
+    best_f: float
+    wall_s: float
+
+
+class Trajectory:
+    """Records best-so-far tuning macro F against evaluations spent."""
+
+    def __init__(self) -> None:
+        self.points: list[TrajectoryPoint] = []
+        self.best = -np.inf
+        self._t0 = time.perf_counter()
+
+    def add(self, evaluations: float, f: float) -> bool:
+        """Record an evaluation result; returns True if it is a new best."""
+        improved = bool(np.isfinite(f) and f > self.best)
+        if improved:
+            self.best = f
+        best = self.best if np.isfinite(self.best) else float("nan")
+        self.points.append(TrajectoryPoint(float(evaluations), float(best), time.perf_counter() - self._t0))
+        return improved
+
+
+@dataclass
+class StrategyResult:
+    """What a strategy found and how.
+
+    Attributes:
+        strategy: Strategy name.
+        naive: Best-tuning-F parameters per class.
+        candidates: Per class, the evaluated settings with per-fold counts.
+        trajectory: Best tuning macro F so far against evaluations.
+        evaluations: Full-set evaluations spent.
+        wall_s: Wall-clock seconds.
+        artifacts: Named files the strategy produced (e.g. ``policy``: a checkpoint directory).
+        adaptive: Optional clip-adaptive read-out (RL): per class, events from a policy; used
+            by the runner to score the policy itself on held-out clips.
+        info: Free-form details (e.g. settings swept, trials, episodes).
+    """
+
+    strategy: str
+    naive: dict[str, ClassParams]
+    candidates: dict[str, list[Candidate]]
+    trajectory: list[TrajectoryPoint]
+    evaluations: float
+    wall_s: float
+    artifacts: dict[str, str] = field(default_factory=dict)
+    adaptive: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[float], None]
+
+
+@dataclass
+class RunContext:
+    """Run-time services a strategy may use.
+
+    Attributes:
+        workdir: Directory for the strategy's files (checkpoints).
+        progress: Called with the evaluations spent so far.
+        use_ray: Whether Ray is initialised and strategies should distribute work.
+    """
+
+    workdir: str
+    progress: ProgressFn = lambda _: None
+    use_ray: bool = True
+
+
+class Strategy(ABC):
+    """A search strategy.
+
+    Subclasses set ``name`` and ``Options`` (a pydantic model of their options, validated
+    with the job spec) and implement :meth:`run`.
+
+    Args:
+        options: Validated options.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    needs_budget: ClassVar[bool] = True
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
+        """Search and return what was found.
+
+        Args:
+            problem: The tuning problem.
+            budget: Full-set evaluations allowed (None: the strategy's natural size).
+            seed: Seed for everything random.
+            ctx: Run-time services.
+        """
+
+
+# Strategy classes by name, imported lazily so that pure code does not import Ray.
+REGISTRY: dict[str, str] = {
+    "manual": "service.strategies.manual:ManualStrategy",
+    "exact": "service.strategies.exact:ExactStrategy",
+    "random": "service.strategies.tune_search:RandomStrategy",
+    "bayes": "service.strategies.tune_search:BayesStrategy",
+    "rl": "service.strategies.rl:RLStrategy",
+}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered under ``name``.
+
+    Raises:
+        KeyError: Unknown name.
+    """
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def evaluate_joint(
+    problem: TuningProblem, params: dict[str, ClassParams]
+) -> tuple[float, dict[str, npt.NDArray[np.int64]]]:
+    """Evaluate a full per-class configuration on the tuning clips (in this process).
+
+    Returns:
+        The tuning macro F and, per class, counts per fold (n_folds, 3).
+    """
+    from service.problem import fold_counts, macro_from_counts
+
+    counts = fold_counts(problem.evaluator, params, problem.folds, problem.n_folds)
+    return macro_from_counts(counts), counts

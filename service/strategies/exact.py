@@ -1,0 +1,228 @@
+"""The exact strategy: per class and per discrete setting, the exact threshold sweep.
+
+The objective is separable (macro F is the mean of per-class F, and each class's F depends
+only on its own parameters), so the optimum over the grid needs classes x settings sweeps,
+not candidates^classes evaluations. One Ray task per (class, setting) reads only its class's
+column from the shards (column projection), median-filters once, and sweeps every threshold
+in one pass (:func:`envs.sweep.sweep_class`), returning counts per cross-validation fold.
+
+Budget (full-set evaluations; evaluating one candidate for every class counts 1):
+
+- ``budget`` None: every threshold at which a decision changes within the space's range
+  is a candidate; the result is the optimum on the discrete grid, by construction, and the
+  evaluations reported are settings x distinct thresholds;
+- ``budget`` B: each setting gets ``floor(B / settings)`` thresholds spread evenly over the
+  range (so settings x thresholds <= B); the result is the optimum on that grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from envs.errors import SedtuneInputError
+from envs.evaluator import Evaluator, MetricConfig
+from envs.selection import Candidate, f_measure
+from envs.space import SearchSpace, Setting
+from envs.sweep import sweep_class
+from service.problem import DataRef, TuningProblem
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+
+LOG = logging.getLogger(__name__)
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+class ExactOptions(BaseModel):
+    """Options of the exact strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_candidates_per_setting: int = Field(
+        default=400, ge=2, description="thresholds kept per (class, setting) for selection"
+    )
+    classes_cached_per_worker: int = Field(default=2, ge=1, description="class columns a worker keeps")
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """What one (class, setting) task needs; small and picklable."""
+
+    data: DataRef
+    label: str
+    setting: Setting
+    metric: MetricConfig
+    folds: I64
+    n_folds: int
+    low: float
+    high: float
+    grid: tuple[float, ...] | None
+    max_candidates: int
+    cached_classes: int
+
+
+@dataclass(frozen=True)
+class SweepOutput:
+    """A task's result: candidate thresholds with per-fold counts (n, n_folds, 3)."""
+
+    label: str
+    setting: Setting
+    thresholds: F64
+    counts: npt.NDArray[np.int64]
+    n_decisions: int
+
+
+def run_sweep_task(task: SweepTask) -> SweepOutput:
+    """Sweep one class for one setting (runs on a Ray worker or in-process)."""
+    data = task.data.load(max_cached_classes=task.cached_classes)
+    ev = _evaluator(task.data, task.metric, task.cached_classes)
+    index = ev.levels(task.label, task.setting.median_filter_frames)
+    res = sweep_class(
+        index, data.refs[task.label], data.frame_hop_s, data.durations_s,
+        task.metric.t_collar_s, task.metric.percentage_of_length,
+        task.setting.fill_gap_s, task.setting.min_duration_s,
+        groups=task.folds, n_groups=task.n_folds,
+    )
+    # Free the level index: a worker sweeps many (class, kernel) pairs.
+    ev._levels.clear()
+    # counts[i, f] = [nref_f, nsys_f(i), ntp_f(i)] at threshold interval i.
+    counts = np.empty((len(res.thresholds), task.n_folds, 3), np.int64)
+    counts[:, :, 0] = res.group_nref[None, :]
+    counts[:, :, 1] = res.group_nsys.T
+    counts[:, :, 2] = res.group_ntp.T
+    if task.grid is not None:
+        grid = np.asarray(task.grid)
+        # The interval [lower, upper) holding each grid threshold gives its decision.
+        pos = np.clip(np.searchsorted(res.lower, grid, side="right") - 1, 0, len(res.lower) - 1)
+        return SweepOutput(task.label, task.setting, grid, counts[pos], len(res.thresholds))
+    inside = (res.thresholds >= task.low) & (res.thresholds <= task.high)
+    thr, cnt = res.thresholds[inside], counts[inside]
+    if len(thr) == 0:  # no decision change inside the range: its one decision at mid-range
+        mid = (task.low + task.high) / 2
+        pos = int(np.clip(np.searchsorted(res.lower, mid, side="right") - 1, 0, len(res.lower) - 1))
+        return SweepOutput(task.label, task.setting, np.array([mid]), counts[pos : pos + 1], 1)
+    n_decisions = len(thr)
+    if len(thr) > task.max_candidates:
+        # Keep an even subsample plus the best threshold (the exact optimum stays a candidate).
+        tot = cnt.sum(axis=1)
+        best = int(np.nanargmax(np.nan_to_num(f_measure(tot[:, 0], tot[:, 1], tot[:, 2]), nan=-1)))
+        keep = np.unique(np.concatenate((np.linspace(0, len(thr) - 1, task.max_candidates - 1).astype(int), [best])))
+        thr, cnt = thr[keep], cnt[keep]
+    return SweepOutput(task.label, task.setting, thr, cnt, n_decisions)
+
+
+_EVALUATORS: dict[tuple[DataRef, MetricConfig], Evaluator] = {}
+
+
+def _evaluator(ref: DataRef, metric: MetricConfig, cached_classes: int) -> Evaluator:
+    key = (ref, metric)
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = Evaluator(ref.load(max_cached_classes=cached_classes), metric)
+    return _EVALUATORS[key]
+
+
+def threshold_grid(space: SearchSpace, budget: float | None) -> tuple[float, ...] | None:
+    """The per-setting threshold grid a budget allows (None: every decision).
+
+    Raises:
+        SedtuneInputError: If the budget is smaller than the number of settings.
+    """
+    if budget is None:
+        return None
+    n_settings = len(space.settings)
+    per = int(math.floor(budget / n_settings + 1e-9))
+    if per < 1:
+        raise SedtuneInputError(
+            f"strategies.exact.budget: must be >= the number of settings ({n_settings}), but got {budget}"
+        )
+    if per == 1:
+        return ((space.threshold_low + space.threshold_high) / 2,)
+    return tuple(float(x) for x in np.linspace(space.threshold_low, space.threshold_high, per))
+
+
+class ExactStrategy(Strategy):
+    """Per (class, setting) exact threshold sweeps, one Ray task each."""
+
+    name = "exact"
+    Options = ExactOptions
+    needs_budget = False
+
+    def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
+        """Sweep every (class, setting) and combine (see module docstring)."""
+        opts: ExactOptions = self.options  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        space = problem.space
+        grid = threshold_grid(space, budget)
+        tasks = [
+            SweepTask(
+                problem.data, c, s, problem.metric, problem.folds, problem.n_folds,
+                space.threshold_low, space.threshold_high, grid,
+                opts.max_candidates_per_setting, opts.classes_cached_per_worker,
+            )
+            for s in space.settings
+            for c in problem.classes
+        ]
+        outputs = _execute(tasks, ctx)
+        return _combine(problem, outputs, grid, t0, ctx)
+
+
+def _execute(tasks: list[SweepTask], ctx: RunContext) -> list[SweepOutput]:
+    """Run the tasks on Ray (one task each) or in this process, in task order."""
+    if not ctx.use_ray:
+        out = []
+        for i, t in enumerate(tasks):
+            out.append(run_sweep_task(t))
+            ctx.progress(i + 1)
+        return out
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_sweep_task)
+    refs = [remote.remote(t) for t in tasks]
+    results: dict[ray.ObjectRef, SweepOutput] = {}  # type: ignore[type-arg]
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for r in done:
+            results[r] = ray.get(r)
+        ctx.progress(len(results))
+    return [results[r] for r in refs]
+
+
+def _combine(
+    problem: TuningProblem, outputs: list[SweepOutput], grid: tuple[float, ...] | None, t0: float,
+    ctx: RunContext,
+) -> StrategyResult:
+    classes = problem.classes
+    cands: dict[str, list[Candidate]] = {c: [] for c in classes}
+    best_f = {c: -np.inf for c in classes}
+    best_p = {c: problem.manual[c] for c in classes}
+    by_setting: dict[Setting, list[SweepOutput]] = {}
+    for o in outputs:
+        by_setting.setdefault(o.setting, []).append(o)
+    traj = Trajectory()
+    spent = 0.0
+    for setting in problem.space.settings:
+        outs = by_setting[setting]
+        # Every class sees the same number of thresholds per setting on a grid; without a
+        # grid a setting costs as many evaluations as its class with the most decisions.
+        spent += len(grid) if grid is not None else max(o.n_decisions for o in outs)
+        for o in outs:
+            tot = o.counts.sum(axis=1)
+            f = f_measure(tot[:, 0], tot[:, 1], tot[:, 2])
+            for t, cnt in zip(o.thresholds, o.counts, strict=True):
+                cands[o.label].append(Candidate(setting.with_threshold(float(t)), cnt))
+            if not np.isnan(f).all():
+                i = int(np.nanargmax(f))
+                if f[i] > best_f[o.label]:
+                    best_f[o.label], best_p[o.label] = float(f[i]), setting.with_threshold(float(o.thresholds[i]))
+        known = [v for v in best_f.values() if np.isfinite(v)]
+        traj.add(spent, float(np.mean(known)) if known else float("nan"))
+    info = {"settings": len(problem.space.settings), "tasks": len(outputs),
+            "thresholds_per_setting": len(grid) if grid is not None else "all"}
+    return StrategyResult("exact", best_p, cands, traj.points, spent, time.perf_counter() - t0, info=info)
