@@ -23,11 +23,11 @@ plus the writer's shard buffer (about 3 x clips_per_shard x classes x frames x 4
 it flushes).
 
 Determinism: class properties come from ``SeedSequence(seed, spawn_key=(0, class index))``,
-the confusion cycle from ``spawn_key=(2,)`` and chunk ``i`` from ``SeedSequence(seed, spawn_key=(1, i))``. The chunk size depends only on
-the number of classes and frames (:attr:`SynthConfig.chunk_clips`), so the same config gives
-identical scores and ground truth (given the same numpy and scipy versions; numpy's SIMD math
-may differ in the last bit between CPU families), and ``clips_per_shard`` does not change any
-value.
+the confusion cycle from ``spawn_key=(2,)`` and chunk ``i`` from ``spawn_key=(1, i)``. The
+chunk size depends only on the number of classes and frames (:attr:`SynthConfig.chunk_clips`),
+so the same config gives identical scores and ground truth (given the same numpy and scipy
+versions; numpy's SIMD math may differ in the last bit between CPU families), and
+``clips_per_shard`` does not change any value.
 """
 
 from __future__ import annotations

@@ -392,7 +392,8 @@ class _TuneStrategy(Strategy):
         tuner.fit()
         return self._result(collector.records, classes, problem.space, problem.n_folds, t0)
 
-    def _concurrency(self) -> int:
+    def _concurrency(self) -> int | None:
+        """Tune's ``max_concurrent_trials`` (None when the search algorithm limits itself)."""
         return self._opts().max_concurrent_trials
 
     def _result(self, records: Mapping[int, _TrialRecord], classes: Sequence[str], space: SearchSpace,
@@ -438,10 +439,14 @@ class RandomStrategy(_TuneStrategy):
 
     name: ClassVar[str] = "random"
 
+    def _concurrency(self) -> int | None:
+        return None
+
     def _search_alg(self, points: list[dict[str, Any]], seed: int) -> SearchAlgorithm:
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        # A generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it.
+        return BasicVariantGenerator(max_concurrent=self._opts().max_concurrent_trials, random_state=seed)
 
 
 class BayesOptions(TuneOptions):
