@@ -201,7 +201,9 @@ class ScoreSetWriter:
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         path = f"{self.root}/part-{self.n_shards:05d}.parquet"
         with self.fs.open_output_stream(path) as sink:
-            pq.write_table(table, sink, compression="zstd")
+            # Dictionary encoding only pays for names: noisy float columns would write a large
+            # dictionary and fall back to plain encoding, making shards bigger and slower.
+            pq.write_table(table, sink, compression="zstd", use_dictionary=["filename"])
         self.n_shards += 1
         self.n_clips += len(self._names)
         self._names, self._mats = [], []

@@ -62,6 +62,20 @@ def class_f(counts: ClipCounts) -> dict[str, float]:
     return {c: float(f_measure(*v.sum(axis=0))) for c, v in counts.items()}
 
 
+def class_figures(counts: ClipCounts) -> dict[str, dict[str, float]]:
+    """Per class: f_measure, precision, recall, nref, nsys, ntp of the totals."""
+    from envs.metrics.counts import Counts
+    from envs.metrics.fscore import precision, recall
+
+    out = {}
+    for c, v in counts.items():
+        t = v.sum(axis=0) if v.ndim == 2 else v
+        k = Counts(int(t[0]), int(t[1]), int(t[2]))
+        out[c] = {"f_measure": float(f_measure(*t)), "precision": precision(k), "recall": recall(k),
+                  "nref": float(k.nref), "nsys": float(k.nsys), "ntp": float(k.ntp)}
+    return out
+
+
 def bootstrap_weights(n_clips: int, n_boot: int, seed: int) -> npt.NDArray[np.float64]:
     """Resampling weights (n_boot, n_clips): how often each clip is drawn."""
     rng = np.random.default_rng(seed)

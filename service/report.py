@@ -32,6 +32,9 @@ def row_json(r: Row) -> dict[str, Any]:
         "wall_s": _num(r.wall_s),
         "heldout_class_f": {k: _num(v) for k, v in r.heldout_class_f.items()},
         "tuning_class_f": {k: _num(v) for k, v in r.tuning_class_f.items()},
+        "heldout_class": {c: {k: _num(v) for k, v in d.items()} for c, d in r.heldout_class.items()},
+        "tuning_class": {c: {k: _num(v) for k, v in d.items()} for c, d in r.tuning_class.items()},
+        "params": None if r.params is None else {c: p.to_json() for c, p in r.params.items()},
         "trajectory": [
             {"evaluations": _num(p.evaluations), "best_f": _num(p.best_f), "wall_s": _num(p.wall_s)}
             for p in r.trajectory
@@ -39,10 +42,28 @@ def row_json(r: Row) -> dict[str, Any]:
     }
 
 
+def versions() -> dict[str, str]:
+    """Versions of sedtune and of the stack it ran on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("sedtune", "ray", "sed_eval", "numpy", "mlflow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
 def comparison_json(result: JobResult) -> dict[str, Any]:
     """The whole comparison as JSON-ready data."""
     return {
         "job": result.spec.name,
+        "job_id": result.job_id,
+        "dataset_fingerprint": result.fingerprint,
+        "versions": versions(),
+        "seed": result.spec.seed,
+        "frame_hop_s": result.frame_hop_s,
         "classes": result.classes,
         "splits": result.splits,
         "selection": result.spec.selection,
@@ -116,5 +137,13 @@ def write_outputs(result: JobResult) -> dict[str, str]:
     for name, res_list in result.results.items():
         for key, val in res_list[0].artifacts.items():
             paths[f"{name}/{key}"] = val
+        trials = res_list[0].info.get("trials_detail")
+        if trials:
+            tp = os.path.join(out, f"trials.{name}.json")
+            with open(tp, "w", encoding="utf-8") as f:
+                json.dump(trials, f, indent=2)
+            paths[f"trials/{name}"] = tp
+    with open(os.path.join(out, "artifacts.json"), "w", encoding="utf-8") as f:
+        json.dump(paths, f, indent=2)
     result.artifacts.update(paths)
     return paths

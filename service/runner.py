@@ -11,9 +11,11 @@ with a plain statement when no strategy beats manual significantly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,16 @@ import numpy as np
 from envs.evaluator import Evaluator
 from envs.params import ClassParams
 from envs.selection import Candidate, select_robust
-from service.heldout import ClipCounts, GainInterval, class_f, clip_counts, clip_counts_of_events, gain_interval, macro_f
+from service.heldout import (
+    ClipCounts,
+    GainInterval,
+    class_f,
+    class_figures,
+    clip_counts,
+    clip_counts_of_events,
+    gain_interval,
+    macro_f,
+)
 from service.jobcheck import ResolvedJob, check_job, split_clips
 from service.problem import DataRef, TuningProblem, fold_counts
 from service.spec import JobSpec
@@ -44,6 +55,8 @@ class Outcome:
     tuning_class_f: dict[str, float]
     heldout_class_f: dict[str, float]
     heldout_counts: ClipCounts
+    tuning_class: dict[str, dict[str, float]]
+    heldout_class: dict[str, dict[str, float]]
     evaluations: float
     wall_s: float
     trajectory: list[TrajectoryPoint]
@@ -66,6 +79,8 @@ class Row:
     tuning_class_f: dict[str, float]
     params: dict[str, ClassParams] | None
     trajectory: list[TrajectoryPoint]
+    heldout_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    tuning_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -88,6 +103,8 @@ class JobResult:
     wall_s: float
     artifacts: dict[str, str] = field(default_factory=dict)
     results: dict[str, list[StrategyResult]] = field(default_factory=dict)
+    fingerprint: str = ""
+    job_id: str = ""
 
 
 ProgressFactory = Callable[[str, float | None], Callable[[float], None]]
@@ -116,6 +133,7 @@ def run_job(
     use_ray: bool = True,
     progress: ProgressFactory = _no_progress,
     resolved: ResolvedJob | None = None,
+    job_id: str | None = None,
 ) -> JobResult:
     """Run a job end to end (validation first, so bad specs never reach Ray).
 
@@ -126,6 +144,7 @@ def run_job(
         use_ray: False runs everything in this process (exact and manual only).
         progress: Makes a progress callback per strategy (name, total evaluations).
         resolved: An already validated job (skips :func:`check_job`).
+        job_id: The job's id (default: ``$SEDTUNE_JOB_ID`` or a new one).
     """
     job = resolved or check_job(spec)
     t0 = time.perf_counter()
@@ -144,7 +163,8 @@ def run_job(
     return JobResult(
         spec, rows, recommended, message, job.classes, job.data.frame_hop_s,
         spec.heldout.splits if job.heldout_data is None else 1, spec.output_dir,
-        time.perf_counter() - t0, results=results,
+        time.perf_counter() - t0, results=results, fingerprint=dataset_fingerprint(spec),
+        job_id=job_id or os.environ.get("SEDTUNE_JOB_ID", "") or uuid.uuid4().hex[:12],
     )
 
 
@@ -190,7 +210,8 @@ def _score(
         picks = [("fixed", res.naive)]
     else:
         robust, report = select_robust(res.candidates, manual_cands)
-        res.info["selection"] = {"width": report.width, "shrunk": report.shrunk, "cv_macro_f": report.cv_macro_f}
+        res.info["selection"] = {"width": report.width, "kernel_width": report.kernel_width,
+                                 "shrunk": report.shrunk, "cv_macro_f": report.cv_macro_f}
         picks = [("naive", res.naive), ("robust", robust)]
     if "untrained_params" in res.info:
         picks.append(("untrained", res.info["untrained_params"]))
@@ -200,12 +221,13 @@ def _score(
         tc = {c: float(_f(v)) for c, v in counts.items()}
         hc = clip_counts(held_ev, params)
         out.append(Outcome(res.strategy, selection, params, tuning_f, macro_f(hc), tc, class_f(hc), hc,
-                           res.evaluations, res.wall_s, res.trajectory))
+                           class_figures(counts), class_figures(hc), res.evaluations, res.wall_s, res.trajectory))
     if res.adaptive is not None:
         tuning_counts = clip_counts_of_events(problem.evaluator, res.adaptive.events(problem.tuning))
         hc = clip_counts_of_events(held_ev, res.adaptive.events(held_ev.data))
         out.append(Outcome(res.strategy, "adaptive", None, macro_f(tuning_counts), macro_f(hc),
-                           class_f(tuning_counts), class_f(hc), hc, res.evaluations, res.wall_s, res.trajectory))
+                           class_f(tuning_counts), class_f(hc), hc, class_figures(tuning_counts),
+                           class_figures(hc), res.evaluations, res.wall_s, res.trajectory))
     return out
 
 
@@ -240,6 +262,7 @@ def _aggregate(job: ResolvedJob, outcomes: list[list[Outcome]]) -> list[Row]:
             float(np.mean([o.evaluations for o in per])), float(np.mean([o.wall_s for o in per])),
             _mean_dicts([o.heldout_class_f for o in per]), _mean_dicts([o.tuning_class_f for o in per]),
             per[0].params, per[0].trajectory,
+            _mean_figures([o.heldout_class for o in per]), _mean_figures([o.tuning_class for o in per]),
         ))
     return rows
 
@@ -247,6 +270,10 @@ def _aggregate(job: ResolvedJob, outcomes: list[list[Outcome]]) -> list[Row]:
 def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.nanmean([d[k] for d in ds])) if not all(np.isnan(d[k]) for d in ds) else float("nan")
             for k in ds[0]}
+
+
+def _mean_figures(ds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {c: _mean_dicts([d[c] for d in ds]) for c in ds[0]}
 
 
 def recommend(rows: list[Row], selection: str) -> tuple[Row, str]:
@@ -269,6 +296,27 @@ def recommend(rows: list[Row], selection: str) -> tuple[Row, str]:
                f"{100 * g.gain:+.2f} points (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f}). "
                "Tuning does not clearly pay here; its parameters are written, but manual is as good within noise.")
     return best, msg
+
+
+def dataset_fingerprint(spec: JobSpec) -> str:
+    """A short hash of the data: shard names, sizes and schema, ground truth and durations bytes."""
+    from envs.groundtruth import read_text
+    from envs.scoreset import ScoreSet
+
+    h = hashlib.sha256()
+    for part in (spec.data, spec.heldout.data):
+        if part is None:
+            continue
+        scores = ScoreSet.open(part.scores)
+        h.update(repr((scores.classes, scores.frame_hop_s)).encode())
+        for shard in scores.shards:
+            h.update(os.path.basename(shard.path).encode())
+            h.update(repr(scores.fs.get_file_info(shard.path).size).encode())
+            h.update("\n".join(shard.filenames).encode())
+        h.update(read_text(part.ground_truth).encode())
+        if part.durations:
+            h.update(read_text(part.durations).encode())
+    return h.hexdigest()[:16]
 
 
 def result_json(result: JobResult) -> dict[str, Any]:

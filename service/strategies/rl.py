@@ -1,0 +1,666 @@
+"""The rl strategy: PPO (Ray RLlib, new API stack) on replicas of the post-processing env.
+
+The environment (:class:`envs.gym_env.PostProcessingEnv`) shows one clip per step, takes
+every class's (kernel, threshold) for that clip and pays the clip's marginal macro F1; with
+discount 1 (the default here) an episode's return is its macro F1 exactly, which fixes the
+credit assignment of the paper's setup (a single end-of-pass reward discounted by 0.99).
+
+Distribution. Every EnvRunner holds ``num_envs_per_env_runner`` replicas; each replica reads
+its own Parquet shard(s), chosen round-robin from its worker and vector index
+(:func:`envs.gym_env.replica_shards`); ``env_config`` carries only URIs, shard paths, clip
+names and numbers. RLlib's new stack hands every sub-environment of an EnvRunner the same
+``EnvContext`` (``vector_index`` 0, verified in Ray 2.60's ``SingleAgentEnvRunner.make_env``),
+so :func:`make_replica_env` numbers the replicas of its process itself.
+
+Budget. An env step is one clip, so ``steps / N`` full-set evaluations for N tuning clips;
+every read-out of the greedy policy's static table on the tuning clips costs one more
+(``count_readouts``). Training stops before an iteration would exceed the budget.
+
+Read-outs (both produced):
+
+- *static table*: per class the (kernel, threshold) the greedy policy picks most often over
+  the tuning clips; evaluated after every iteration (the trajectory), the best one is
+  ``naive``. ``candidates``: every per-class setting a read-out table used or the kept policy
+  chose on some tuning clip, with per-fold counts, for robust selection.
+- *clip-adaptive policy* (``result.adaptive``): :class:`AdaptivePolicy`, the kept policy
+  applied clip by clip; plain torch, saved as ``policy.pt`` + ``policy.json`` in the work
+  directory (``result.artifacts["policy"]``), so ``sedtune apply --policy`` runs without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from envs.events import ClassEvents
+from envs.evaluator import EvalSet, MetricConfig
+from envs.gym_env import ActionGrid, PostProcessingEnv, observations, replica_shards
+from envs.params import ClassParams
+from envs.scoreset import ClassScores, ScoreSet
+from envs.selection import Candidate
+from envs.space import SearchSpace
+from envs.stack import apply_stack
+from service.problem import DataRef, TuningProblem
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, evaluate_joint
+
+if TYPE_CHECKING:
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+LOG = logging.getLogger(__name__)
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+
+ENV_NAME = "sedtune-postprocessing"
+POLICY_FORMAT = "sedtune.rl_policy/1"
+#: Clips per forward pass when the driver runs the policy over a whole set.
+INFERENCE_CHUNK = 1024
+
+
+class RLOptions(BaseModel):
+    """Options of the rl strategy (PPO); logged verbatim with the run.
+
+    Attributes:
+        lr: Adam learning rate.
+        episode_clips: Clips per episode (one env step per clip).
+        num_env_runners: EnvRunner actors (0: sample in the driver).
+        num_envs_per_env_runner: Environment replicas per EnvRunner.
+        num_cpus_per_env_runner: CPUs Ray reserves per EnvRunner (fractions allowed).
+        hidden: Hidden layer sizes of the policy and value MLPs.
+        quantiles: Per-class quantiles of the clip's probabilities the networks see.
+        train_batch_size: Env steps (clips) per training iteration.
+        minibatch_size: SGD minibatch size (env steps).
+        num_epochs: Passes over each training batch.
+        gamma: Discount; 1 makes the return the episode's macro F1.
+        lambda_: GAE lambda (1: Monte-Carlo returns).
+        entropy_coeff: Entropy bonus.
+        clip_param: PPO ratio clip.
+        count_readouts: Count each static-table read-out as one full-set evaluation.
+        default_budget: Full-set evaluations when the job gives no budget.
+        max_iterations: Stop after this many training iterations (None: budget only).
+        sample_timeout_s: Seconds an EnvRunner may take for one sample call.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(3e-3, gt=0)
+    episode_clips: int = Field(32, ge=1)
+    num_env_runners: int = Field(2, ge=0)
+    num_envs_per_env_runner: int = Field(2, ge=1)
+    num_cpus_per_env_runner: float = Field(0.5, ge=0)
+    hidden: tuple[int, ...] = (64, 64)
+    quantiles: int = Field(16, ge=2)
+    train_batch_size: int = Field(1024, ge=1)
+    minibatch_size: int = Field(256, ge=1)
+    num_epochs: int = Field(8, ge=1)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lambda_: float = Field(1.0, ge=0, le=1)
+    entropy_coeff: float = Field(0.0, ge=0)
+    clip_param: float = Field(0.2, gt=0)
+    count_readouts: bool = True
+    default_budget: float = Field(100.0, gt=0)
+    max_iterations: int | None = Field(None, ge=1)
+    sample_timeout_s: float = Field(120.0, gt=0)
+
+
+# --------------------------------------------------------------------------- plain torch
+
+
+def _mlp(n_in: int, hidden: Sequence[int], n_out: int, out_std: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        lin = nn.Linear(n_in, h)
+        nn.init.orthogonal_(lin.weight, math.sqrt(2))
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.Tanh()]
+        n_in = h
+    out = nn.Linear(n_in, n_out)
+    # A small last layer starts the policy near uniform (cleanrl's ppo.py does the same).
+    nn.init.orthogonal_(out.weight, out_std)
+    nn.init.zeros_(out.bias)
+    layers.append(out)
+    return nn.Sequential(*layers)
+
+
+class ClipFeatures(nn.Module):
+    """A compact view of the observation: per class, quantiles and mean of the frames.
+
+    Quantiles of a class's probabilities say how much of the clip lies above any
+    threshold, which is what the threshold choice depends on; they do not depend on where
+    in the clip the frames are.
+
+    Args:
+        quantiles: Number of evenly spaced quantiles (including min and max).
+    """
+
+    def __init__(self, quantiles: int) -> None:
+        super().__init__()
+        self.quantiles = quantiles
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, frames, C) -> (B, C * (quantiles + 1))."""
+        n_frames = obs.shape[1]
+        pos = torch.linspace(0, n_frames - 1, self.quantiles, device=obs.device).round().long()
+        q = torch.sort(obs, dim=1).values[:, pos, :]
+        feats = torch.cat([q, obs.mean(dim=1, keepdim=True)], dim=1)
+        return feats.transpose(1, 2).reshape(obs.shape[0], -1)
+
+    def size(self, n_classes: int) -> int:
+        """Feature count for C classes."""
+        return n_classes * (self.quantiles + 1)
+
+
+class PolicyNet(nn.Module):
+    """Observation -> logits of every action dimension (concatenated), plain torch.
+
+    Args:
+        n_classes: Classes C (columns of the observation).
+        nvec: Choices per action dimension.
+        hidden: Hidden layer sizes.
+        quantiles: Quantiles per class in the features.
+    """
+
+    def __init__(self, n_classes: int, nvec: Sequence[int], hidden: Sequence[int], quantiles: int) -> None:
+        super().__init__()
+        self.nvec = [int(n) for n in nvec]
+        self.features = ClipFeatures(quantiles)
+        self.mlp = _mlp(self.features.size(n_classes), hidden, sum(self.nvec), 0.01)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, frames, C) -> (B, sum(nvec)) logits."""
+        return self.mlp(self.features(obs))  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Argmax action of every dimension, (B, len(nvec)) int64."""
+        parts = torch.split(self.forward(obs), self.nvec, dim=-1)
+        return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1)
+
+
+class ValueNet(nn.Module):
+    """Observation -> value estimate (the PPO critic; not needed for inference)."""
+
+    def __init__(self, n_classes: int, hidden: Sequence[int], quantiles: int) -> None:
+        super().__init__()
+        self.features = ClipFeatures(quantiles)
+        self.mlp = _mlp(self.features.size(n_classes), hidden, 1, 1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, frames, C) -> (B,)."""
+        return self.mlp(self.features(obs)).squeeze(-1)  # type: ignore[no-any-return]
+
+
+@dataclass
+class AdaptivePolicy:
+    """The clip-adaptive read-out: the policy picks every class's parameters per clip.
+
+    Attributes:
+        net: The policy network.
+        grid: The action grid (kernels, thresholds, ...).
+        classes: Class order of observations and actions.
+        n_frames_max: Observation frames.
+        hidden: Hidden sizes (to rebuild the network).
+        quantiles: Feature quantiles (to rebuild the network).
+    """
+
+    net: PolicyNet
+    grid: ActionGrid
+    classes: list[str]
+    n_frames_max: int
+    hidden: tuple[int, ...]
+    quantiles: int
+
+    @staticmethod
+    def create(
+        grid: ActionGrid, classes: Sequence[str], n_frames_max: int, hidden: Sequence[int], quantiles: int
+    ) -> AdaptivePolicy:
+        """A policy with fresh weights."""
+        net = PolicyNet(len(classes), grid.nvec.tolist(), hidden, quantiles)
+        return AdaptivePolicy(net, grid, list(classes), n_frames_max, tuple(hidden), quantiles)
+
+    def load_rllib_state(self, state: Mapping[str, Any]) -> None:
+        """Take the policy weights from an RLlib module state (keys ``pi.*``)."""
+        sd = {k[3:]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith("pi.")}
+        self.net.load_state_dict(sd)
+
+    def actions(self, scores: Sequence[ClassScores]) -> I64:
+        """Greedy action of every clip, (n_clips, len(nvec)).
+
+        Args:
+            scores: Every class's scores in :attr:`classes` order.
+        """
+        obs = observations(scores, self.n_frames_max)
+        return self.actions_from_obs(obs)
+
+    def actions_from_obs(self, obs: F32) -> I64:
+        """Greedy actions of a batch of observations (n, frames, C)."""
+        self.net.eval()
+        out = [
+            self.net.greedy(torch.from_numpy(obs[i : i + INFERENCE_CHUNK])).numpy()
+            for i in range(0, len(obs), INFERENCE_CHUNK)
+        ]
+        return np.concatenate(out).astype(np.int64) if out else np.zeros((0, len(self.grid.nvec)), np.int64)
+
+    def events(self, evalset: EvalSet) -> dict[str, ClassEvents]:
+        """Per class, the events over ``evalset``'s clips, each clip with its own action.
+
+        Raises:
+            ValueError: If the set's classes differ from the policy's.
+        """
+        if list(evalset.classes) != self.classes:
+            raise ValueError(f"the policy was trained on classes {self.classes}, but the set has {evalset.classes}")
+        scores = {c: evalset.scores(c) for c in self.classes}
+        return self.events_from_scores(scores, evalset.frame_hop_s, evalset.durations_s)
+
+    def events_from_scores(
+        self, scores: Mapping[str, ClassScores], frame_hop_s: float, durations_s: npt.NDArray[np.float64] | None
+    ) -> dict[str, ClassEvents]:
+        """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``)."""
+        ordered = [scores[c] for c in self.classes]
+        setting, thr = self.grid.split(self.actions(ordered))
+        return {
+            c: _per_clip_events(ordered[j], setting[:, j], thr[:, j], self.grid, frame_hop_s, durations_s)
+            for j, c in enumerate(self.classes)
+        }
+
+    def save(self, path: str, frame_hop_s: float) -> None:
+        """Write the weights to ``path`` (``.pt``) and the description beside it (``.json``)."""
+        torch.save(self.net.state_dict(), path)
+        meta = {
+            "format": POLICY_FORMAT,
+            "frame_hop_s": frame_hop_s,
+            "classes": self.classes,
+            "n_frames_max": self.n_frames_max,
+            "kernels": list(self.grid.kernels),
+            "thresholds": list(self.grid.thresholds),
+            "fill_gap_s": list(self.grid.fill_gap_s),
+            "min_duration_s": list(self.grid.min_duration_s),
+            "hidden": list(self.hidden),
+            "quantiles": self.quantiles,
+        }
+        with open(_meta_path(path), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+
+    @staticmethod
+    def load(path: str) -> AdaptivePolicy:
+        """Read a policy saved by :meth:`save` (no Ray needed).
+
+        Raises:
+            ValueError: If the description has another format.
+        """
+        with open(_meta_path(path), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != POLICY_FORMAT:
+            raise ValueError(f"{_meta_path(path)}: format must be {POLICY_FORMAT!r}, but got {meta.get('format')!r}")
+        grid = ActionGrid(
+            len(meta["classes"]),
+            tuple(int(k) for k in meta["kernels"]),
+            tuple(float(t) for t in meta["thresholds"]),
+            tuple(float(g) for g in meta["fill_gap_s"]),
+            tuple(float(d) for d in meta["min_duration_s"]),
+        )
+        policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_frames_max"]), meta["hidden"],
+                                       int(meta["quantiles"]))
+        policy.net.load_state_dict(torch.load(path, weights_only=True))
+        return policy
+
+
+def _meta_path(path: str) -> str:
+    return os.path.splitext(path)[0] + ".json"
+
+
+def _per_clip_events(
+    scores: ClassScores,
+    setting: I64,
+    thr: I64,
+    grid: ActionGrid,
+    frame_hop_s: float,
+    durations_s: npt.NDArray[np.float64] | None,
+) -> ClassEvents:
+    """One class's events when clip i uses (setting[i], thr[i]): one stack run per distinct pair."""
+    parts: list[ClassEvents] = []
+    pairs = np.stack([setting, thr], axis=1)
+    for s, t in np.unique(pairs, axis=0):
+        clips = np.flatnonzero((setting == s) & (thr == t)).astype(np.int64)
+        dur = None if durations_s is None else durations_s[clips]
+        ev = apply_stack(scores.take(clips), grid.class_params(int(s), int(t)), frame_hop_s, dur)
+        parts.append(ClassEvents(clips[ev.clip], ev.onset_s, ev.offset_s))
+    if not parts:
+        return ClassEvents.empty()
+    clip = np.concatenate([p.clip for p in parts])
+    on = np.concatenate([p.onset_s for p in parts])
+    off = np.concatenate([p.offset_s for p in parts])
+    order = np.lexsort((off, on, clip))
+    return ClassEvents(clip[order], on[order], off[order])
+
+
+def static_table(actions: I64, grid: ActionGrid, classes: Sequence[str]) -> dict[str, ClassParams]:
+    """Per class, the (setting, threshold) most clips get (the first on ties)."""
+    setting, thr = grid.split(actions)
+    out = {}
+    for j, c in enumerate(classes):
+        pairs, counts = np.unique(np.stack([setting[:, j], thr[:, j]], axis=1), axis=0, return_counts=True)
+        s, t = pairs[int(np.argmax(counts))]
+        out[c] = grid.class_params(int(s), int(t))
+    return out
+
+
+def chosen_params(actions: I64, grid: ActionGrid, classes: Sequence[str]) -> dict[str, set[ClassParams]]:
+    """Per class, every distinct setting the actions pick."""
+    setting, thr = grid.split(actions)
+    return {
+        c: {grid.class_params(int(s), int(t)) for s, t in np.unique(np.stack([setting[:, j], thr[:, j]], 1), axis=0)}
+        for j, c in enumerate(classes)
+    }
+
+
+# --------------------------------------------------------------------------- Ray side
+
+# Replicas created so far in this process, per worker index (see make_replica_env).
+_REPLICAS_MADE: dict[int, int] = {}
+
+
+def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
+    """Env creator for RLlib: one replica on the shards of its worker and vector index.
+
+    Args:
+        ctx: RLlib's ``EnvContext`` (``env_config`` plus ``worker_index``, ``vector_index``,
+            ``num_workers``); see :func:`env_config` for the keys.
+    """
+    worker = int(getattr(ctx, "worker_index", 0))
+    num_workers = int(getattr(ctx, "num_workers", 0) or 0)
+    num_envs = int(ctx["num_envs_per_env_runner"])
+    vector = int(getattr(ctx, "vector_index", 0))
+    if vector == 0 and num_envs > 1:
+        # RLlib's new stack gives every sub-env the same context (vector_index 0) and gym's
+        # sync vectorization builds them in order, num_envs at a time: count them instead.
+        made = _REPLICAS_MADE.get(worker, 0)
+        _REPLICAS_MADE[worker] = made + 1
+        vector = made % num_envs
+    eligible: list[int] = list(ctx["shards"])
+    mine = [eligible[i] for i in replica_shards(len(eligible), worker, vector, num_workers, num_envs)]
+    LOG.info("env replica worker %d vector %d reads shards %s", worker, vector, mine)
+    data = DataRef(ctx["scores"], ctx["ground_truth"], ctx["durations"],
+                   None if ctx["clips"] is None else tuple(ctx["clips"]))
+    return PostProcessingEnv.from_shards(
+        data,
+        mine,
+        SearchSpace(**ctx["space"]),
+        MetricConfig(**ctx["metric"]),
+        shard_paths=ctx["shard_paths"],
+        episode_clips=int(ctx["episode_clips"]),
+        n_frames_max=int(ctx["n_frames_max"]),
+    )
+
+
+def env_config(problem: TuningProblem, opts: RLOptions, n_frames_max: int) -> dict[str, Any]:
+    """What replicas need to read their own shards: URIs, shard paths, clip names, numbers."""
+    ref = problem.data
+    scores = ScoreSet.open(ref.scores)
+    wanted = set(problem.tuning.filenames)
+    # Shards without any tuning clip would leave a replica without data.
+    eligible = [i for i, s in enumerate(scores.shards) if any(n in wanted for n in s.filenames)]
+    sp = problem.space
+    return {
+        "scores": ref.scores,
+        "ground_truth": ref.ground_truth,
+        "durations": ref.durations,
+        "clips": list(problem.tuning.filenames),
+        "shard_paths": [s.path for s in scores.shards],
+        "shards": eligible,
+        "space": {
+            "kernels": list(sp.kernels), "threshold_low": sp.threshold_low,
+            "threshold_high": sp.threshold_high, "fill_gap_s": list(sp.fill_gap_s),
+            "min_duration_s": list(sp.min_duration_s), "threshold_step": sp.threshold_step,
+        },
+        "metric": {"t_collar_s": problem.metric.t_collar_s,
+                   "percentage_of_length": problem.metric.percentage_of_length,
+                   "segment_s": problem.metric.segment_s},
+        "episode_clips": opts.episode_clips,
+        "n_frames_max": n_frames_max,
+        "num_envs_per_env_runner": opts.num_envs_per_env_runner,
+    }
+
+
+_MODULE_CLASS: type | None = None
+
+
+def _policy_rl_module_class() -> type:
+    """The RLlib module class (built on first use so that importing this file needs no Ray)."""
+    global _MODULE_CLASS
+    if _MODULE_CLASS is not None:
+        return _MODULE_CLASS
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+    from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+    from ray.rllib.core.rl_module.torch import TorchRLModule
+
+    class PolicyRLModule(TorchRLModule, ValueFunctionAPI):  # type: ignore[misc]
+        """PolicyNet (actor) and ValueNet (critic) for PPO; the actor is what gets exported."""
+
+        def setup(self) -> None:
+            cfg = self.model_config
+            n_classes = int(self.observation_space.shape[1])
+            nvec = [int(n) for n in self.action_space.nvec]
+            self.pi = PolicyNet(n_classes, nvec, cfg["hidden"], cfg["quantiles"])
+            self.vf = ValueNet(n_classes, cfg["hidden"], cfg["quantiles"])
+            self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=nvec)
+
+        def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            return {Columns.ACTION_DIST_INPUTS: self.pi(batch[Columns.OBS])}
+
+        def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
+            return self.vf(batch[Columns.OBS])
+
+    # Importable by name (module __getattr__ below), so Ray pickles it by reference.
+    PolicyRLModule.__module__ = __name__
+    PolicyRLModule.__qualname__ = "PolicyRLModule"
+    _MODULE_CLASS = PolicyRLModule
+    return PolicyRLModule
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PolicyRLModule":
+        return _policy_rl_module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- the strategy
+
+
+@dataclass
+class _Readout:
+    """One evaluation of the greedy policy's static table on the tuning clips."""
+
+    iteration: int
+    env_steps: int
+    evaluations: float
+    f: float
+    params: dict[str, ClassParams]
+    counts: dict[str, I64]
+    chosen: dict[str, set[ClassParams]] = field(repr=False)
+    weights: dict[str, torch.Tensor] = field(repr=False)
+
+
+class RLStrategy(Strategy):
+    """PPO over replicas of the post-processing environment (see the module docstring)."""
+
+    name = "rl"
+    Options = RLOptions
+
+    def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
+        """Train, read out after every iteration, keep the best static table and its policy."""
+        import ray
+
+        opts: RLOptions = self.options  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(include_dashboard=False, log_to_driver=False)
+        try:
+            return self._run(problem, budget if budget is not None else opts.default_budget, seed, ctx, opts, t0)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _run(
+        self, problem: TuningProblem, budget: float, seed: int, ctx: RunContext, opts: RLOptions, t0: float
+    ) -> StrategyResult:
+        torch.manual_seed(seed)
+        classes = problem.classes
+        n_clips = len(problem.tuning)
+        scores = [problem.tuning.scores(c) for c in classes]
+        n_frames_max = int(max(np.diff(cs.offsets).max() for cs in scores))
+        grid = ActionGrid.from_space(problem.space, len(classes))
+        policy = AdaptivePolicy.create(grid, classes, n_frames_max, opts.hidden, opts.quantiles)
+        obs = observations(scores, n_frames_max)
+        algo = self._build(problem, opts, seed, n_frames_max, grid)
+        trajectory = Trajectory()
+        readouts: list[_Readout] = []
+        steps, iteration, last_steps = 0, 0, opts.train_batch_size
+        readout_cost = 1.0 if opts.count_readouts else 0.0
+
+        def spent() -> float:
+            return steps / n_clips + readout_cost * len(readouts)
+
+        def read_out() -> None:
+            policy.load_rllib_state(_module_state(algo))
+            actions = policy.actions_from_obs(obs)
+            params = static_table(actions, grid, classes)
+            f, counts = evaluate_joint(problem, params)
+            weights = {k: v.clone() for k, v in policy.net.state_dict().items()}
+            chosen = chosen_params(actions, grid, classes)
+            readouts.append(_Readout(iteration, steps, 0.0, f, params, counts, chosen, weights))
+            readouts[-1].evaluations = spent()
+            trajectory.add(readouts[-1].evaluations, f)
+            ctx.progress(readouts[-1].evaluations)
+            LOG.info("rl iteration %d: %d clips, %.2f evaluations, static-table tuning F %.4f",
+                     iteration, steps, readouts[-1].evaluations, f)
+
+        try:
+            read_out()  # the untrained policy
+            while spent() + last_steps / n_clips + readout_cost <= budget + 1e-9:
+                if opts.max_iterations is not None and iteration >= opts.max_iterations:
+                    break
+                result = algo.train()
+                iteration += 1
+                now = _env_steps(result)
+                last_steps, steps = max(now - steps, 1), now
+                read_out()
+        finally:
+            algo.stop()
+        return self._result(problem, policy, readouts, trajectory, spent(), ctx, t0, opts)
+
+    def _build(self, problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int,
+               grid: ActionGrid) -> Algorithm:
+        import gymnasium as gym
+        from ray.rllib.algorithms.ppo import PPOConfig
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+        from ray.tune.registry import register_env
+
+        register_env(ENV_NAME, make_replica_env)
+        n_classes = len(problem.classes)
+        obs_space = gym.spaces.Box(0.0, 1.0, (n_frames_max, n_classes), np.float32)
+        act_space = gym.spaces.MultiDiscrete(grid.nvec)
+        config = (
+            PPOConfig()
+            .environment(env=ENV_NAME, env_config=env_config(problem, opts, n_frames_max),
+                         observation_space=obs_space, action_space=act_space)
+            .env_runners(
+                num_env_runners=opts.num_env_runners,
+                num_envs_per_env_runner=opts.num_envs_per_env_runner,
+                num_cpus_per_env_runner=opts.num_cpus_per_env_runner,
+                sample_timeout_s=opts.sample_timeout_s,
+            )
+            .training(
+                gamma=opts.gamma,
+                lambda_=opts.lambda_,
+                lr=opts.lr,
+                train_batch_size_per_learner=opts.train_batch_size,
+                minibatch_size=min(opts.minibatch_size, opts.train_batch_size),
+                num_epochs=opts.num_epochs,
+                entropy_coeff=opts.entropy_coeff,
+                clip_param=opts.clip_param,
+            )
+            .rl_module(rl_module_spec=RLModuleSpec(
+                module_class=_policy_rl_module_class(),
+                model_config={"hidden": list(opts.hidden), "quantiles": opts.quantiles},
+            ))
+            .fault_tolerance(restart_failed_env_runners=True)
+            .debugging(seed=seed)
+        )
+        return config.build_algo()
+
+    def _result(
+        self,
+        problem: TuningProblem,
+        policy: AdaptivePolicy,
+        readouts: list[_Readout],
+        trajectory: Trajectory,
+        evaluations: float,
+        ctx: RunContext,
+        t0: float,
+        opts: RLOptions,
+    ) -> StrategyResult:
+        best = max(readouts, key=lambda r: (np.nan_to_num(r.f, nan=-1.0), -r.iteration))
+        policy.net.load_state_dict(best.weights)
+        os.makedirs(ctx.workdir, exist_ok=True)
+        path = os.path.join(ctx.workdir, "policy.pt")
+        policy.save(path, problem.tuning.frame_hop_s)
+        return StrategyResult(
+            strategy=self.name,
+            naive=dict(best.params),
+            candidates=_candidates(problem, readouts, best),
+            trajectory=list(trajectory.points),
+            evaluations=evaluations,
+            wall_s=time.perf_counter() - t0,
+            artifacts={"policy": path},
+            adaptive=policy,
+            info={
+                "untrained_f": readouts[0].f,
+                "untrained_params": {c: p.to_json() for c, p in readouts[0].params.items()},
+                "best_iteration": best.iteration,
+                "iterations": readouts[-1].iteration,
+                "env_steps": readouts[-1].env_steps,
+                "readouts": len(readouts),
+                "options": opts.model_dump(),
+            },
+        )
+
+
+def _module_state(algo: Algorithm) -> Mapping[str, Any]:
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    return algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]  # type: ignore[no-any-return]
+
+
+def _env_steps(result: Mapping[str, Any]) -> int:
+    """Env steps sampled so far (new API stack result layout)."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    return int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
+
+
+def _candidates(problem: TuningProblem, readouts: list[_Readout], kept: _Readout) -> dict[str, list[Candidate]]:
+    """Per class, every read-out table's setting and every setting the kept policy chose on
+    some tuning clip, with per-fold counts."""
+    out: dict[str, list[Candidate]] = {}
+    for c in problem.classes:
+        known = {r.params[c]: r.counts[c] for r in readouts}
+        for p in sorted(kept.chosen[c] - set(known), key=lambda p: (p.median_filter_frames, p.threshold)):
+            known[p] = problem.evaluator.class_counts_by_group(c, p, problem.folds, problem.n_folds)
+        out[c] = [Candidate(p, counts) for p, counts in known.items()]
+    return out

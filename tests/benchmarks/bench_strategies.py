@@ -1,0 +1,114 @@
+"""Benchmark: every strategy on real DCASE outputs, equal budgets, seeded 50/50 splits.
+
+For desed-validation/dcase2021-baseline-student and desed-validation/dcase2020-baseline it
+runs one sedtune job per set (5 seeded 50/50 clip splits, budget 200 full-set evaluations per
+searching strategy) and prints one table per set: mean and spread of tuning F1 and held-out
+F1, the held-out gain over manual with its bootstrap interval, evaluations and wall seconds,
+for manual, exact, random, bayes and rl (static table and clip-adaptive, plus its untrained
+policy), each with naive selection (best tuning F1) and the default robust selection.
+
+Bars (issue 3): every robust strategy at or above manual on mean held-out F1; rl above its
+own untrained policy; robust exact above naive exact on held-out F1 on both sets. Goal
+(recorded either way): robust exact's mean held-out gain over manual >= +1.8 points on
+dcase2021-baseline-student and >= +3.1 on dcase2020-baseline.
+
+Run: python tests/benchmarks/bench_strategies.py [--splits 5] [--budget 200]
+     [--strategies manual,exact,random,bayes,rl] [--sets student,2020] [--no-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from envs.importers import import_tsv_folder
+from service.report import comparison_markdown
+from service.runner import JobResult, Row, run_job
+from service.spec import parse_spec
+
+SETS = {"student": "dcase2021-baseline-student", "2020": "dcase2020-baseline"}
+GOALS = {"dcase2021-baseline-student": 0.018, "dcase2020-baseline": 0.031}
+
+
+def job_spec(scores: str, base: Path, name: str, args: argparse.Namespace, out: str) -> dict:
+    strategies = []
+    for s in args.strategies.split(","):
+        entry: dict = {"name": s}
+        if s != "manual":
+            entry["budget"] = args.budget
+        strategies.append(entry)
+    return {
+        "name": f"bench-{name}",
+        "data": {"scores": scores, "ground_truth": str(base / "ground_truth.tsv"),
+                 "durations": str(base / "durations.tsv")},
+        "heldout": {"fraction": 0.5, "seed": 0, "splits": args.splits},
+        "strategies": strategies,
+        "resources": {"num_cpus": 2},
+        "tracking": {"enabled": False},
+        "output": out,
+    }
+
+
+def _row(result: JobResult, strategy: str, selection: str) -> Row | None:
+    return next((r for r in result.rows if r.strategy == strategy and r.selection == selection), None)
+
+
+def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
+    manual = _row(result, "manual", "fixed")
+    assert manual is not None
+    out = []
+    for r in result.rows:
+        if r.selection == "robust":
+            out.append((f"{name}: {r.key} held-out >= manual", r.heldout_f_mean >= manual.heldout_f_mean))
+    rl_static, rl_untrained = _row(result, "rl", "naive"), _row(result, "rl", "untrained")
+    if rl_static and rl_untrained:
+        out.append((f"{name}: rl/naive held-out > rl/untrained",
+                    rl_static.heldout_f_mean > rl_untrained.heldout_f_mean))
+    rl_ad = _row(result, "rl", "adaptive")
+    if rl_ad and rl_untrained:
+        out.append((f"{name}: rl/adaptive held-out > rl/untrained",
+                    rl_ad.heldout_f_mean > rl_untrained.heldout_f_mean))
+    naive, robust = _row(result, "exact", "naive"), _row(result, "exact", "robust")
+    if naive and robust:
+        out.append((f"{name}: exact/robust held-out > exact/naive", robust.heldout_f_mean > naive.heldout_f_mean))
+        goal = GOALS[name]
+        out.append((f"{name}: GOAL exact/robust gain {100 * robust.gain.gain:+.2f} >= +{100 * goal:.1f} points",
+                    robust.gain.gain >= goal))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=200)
+    ap.add_argument("--strategies", default="manual,exact,random,bayes,rl")
+    ap.add_argument("--sets", default="student,2020")
+    ap.add_argument("--no-ray", action="store_true", help="in-process (manual and exact only)")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    args = ap.parse_args()
+    shared = Path(args.shared) / "desed-validation"
+    bars: list[tuple[str, bool]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.sets.split(","):
+            name = SETS[key]
+            scores = f"{tmp}/{name}"
+            import_tsv_folder(str(shared / name / "scores"), scores)
+            spec = parse_spec(job_spec(scores, shared, name, args, f"{tmp}/out-{name}"), "bench spec")
+            t0 = time.perf_counter()
+            result = run_job(spec, use_ray=not args.no_ray)
+            print(f"\n## {name}: {args.splits} splits, budget {args.budget:g}, {time.perf_counter() - t0:.0f} s\n")
+            print(comparison_markdown(result).split("## Per-class")[0])
+            bars += check_bars(name, result)
+    print("\n## Bars and goals\n")
+    for text, ok in bars:
+        print(f"- {'PASS' if ok else 'FAIL'}: {text}")
+    hard = [ok for text, ok in bars if "GOAL" not in text]
+    return 0 if all(hard) and not any(math.isnan(0.0) for _ in hard) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
