@@ -257,11 +257,29 @@ class Evaluator:
         """
         key = (label, kernel_frames)
         if key not in self._levels:
-            values, rank = self.ranked(label)
-            offsets = self.data.scores(label).offsets
-            filtered = median_filter_values(rank, offsets, kernel_frames)
-            self._levels[key] = LevelIndex.from_ranks(filtered, values, offsets)
+            values, _ = self.ranked(label)
+            filtered = self.filtered_ranks(label, kernel_frames)
+            self._levels[key] = LevelIndex.from_ranks(filtered, values, self.data.scores(label).offsets)
         return self._levels[key]
+
+    def filtered_ranks(self, label: str, kernel_frames: int) -> I64:
+        """Every frame's rank among :meth:`ranked` values after median filtering (not cached)."""
+        _, rank = self.ranked(label)
+        return median_filter_values(rank, self.data.scores(label).offsets, kernel_frames)
+
+    def grid_levels(self, label: str, kernel_frames: int, grid: Sequence[float]) -> LevelIndex:
+        """Level index of ``q(p)``: how many of the ascending ``grid`` thresholds lie below p.
+
+        ``p > grid[j]`` holds exactly when ``q(p) >= j + 1``, and q is monotone, so it commutes
+        with the median filter; the index's values are ``j / (len(grid) + 1)``, and its runs
+        at ``(j + 0.5) / (len(grid) + 1)`` are the runs at threshold ``grid[j]``. Sweeping it
+        costs per clip as many levels as the grid has, not as many as the clip has values.
+        """
+        values, _ = self.ranked(label)
+        g = np.asarray(grid, np.float64)
+        q = np.searchsorted(g, values, side="left")[self.filtered_ranks(label, kernel_frames)]
+        levels = np.arange(len(g) + 1, dtype=np.float64) / (len(g) + 1)
+        return LevelIndex.from_ranks(q.astype(np.int64), levels, self.data.scores(label).offsets)
 
     def events(self, label: str, params: ClassParams) -> ClassEvents:
         """A class's events under ``params``."""

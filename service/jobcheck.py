@@ -23,6 +23,7 @@ from service.spec import DataSpec, JobSpec, validation_message
 from service.strategies.base import Strategy, strategy_class
 
 I64 = npt.NDArray[np.int64]
+DRIVER_CACHED_CLASSES = 16
 
 
 @dataclass
@@ -119,6 +120,11 @@ def check_job(spec: JobSpec) -> ResolvedJob:
                 f"so budget must be >= {len(space.settings)}, but got {s.budget}"
             )
         strategies.append((s.name, s.budget, cls(opts)))
+    # The driver evaluates every class (manual, held-out scores) one after another: keep a
+    # few columns in memory, not all of a 400-class set.
+    data.max_cached_classes = DRIVER_CACHED_CLASSES
+    if heldout is not None:
+        heldout.max_cached_classes = DRIVER_CACHED_CLASSES
     return ResolvedJob(spec, data, heldout, classes, space, metric, manual, strategies)
 
 

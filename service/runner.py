@@ -35,7 +35,7 @@ from service.heldout import (
     gain_interval,
     macro_f,
 )
-from service.jobcheck import ResolvedJob, check_job, split_clips
+from service.jobcheck import DRIVER_CACHED_CLASSES, ResolvedJob, check_job, split_clips
 from service.problem import DataRef, TuningProblem, fold_counts
 from service.spec import JobSpec
 from service.strategies.base import RunContext, StrategyResult, TrajectoryPoint, evaluate_joint
@@ -185,7 +185,7 @@ def _run_splits(
             tuning_names, heldout = None, job.heldout_data
         ref = DataRef(spec.data.scores, spec.data.ground_truth, spec.data.durations, tuning_names,
                       tuple(job.classes))
-        problem = TuningProblem(ref, ref.load(), job.space, job.metric, job.manual, spec.folds, spec.seed + k)
+        problem = TuningProblem(ref, ref.load(DRIVER_CACHED_CLASSES), job.space, job.metric, job.manual, spec.folds, spec.seed + k)
         held_ev = Evaluator(heldout, job.metric)
         manual_counts = fold_counts(problem.evaluator, job.manual, problem.folds, problem.n_folds)
         manual_cands = {c: Candidate(job.manual[c], manual_counts[c]) for c in job.classes}

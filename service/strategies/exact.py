@@ -75,13 +75,30 @@ class SweepOutput:
     thresholds: F64
     counts: npt.NDArray[np.int64]
     n_decisions: int
+    node: str = ""
 
 
 def run_sweep_task(task: SweepTask) -> SweepOutput:
     """Sweep one class for one setting (runs on a Ray worker or in-process)."""
+    out = _sweep(task)
+    return SweepOutput(out.label, out.setting, out.thresholds, out.counts, out.n_decisions, current_node())
+
+
+def current_node() -> str:
+    """The Ray node id of this process ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+    except ImportError:  # pragma: no cover - Ray is a dependency of the service
+        return ""
+
+
+def _sweep(task: SweepTask) -> SweepOutput:
     data = task.data.load(max_cached_classes=task.cached_classes)
     ev = _evaluator(task.data, task.metric, task.cached_classes)
-    index = ev.levels(task.label, task.setting.median_filter_frames)
+    k = task.setting.median_filter_frames
+    index = ev.grid_levels(task.label, k, task.grid) if task.grid is not None else ev.levels(task.label, k)
     res = sweep_class(
         index, data.refs[task.label], data.frame_hop_s, data.durations_s,
         task.metric.t_collar_s, task.metric.percentage_of_length,
@@ -97,9 +114,11 @@ def run_sweep_task(task: SweepTask) -> SweepOutput:
     counts[:, :, 2] = res.group_ntp.T
     if task.grid is not None:
         grid = np.asarray(task.grid)
-        # The interval [lower, upper) holding each grid threshold gives its decision.
-        pos = np.clip(np.searchsorted(res.lower, grid, side="right") - 1, 0, len(res.lower) - 1)
-        return SweepOutput(task.label, task.setting, grid, counts[pos], len(res.thresholds))
+        # On the grid index, threshold grid[j] is the level value (j + 0.5) / (len + 1); the
+        # interval [lower, upper) holding it gives its decision.
+        at = (np.arange(len(grid)) + 0.5) / (len(grid) + 1)
+        pos = np.clip(np.searchsorted(res.lower, at, side="right") - 1, 0, len(res.lower) - 1)
+        return SweepOutput(task.label, task.setting, grid, counts[pos], len(grid))
     inside = (res.thresholds >= task.low) & (res.thresholds <= task.high)
     thr, cnt = res.thresholds[inside], counts[inside]
     if len(thr) == 0:  # no decision change inside the range: its one decision at mid-range
@@ -165,8 +184,9 @@ class ExactStrategy(Strategy):
                 space.threshold_low, space.threshold_high, grid,
                 opts.max_candidates_per_setting, opts.classes_cached_per_worker,
             )
-            for s in space.settings
+            # Class-major order: consecutive tasks of a worker tend to share a class column.
             for c in problem.classes
+            for s in space.settings
         ]
         outputs = _execute(tasks, ctx)
         return _combine(problem, outputs, grid, t0, ctx)
@@ -224,5 +244,6 @@ def _combine(
         known = [v for v in best_f.values() if np.isfinite(v)]
         traj.add(spent, float(np.mean(known)) if known else float("nan"))
     info = {"settings": len(problem.space.settings), "tasks": len(outputs),
-            "thresholds_per_setting": len(grid) if grid is not None else "all"}
+            "thresholds_per_setting": len(grid) if grid is not None else "all",
+            "nodes": sorted({o.node for o in outputs if o.node})}
     return StrategyResult("exact", best_p, cands, traj.points, spent, time.perf_counter() - t0, info=info)

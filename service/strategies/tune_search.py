@@ -224,7 +224,11 @@ def _trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     from ray import tune
 
     _fail_once(setup.fault_marker)
-    tune.report(evaluate_config(setup, config))
+    t0 = time.perf_counter()
+    out = evaluate_config(setup, config)
+    # Diagnostics: evaluation seconds and worker process (shows actor reuse and cache warm-up).
+    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid())
+    tune.report(out)
 
 
 # --------------------------------------------------------------------------- the driver

@@ -1,0 +1,356 @@
+"""MLflow tracking of a job: one path for online logging and for ``sedtune log``.
+
+:func:`log_results` reads only the files of a result directory (layout and names in
+:mod:`service.tracking_layout`), writes the figures into ``<dir>/plots/``, checks that the
+tracking server answers (a short HTTP probe, so an unreachable server costs seconds, not the
+client's minutes of retries), and logs the runs with :class:`mlflow.MlflowClient` against an
+explicit tracking URI (no global MLflow state, so it also works inside Ray workers on other
+nodes). :func:`log_job` wraps it for the job runner and never raises: it returns the one line
+to print, ``tracked: ...`` or ``tracking failed: ...; results are in DIR; re-log with ...``.
+
+Tracking URI: the given one, else ``$MLFLOW_TRACKING_URI``, else an SQLite store
+``sqlite:///<abs path of ./mlflow.db>`` (artifacts next to it in ``mlartifacts/``). MLflow is
+imported lazily, only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from service.tracking_layout import MAX_TAG_LEN, ResultFiles, RunPlan, load_result_dir, plan_job
+
+if TYPE_CHECKING:
+    from service.runner import JobResult
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"
+PROBE_TIMEOUT_S = 3.0
+MAX_LINE_REASON = 300
+# MLflow's HTTP defaults retry for minutes; while logging, fail within about a minute instead
+# (only where the user has not set these).
+HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 900
+
+
+class TrackingError(Exception):
+    """Logging to MLflow failed.
+
+    Args:
+        uri: The tracking URI.
+        reason: What went wrong, one line.
+    """
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(reason)
+        self.uri = uri
+
+
+class TrackingUnreachable(TrackingError):
+    """The tracking server does not answer."""
+
+
+@dataclass
+class TrackingReport:
+    """What :func:`log_results` logged.
+
+    Attributes:
+        uri: Tracking URI.
+        experiment: Experiment name.
+        experiment_id: Experiment id.
+        run_id: The job's parent run.
+        strategy_runs: Strategy -> child run id.
+        trial_runs: Trial runs logged.
+        artifacts: Artifact files and directories logged.
+        skipped: Artifacts named by the job but not found (left out).
+        already: True if this job id was already tracked (nothing logged).
+    """
+
+    uri: str
+    experiment: str
+    experiment_id: str
+    run_id: str
+    strategy_runs: dict[str, str] = field(default_factory=dict)
+    trial_runs: int = 0
+    artifacts: int = 0
+    skipped: list[str] = field(default_factory=list)
+    already: bool = False
+
+    def line(self) -> str:
+        """One line for the user."""
+        if self.already:
+            return (f"already tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
+                    "(nothing logged; --force logs it again)")
+        left = f"; left out (not found): {', '.join(self.skipped)}" if self.skipped else ""
+        return (f"tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
+                f"({len(self.strategy_runs)} strategy runs, {self.trial_runs} trial runs, "
+                f"{self.artifacts} artifacts){left}")
+
+
+def _one_line(text: object, limit: int = MAX_LINE_REASON) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
+
+    Args:
+        uri: Explicit URI (spec ``tracking.uri`` or ``--tracking-uri``), or None.
+
+    Returns:
+        A URI; the SQLite default has the absolute path of ``./mlflow.db``.
+    """
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
+
+
+def _sqlite_path(uri: str) -> str | None:
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
+def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check that the tracking store can be reached (HTTP: ``GET /health``; SQLite: its folder).
+
+    Any HTTP answer counts as reachable (errors such as 401 are reported by MLflow later).
+
+    Args:
+        uri: Tracking URI.
+        timeout_s: Connect and read timeout (s).
+
+    Raises:
+        TrackingUnreachable: No answer, or the SQLite folder cannot be created.
+    """
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+                resp.read(64)
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingUnreachable(uri, f"cannot reach {uri} ({_one_line(reason, 120)})") from e
+    elif (path := _sqlite_path(uri)) is not None:
+        folder = os.path.dirname(path)
+        try:
+            os.makedirs(folder or ".", exist_ok=True)
+        except OSError as e:
+            raise TrackingUnreachable(uri, f"cannot create the folder of {uri} ({e})") from e
+
+
+@contextlib.contextmanager
+def _http_env() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in HTTP_ENV}
+    for k, v in HTTP_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+
+
+def _client(uri: str) -> Any:
+    try:
+        from mlflow import MlflowClient
+    except ImportError as e:
+        raise TrackingError(uri, f"mlflow is not installed ({e}); install sedtune[ray]") from e
+    return MlflowClient(tracking_uri=uri)
+
+
+def _get_or_create(client: Any, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        path = _sqlite_path(uri)
+        location = None
+        if path is not None:
+            location = "file://" + os.path.join(os.path.dirname(os.path.abspath(path)), "mlartifacts")
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except MlflowException:  # created meanwhile by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(uri, f"experiment {name!r} at {uri} is deleted; restore it or set tracking.experiment")
+    return str(exp.experiment_id)
+
+
+def ensure_experiment(tracking_uri: str | None, name: str) -> str:
+    """Create the experiment if it does not exist (call once in the driver before fanning out).
+
+    Args:
+        tracking_uri: Tracking URI (None: see :func:`resolve_uri`).
+        name: Experiment name.
+
+    Returns:
+        The experiment id.
+    """
+    uri = resolve_uri(tracking_uri)
+    probe(uri)
+    with _http_env():
+        return _get_or_create(_client(uri), name, uri)
+
+
+def _write_plots(files: ResultFiles, stack: contextlib.ExitStack) -> dict[str, str]:
+    from service.plots import write_plots
+
+    try:
+        return write_plots(files.comparison, os.path.join(files.path, "plots"))
+    except OSError as e:  # read-only result directory: draw into a temporary one
+        LOG.info("cannot write figures into %s (%s); using a temporary directory", files.path, e)
+        return write_plots(files.comparison, stack.enter_context(tempfile.TemporaryDirectory()))
+
+
+def _previous(client: Any, exp_id: str, job_id: str) -> str | None:
+    """A finished parent run of this job id, if any; partial earlier uploads are deleted."""
+    if not job_id or not job_id.replace("-", "").replace("_", "").isalnum():
+        return None
+    runs = client.search_runs([exp_id], filter_string=f"tags.job_id = '{job_id}'", max_results=5000)
+    done = [r for r in runs if r.data.tags.get("sedtune.role") == "job" and r.info.status == "FINISHED"]
+    if done:
+        return str(done[0].info.run_id)
+    for r in runs:
+        LOG.info("deleting run %s of an unfinished earlier upload of job %s", r.info.run_id, job_id)
+        client.delete_run(r.info.run_id)
+    return None
+
+
+@dataclass
+class _Tally:
+    runs: list[tuple[str, str, str]] = field(default_factory=list)  # (role, name, run id)
+    artifacts: int = 0
+
+    def ids(self, role: str) -> dict[str, str]:
+        return {name: run_id for r, name, run_id in self.runs if r == role}
+
+
+def _log_run(client: Any, exp_id: str, plan: RunPlan, parent: str | None, tally: _Tally) -> str:
+    """Create one run of the plan with its children; FINISHED only once all of it is logged."""
+    from mlflow.entities import Metric, Param
+
+    tags = {k: v[:MAX_TAG_LEN] for k, v in plan.tags.items()}
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent
+    run_id = str(client.create_run(exp_id, tags=tags, run_name=plan.name).info.run_id)
+    try:
+        params = [Param(k, v) for k, v in plan.params.items()]
+        for i in range(0, len(params), _PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=params[i : i + _PARAMS_PER_BATCH])
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v, step in plan.metrics]
+        for i in range(0, len(metrics), _METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+        for path, artifact_dir in plan.artifacts:
+            if os.path.isdir(path):
+                client.log_artifacts(run_id, path, artifact_dir)
+            else:
+                client.log_artifact(run_id, path, artifact_dir)
+            tally.artifacts += 1
+        for child in plan.children:
+            _log_run(client, exp_id, child, run_id, tally)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    tally.runs.append((plan.tags.get("sedtune.role", ""), plan.name, run_id))
+    return run_id
+
+
+def log_results(
+    result_dir: str, tracking_uri: str | None = None, experiment: str | None = None, *, force: bool = False
+) -> TrackingReport:
+    """Log a job's result directory to MLflow (figures are written into ``<dir>/plots/`` first).
+
+    Args:
+        result_dir: The job's output directory.
+        tracking_uri: Tracking URI (None: the spec's ``tracking.uri``, then :func:`resolve_uri`).
+        experiment: Experiment name (None: the spec's ``tracking.experiment``, else the job name).
+            Created if missing; create it once in the driver (:func:`ensure_experiment`) when
+            several workers log into it.
+        force: Log even if a finished parent run of this job id exists.
+
+    Returns:
+        What was logged.
+
+    Raises:
+        SedtuneInputError: ``result_dir`` is not a readable result directory.
+        TrackingError: Tracking failed (one-line message; ``TrackingUnreachable`` if no answer).
+    """
+    files = load_result_dir(result_dir)
+    tracking = files.spec.get("tracking") or {}
+    uri = resolve_uri(tracking_uri or tracking.get("uri"))
+    name = experiment or tracking.get("experiment") or files.job
+    with contextlib.ExitStack() as stack:
+        plots = _write_plots(files, stack)
+        probe(uri)
+        stack.enter_context(_http_env())
+        try:
+            client = _client(uri)
+            exp_id = _get_or_create(client, name, uri)
+            job_id = str(files.comparison.get("job_id", ""))
+            prev = None if force else _previous(client, exp_id, job_id)
+            if prev is not None:
+                return TrackingReport(uri, name, exp_id, prev, already=True)
+            plan, skipped = plan_job(files, plots)
+            tally = _Tally()
+            t0 = time.perf_counter()
+            run_id = _log_run(client, exp_id, plan, None, tally)
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(uri, f"{uri}: {type(e).__name__}: {_one_line(e)}") from e
+    LOG.info("logged %d runs and %d artifacts to %s in %.1f s", len(tally.runs), tally.artifacts, uri,
+             time.perf_counter() - t0)
+    return TrackingReport(uri, name, exp_id, run_id, tally.ids("strategy"), len(tally.ids("trial")),
+                          tally.artifacts, skipped)
+
+
+def failure_line(err: BaseException, result_dir: str, uri: str) -> str:
+    """The one line reporting a tracking failure, with how to re-log.
+
+    Args:
+        err: The failure.
+        result_dir: Where the results are.
+        uri: The tracking URI tried.
+    """
+    reason = str(err) if isinstance(err, TrackingError) else f"{uri}: {type(err).__name__}: {err}"
+    return (f"tracking failed: {_one_line(reason)}; results are in {result_dir}; re-log with "
+            f"`sedtune log {shlex.quote(result_dir)} --tracking-uri {shlex.quote(uri)}`")
+
+
+def log_job(result: JobResult) -> str:
+    """Log a finished job (its written result directory); never raises.
+
+    Args:
+        result: The job, after :func:`service.report.write_outputs`.
+
+    Returns:
+        One line: ``tracked: experiment X, run ID at URI (...)`` or ``tracking failed: ...``.
+    """
+    uri = resolve_uri(result.spec.tracking.uri)
+    try:
+        return log_results(result.output_dir, uri, result.spec.tracking.experiment).line()
+    except Exception as e:
+        LOG.debug("tracking failed", exc_info=True)
+        return failure_line(e, result.output_dir, getattr(e, "uri", uri))
