@@ -15,6 +15,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,7 @@ from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, rec
 from envs.metrics.segment_based import segment_counts
 from envs.params import ClassParams
 from envs.scoreset import ClassScores, ScoreSet
-from envs.stack import clean, decode, median_filter_values
+from envs.stack import clean, decode, median_filter_levels, median_filter_values
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -61,6 +62,33 @@ class MetricConfig:
         if not self.segment_s > 0:
             raise SedtuneInputError(f"{where}.segment_s must be > 0, but got {self.segment_s!r}")
         return self
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    """A small least-recently-used cache (unbounded when ``size`` is None)."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+        self._d: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        if self.size is not None:
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
 
 
 class EvalSet:
@@ -237,8 +265,12 @@ class Evaluator:
     def __init__(self, data: EvalSet, metric: MetricConfig | None = None) -> None:
         self.data = data
         self.metric = (metric or MetricConfig()).validate()
-        self._ranked: dict[str, tuple[F64, I64]] = {}
-        self._levels: dict[tuple[str, int], LevelIndex] = {}
+        # Bounded like the set's class cache: a worker sweeping hundreds of classes of a large
+        # set must not keep every class's ranks and indexes.
+        n = data.max_cached_classes
+        self._ranked: _Lru[str, tuple[F64, I64]] = _Lru(None if n is None else max(n, 1))
+        self._levels: _Lru[tuple[str, int], LevelIndex] = _Lru(None if n is None else max(n, 1) * 32)
+        self._quantized: _Lru[tuple[str, tuple[float, ...]], I64] = _Lru(None if n is None else max(n, 1))
 
     def ranked(self, label: str) -> tuple[F64, I64]:
         """A class's sorted distinct values and every frame's rank among them (cached)."""
@@ -256,11 +288,13 @@ class Evaluator:
         map value -> rank, so this equals indexing the filtered values.
         """
         key = (label, kernel_frames)
-        if key not in self._levels:
+        hit = self._levels.get(key)
+        if hit is None:
             values, _ = self.ranked(label)
             filtered = self.filtered_ranks(label, kernel_frames)
-            self._levels[key] = LevelIndex.from_ranks(filtered, values, self.data.scores(label).offsets)
-        return self._levels[key]
+            hit = LevelIndex.from_ranks(filtered, values, self.data.scores(label).offsets)
+            self._levels.put(key, hit)
+        return hit
 
     def filtered_ranks(self, label: str, kernel_frames: int) -> I64:
         """Every frame's rank among :meth:`ranked` values after median filtering (not cached)."""
@@ -275,11 +309,16 @@ class Evaluator:
         at ``(j + 0.5) / (len(grid) + 1)`` are the runs at threshold ``grid[j]``. Sweeping it
         costs per clip as many levels as the grid has, not as many as the clip has values.
         """
-        values, _ = self.ranked(label)
         g = np.asarray(grid, np.float64)
-        q = np.searchsorted(g, values, side="left")[self.filtered_ranks(label, kernel_frames)]
+        scores = self.data.scores(label)
+        key = (label, tuple(g.tolist()))
+        q = self._quantized.get(key)
+        if q is None:
+            q = np.searchsorted(g, scores.values.astype(np.float64), side="left").astype(np.int64)
+            self._quantized.put(key, q)
+        filtered = median_filter_levels(q, scores.offsets, kernel_frames, len(g) + 1)
         levels = np.arange(len(g) + 1, dtype=np.float64) / (len(g) + 1)
-        return LevelIndex.from_ranks(q.astype(np.int64), levels, self.data.scores(label).offsets)
+        return LevelIndex.from_ranks(filtered, levels, scores.offsets)
 
     def events(self, label: str, params: ClassParams) -> ClassEvents:
         """A class's events under ``params``."""

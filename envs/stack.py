@@ -66,6 +66,49 @@ def median_filter_values(
     return out
 
 
+def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int) -> I64:
+    """Median filter for small integer alphabets (values 0..n_levels-1), reflect boundary.
+
+    The median of a window is >= j exactly when at least (k + 1) / 2 of its values are >= j,
+    so the filtered value is the number of levels j >= 1 for which that majority holds; each
+    level costs one cumulative sum. Equal to :func:`median_filter_values` (tested), and much
+    faster than a rank filter when the alphabet is small (a quantized threshold grid).
+    """
+    if kernel_frames == 1:
+        return q
+    half = kernel_frames // 2
+    need = half + 1
+    out = np.zeros_like(q)
+    lengths = np.diff(offsets)
+    for length in np.unique(lengths):
+        if length == 0:
+            continue
+        clips = np.flatnonzero(lengths == length)
+        idx = offsets[clips][:, None] + np.arange(length)[None, :]
+        if length <= half:
+            # Reflections of clips shorter than the half window differ between numpy's
+            # padding and scipy's; such clips are rare, so scipy filters them.
+            out[idx] = _scipy_median(q[idx], size=(1, int(kernel_frames)), mode="reflect")
+            continue
+        # numpy's "symmetric" padding is scipy's "reflect" (d c b a | a b c d | d c b a).
+        block = np.pad(q[idx], ((0, 0), (half, half)), mode="symmetric")
+        acc = np.zeros((len(clips), length), dtype=q.dtype)
+        lo, hi = block.min(axis=1), block.max(axis=1)
+        for j in range(1, n_levels):
+            # Clips entirely at or above level j stay there; clips entirely below never reach
+            # it; only clips that straddle j need window counts (usually a small fraction).
+            acc[lo >= j] += 1
+            rows = np.flatnonzero((lo < j) & (hi >= j))
+            if len(rows) == 0:
+                continue
+            cs = np.cumsum(block[rows] >= j, axis=1, dtype=np.int16)
+            window = cs[:, kernel_frames - 1 :].copy()
+            window[:, 1:] -= cs[:, : -kernel_frames]
+            acc[rows] += (window >= need).astype(q.dtype)
+        out[idx] = acc
+    return out
+
+
 def frame_clips(offsets: I64) -> I64:
     """Clip index of every frame."""
     lengths = np.diff(offsets)

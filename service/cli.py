@@ -38,7 +38,7 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore
     """Register command groups that live in other modules, if present."""
     import importlib
 
-    for name in ("tune_commands", "service_commands"):
+    for name in ("tune_commands", "service_commands", "tracking_commands"):
         try:
             mod = importlib.import_module(f"service.commands.{name}")
         except ModuleNotFoundError as e:

@@ -199,12 +199,15 @@ def write_plots(comparison: Mapping[str, Any], out_dir: str) -> dict[str, str]:
         Paths by name: ``f1_vs_evaluations``, ``class_f1`` and ``class_f1/<strategy>``.
     """
     os.makedirs(out_dir, exist_ok=True)
+    def at(name: str) -> str:
+        return os.path.join(out_dir, name)
+
     paths = {
-        "f1_vs_evaluations": plot_f1_vs_evaluations(comparison, os.path.join(out_dir, "f1_vs_evaluations.png")),
-        "class_f1": plot_class_f1(comparison, os.path.join(out_dir, "class_f1.png")),
+        "f1_vs_evaluations": plot_f1_vs_evaluations(comparison, at("f1_vs_evaluations.png")),
+        "class_f1": plot_class_f1(comparison, at("class_f1.png")),
     }
     for row in primary_rows(comparison):
         s = row["strategy"]
-        paths[f"class_f1/{s}"] = plot_strategy_class_f1(comparison, s, os.path.join(out_dir, f"class_f1.{s}.png"))
+        paths[f"class_f1/{s}"] = plot_strategy_class_f1(comparison, s, at(f"class_f1.{s}.png"))
     LOG.info("wrote %d figures to %s", len(paths), out_dir)
     return paths

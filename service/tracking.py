@@ -44,6 +44,7 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # one line per job, not two per run
 }
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 900
@@ -62,7 +63,7 @@ class TrackingError(Exception):
         self.uri = uri
 
 
-class TrackingUnreachable(TrackingError):
+class TrackingUnreachableError(TrackingError):
     """The tracking server does not answer."""
 
 
@@ -98,9 +99,17 @@ class TrackingReport:
             return (f"already tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
                     "(nothing logged; --force logs it again)")
         left = f"; left out (not found): {', '.join(self.skipped)}" if self.skipped else ""
+        view = f"; view at {self.ui_url}" if self.ui_url else ""
         return (f"tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
                 f"({len(self.strategy_runs)} strategy runs, {self.trial_runs} trial runs, "
-                f"{self.artifacts} artifacts){left}")
+                f"{self.artifacts} artifacts){view}{left}")
+
+    @property
+    def ui_url(self) -> str | None:
+        """The parent run's page in the MLflow UI (HTTP tracking servers only)."""
+        if urlparse(self.uri).scheme not in ("http", "https"):
+            return None
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
 def _one_line(text: object, limit: int = MAX_LINE_REASON) -> str:
@@ -134,7 +143,7 @@ def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         timeout_s: Connect and read timeout (s).
 
     Raises:
-        TrackingUnreachable: No answer, or the SQLite folder cannot be created.
+        TrackingUnreachableError: No answer, or the SQLite folder cannot be created.
     """
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
@@ -145,13 +154,13 @@ def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             return
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingUnreachable(uri, f"cannot reach {uri} ({_one_line(reason, 120)})") from e
+            raise TrackingUnreachableError(uri, f"cannot reach {uri} ({_one_line(reason, 120)})") from e
     elif (path := _sqlite_path(uri)) is not None:
         folder = os.path.dirname(path)
         try:
             os.makedirs(folder or ".", exist_ok=True)
         except OSError as e:
-            raise TrackingUnreachable(uri, f"cannot create the folder of {uri} ({e})") from e
+            raise TrackingUnreachableError(uri, f"cannot create the folder of {uri} ({e})") from e
 
 
 @contextlib.contextmanager
@@ -191,7 +200,7 @@ def _get_or_create(client: Any, name: str, uri: str) -> str:
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
-        raise TrackingError(uri, f"experiment {name!r} at {uri} is deleted; restore it or set tracking.experiment")
+        raise TrackingError(uri, f"experiment {name!r} at {uri} is deleted; restore it or choose another")
     return str(exp.experiment_id)
 
 
@@ -295,7 +304,7 @@ def log_results(
 
     Raises:
         SedtuneInputError: ``result_dir`` is not a readable result directory.
-        TrackingError: Tracking failed (one-line message; ``TrackingUnreachable`` if no answer).
+        TrackingError: Tracking failed (one-line message; ``TrackingUnreachableError`` if no answer).
     """
     files = load_result_dir(result_dir)
     tracking = files.spec.get("tracking") or {}

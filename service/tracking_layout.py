@@ -225,6 +225,11 @@ def _common_tags(files: ResultFiles, role: str) -> dict[str, str]:
     return tags
 
 
+def _manual_metrics(manual: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """``manual_tuning_f1`` and ``manual_heldout_f1``: the reference on every run."""
+    return [(f"manual_{k}", v, 0) for k, v, _ in row_metrics(manual) if k in ("tuning_f1", "heldout_f1")]
+
+
 def local_artifact(files: ResultFiles, path: str) -> str | None:
     """Where a file named in ``artifacts.json`` is now (the directory may have moved).
 
@@ -261,7 +266,7 @@ def _strategy_plan(files: ResultFiles, rows: list[dict[str, Any]], primary: dict
     metrics += [("evaluations", v, 0) for v in [_num(primary.get("evaluations"))] if v is not None]
     metrics += [("wall_s", v, 0) for v in [_num(primary.get("wall_s"))] if v is not None]
     if manual is not None:
-        metrics += [(f"manual_{k}", v, 0) for k, v, _ in row_metrics(manual) if k in ("tuning_f1", "heldout_f1")]
+        metrics += _manual_metrics(manual)
     metrics += [(CURVE_METRIC, f, step) for step, f in curve_points(primary.get("trajectory") or [])]
     artifacts: list[tuple[str, str | None]] = []
     for r in rows:
@@ -321,9 +326,9 @@ def plan_job(files: ResultFiles, plots: dict[str, str]) -> tuple[RunPlan, list[s
             tags["mlflow.note.content"] = f.read()[:MAX_TAG_LEN]
     metrics: list[tuple[str, float, int]] = []
     if rec is not None:
-        metrics += [(k, v, s) for k, v, s in row_metrics(rec) if k in ("tuning_f1", "heldout_f1", "gain_over_manual")]
+        metrics += [m for m in row_metrics(rec) if m[0] in ("tuning_f1", "heldout_f1", "gain_over_manual")]
     if manual is not None:
-        metrics += [(f"manual_{k}", v, 0) for k, v, _ in row_metrics(manual) if k in ("tuning_f1", "heldout_f1")]
+        metrics += _manual_metrics(manual)
     metrics += [("wall_s", v, 0) for v in [_num(cmp.get("wall_s"))] if v is not None]
     artifacts: list[tuple[str, str | None]] = [
         (p, None) for n in ("spec.resolved.json", "comparison.json", "comparison.md", "best_params.json",

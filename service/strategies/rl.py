@@ -91,6 +91,8 @@ class RLOptions(BaseModel):
         default_budget: Full-set evaluations when the job gives no budget.
         max_iterations: Stop after this many training iterations (None: budget only).
         sample_timeout_s: Seconds an EnvRunner may take for one sample call.
+        learner_threads: Torch threads of the driver-side learner while training; the
+            networks are tiny, and more threads only contend with the EnvRunners.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -113,6 +115,7 @@ class RLOptions(BaseModel):
     default_budget: float = Field(100.0, gt=0)
     max_iterations: int | None = Field(None, ge=1)
     sample_timeout_s: float = Field(120.0, gt=0)
+    learner_threads: int = Field(1, ge=1)
 
 
 # --------------------------------------------------------------------------- plain torch
@@ -510,9 +513,12 @@ class RLStrategy(Strategy):
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(include_dashboard=False, log_to_driver=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(opts.learner_threads)
         try:
             return self._run(problem, budget if budget is not None else opts.default_budget, seed, ctx, opts, t0)
         finally:
+            torch.set_num_threads(threads)
             if started_ray:
                 ray.shutdown()
 

@@ -1,31 +1,37 @@
 """Random and Bayesian (Optuna TPE) search over the joint per-class space, on Ray Tune.
 
-Both strategies search every class's parameters at once (the *joint* space: for each class a
+Both strategies search every class's parameters at once (the *joint* space: per class a
 median-filter kernel, a threshold and, where the space offers more than one value, a gap
-fill and a minimum duration). They ignore that the objective is separable; they are the
-plain black-box baselines that the exact strategy is measured against (DESIGN.md, "Search
+fill and a minimum duration). They ignore that the objective is separable: they are the
+plain black-box baselines the exact strategy is measured against (DESIGN.md, "Search
 strategies").
 
-One Tune trial evaluates one joint configuration on all tuning clips: one trial is one
-full-set evaluation, so the budget is the number of trials (``None`` -> 100).
+Budget: one Tune trial evaluates one joint configuration on all tuning clips, i.e. one
+full-set evaluation, so the budget is the number of trials (``None`` -> 100), never more.
 
-How a trial runs: the function trainable receives the configuration (flat keys by class
-index, see :func:`param_space`) and, through ``tune.with_parameters``, a small
-:class:`TrialSetup` holding the :class:`service.problem.DataRef`, the metric, the fold ids of
-the tuning clips and the space. On its worker it loads the data by reference (cached per
-process by ``DataRef.load``), builds an :class:`envs.evaluator.Evaluator` (cached per process,
-so reused actors keep their median-filter caches), and reports the macro F (``"f"``) and the
-per-class fold counts with ``ray.tune.report``. Score arrays never travel through Ray.
+A trial: the function trainable receives the configuration (flat keys by class index, see
+:func:`param_space`) and, through ``tune.with_parameters``, a small :class:`TrialSetup` (the
+:class:`service.problem.DataRef`, the metric, the fold ids of the tuning clips, the space).
+On its worker it loads the data by reference (cached per process by ``DataRef.load``),
+keeps one :class:`envs.evaluator.Evaluator` per process (so a reused actor keeps its
+median-filter caches), and reports the macro F (``"f"``) and the per-class fold counts with
+``ray.tune.report``. Score arrays never travel through Ray.
 
 Determinism: the result is built in trial-creation order, never completion order, and the
-naive pick breaks ties by trial index. Random search draws every configuration up front
-from ``BasicVariantGenerator(random_state=seed)``, so it is deterministic at any
-concurrency. TPE's suggestions depend on which trials have completed when it is asked, so
-:class:`BayesStrategy` runs one trial at a time by default (``max_concurrent_trials=1``);
-with more it is faster but no longer deterministic for a seed (Optuna's default constant
-liar then keeps concurrent suggestions apart).
+naive pick breaks ties by trial index. Random search draws every configuration from
+``BasicVariantGenerator(random_state=seed)`` independently of results, so it is
+deterministic at any concurrency. TPE's suggestions depend on which trials have completed
+when it is asked, so :class:`BayesStrategy` runs one trial at a time by default; with
+``max_concurrent_trials > 1`` it is faster on a cluster but no longer deterministic for a
+seed (Optuna's default constant liar then keeps concurrent suggestions apart).
 
-Ray is imported inside :meth:`run` only, so importing this module (job validation) is cheap.
+Concurrency (measured on a 2-core machine, 500-2000 clips x 10 classes): one trial at a
+time was 1.5-3x faster than two (at 1 or 0.5 CPU each): the Tune controller needs a core,
+and every extra actor warms its own median-filter cache. So random search's default
+(``max_concurrent_trials=None``) runs ``(cluster CPUs - 1) / cpus_per_trial`` trials at once.
+
+Ray is imported inside :meth:`_TuneStrategy.run` only: importing this module (job validation)
+is cheap.
 """
 
 from __future__ import annotations
@@ -37,34 +43,39 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
-from envs.params import ClassParams, ParamFile, check_hop, class_params_from_json, load_params
+from envs.params import ClassParams, check_hop, class_params_from_json, load_params
 from envs.selection import Candidate
 from envs.space import SearchSpace
 from service.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
-from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory
 
 if TYPE_CHECKING:
-    from ray.tune import Callback
-    from ray.tune.search import Searcher, SearchAlgorithm
+    from ray.tune import Callback, Stopper
+    from ray.tune.search import SearchAlgorithm, Searcher
 
 LOG = logging.getLogger(__name__)
 
 #: Trials when the job gives no budget.
 DEFAULT_BUDGET = 100
-
-I64 = npt.NDArray[np.int64]
+#: Stop the experiment when this many trials have failed (after retries) and none succeeded:
+#: the failure is systematic (unreadable data on the workers, a bug), not a flaky worker.
+SYSTEMATIC_FAILURES = 3
 
 # Tune config keys per class field. Keys are flat and name the class by index: class labels
 # may hold any character, and Tune splits nested config keys on "/".
 _KERNEL, _THRESHOLD, _GAP, _MIN_DUR = "kernel", "threshold", "gap", "min_dur"
+
+_O = TypeVar("_O", bound=BaseModel)
+
+#: A warm start: a parameter-file path, or inline ``{class: {field: value}}``.
+WarmStart = str | dict[str, dict[str, Any]]
 
 
 def _key(class_index: int, name: str) -> str:
@@ -77,8 +88,8 @@ def _key(class_index: int, name: str) -> str:
 def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
     """The Tune search space of the joint per-class problem.
 
-    A discrete dimension (kernel, gap, minimum duration) is included only when the space
-    offers more than one value; the threshold is always uniform in the space's range.
+    A discrete dimension (kernel, gap, minimum duration) is a ``tune.choice`` included only
+    when the space offers more than one value; the threshold is uniform in the space's range.
 
     Args:
         space: The per-class space.
@@ -102,29 +113,29 @@ def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
 
 
 def decode(config: Mapping[str, Any], classes: Sequence[str], space: SearchSpace) -> dict[str, ClassParams]:
-    """Per-class parameters of a Tune config (dimensions left out take the space's only value)."""
-    out = {}
-    for i, c in enumerate(classes):
-        out[c] = ClassParams(
+    """Per-class parameters of a Tune config; dimensions left out take the space's only value."""
+    return {
+        c: ClassParams(
             median_filter_frames=int(config.get(_key(i, _KERNEL), space.kernels[0])),
             threshold=float(config[_key(i, _THRESHOLD)]),
             fill_gap_s=float(config.get(_key(i, _GAP), space.fill_gap_s[0])),
             min_duration_s=float(config.get(_key(i, _MIN_DUR), space.min_duration_s[0])),
         )
-    return out
+        for i, c in enumerate(classes)
+    }
 
 
 def _nearest(value: float, allowed: Sequence[float]) -> float:
-    # Ties go to the smaller value (less smoothing / less clean-up), as kernels_for_seconds.
+    # Ties go to the smaller value (less smoothing, less clean-up), as in kernels_for_seconds.
     return min(allowed, key=lambda a: (abs(a - value), a))
 
 
 def snap(params: ClassParams, space: SearchSpace) -> ClassParams:
     """The nearest parameters inside the space.
 
-    The kernel, gap and minimum duration go to the nearest allowed value (the smaller on
-    ties), the threshold is clipped to the range and hysteresis is dropped (the space has
-    none).
+    Kernel (frames), gap and minimum duration (seconds) go to the nearest allowed value (the
+    smaller on ties), the threshold is clipped to the range, hysteresis is dropped (the
+    space has none).
     """
     return ClassParams(
         median_filter_frames=int(_nearest(params.median_filter_frames, space.kernels)),
@@ -135,7 +146,7 @@ def snap(params: ClassParams, space: SearchSpace) -> ClassParams:
 
 
 def encode(params: Mapping[str, ClassParams], classes: Sequence[str], space: SearchSpace) -> dict[str, Any]:
-    """A Tune config (``points_to_evaluate`` entry) of per-class parameters, snapped into the space.
+    """A Tune config (a ``points_to_evaluate`` entry) of per-class parameters, snapped into the space.
 
     Only the dimensions of :func:`param_space` appear: searchers require warm-start points
     with exactly the space's keys.
@@ -153,6 +164,21 @@ def encode(params: Mapping[str, ClassParams], classes: Sequence[str], space: Sea
     return out
 
 
+def trial_budget(budget: float | None) -> int:
+    """Trials for a budget in full-set evaluations (one trial = one evaluation; never more).
+
+    Raises:
+        SedtuneInputError: A budget below one evaluation.
+    """
+    if budget is None:
+        return DEFAULT_BUDGET
+    if not budget >= 1:
+        raise SedtuneInputError(
+            f"budget: must be >= 1 full-set evaluation for a Tune search, but got {budget!r}"
+        )
+    return math.floor(budget)
+
+
 # --------------------------------------------------------------------------- the trial
 
 
@@ -164,7 +190,7 @@ class TrialSetup:
         data: Reference to the tuning clips; each worker reads them itself.
         metric: Collars.
         classes: Class labels, in the order of the config's class indices.
-        space: The per-class space (for dimensions the config leaves out).
+        space: The per-class space (values of dimensions the config leaves out).
         folds: Fold id of every tuning clip.
         n_folds: Number of folds.
         fault_marker: Test only: the first trial that finds no file at this path creates it
@@ -180,7 +206,7 @@ class TrialSetup:
     fault_marker: str | None = None
 
 
-# Per worker process: reused actors keep the evaluator and its median-filter caches.
+# Per worker process: a reused actor keeps the evaluator and its median-filter caches.
 _EVALUATORS: dict[tuple[DataRef, MetricConfig], Evaluator] = {}
 
 
@@ -192,26 +218,23 @@ def _evaluator(data: DataRef, metric: MetricConfig) -> Evaluator:
 
 
 def evaluate_config(setup: TrialSetup, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluate one joint configuration on the tuning clips (in this process).
+    """Evaluate one joint configuration on the tuning clips, in this process.
 
     Returns:
-        ``{"f": macro F, "counts": per class (in ``setup.classes`` order) the
-        [nref, nsys, ntp] of every fold as nested lists}``.
+        ``{"f": tuning macro F, "counts": per class (``setup.classes`` order) the
+        [nref, nsys, ntp] of every fold, as nested lists}``.
     """
     params = decode(config, setup.classes, setup.space)
     folds = np.asarray(setup.folds, dtype=np.int64)
     counts = fold_counts(_evaluator(setup.data, setup.metric), params, folds, setup.n_folds)
-    return {
-        "f": float(macro_from_counts(counts)),
-        "counts": [counts[c].tolist() for c in setup.classes],
-    }
+    return {"f": float(macro_from_counts(counts)), "counts": [counts[c].tolist() for c in setup.classes]}
 
 
 def _fail_once(marker: str | None) -> None:
     if marker is None:
         return
     try:
-        # O_EXCL: of concurrent trials exactly one creates the marker, and only it dies.
+        # O_EXCL: of concurrent trials exactly one creates the marker, and only that one dies.
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
@@ -226,7 +249,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     _fail_once(setup.fault_marker)
     t0 = time.perf_counter()
     out = evaluate_config(setup, config)
-    # Diagnostics: evaluation seconds and worker process (shows actor reuse and cache warm-up).
+    # Diagnostics: seconds spent evaluating and the worker process (shows actor reuse).
     out.update(eval_s=time.perf_counter() - t0, pid=os.getpid())
     tune.report(out)
 
@@ -241,99 +264,173 @@ class _TrialRecord:
     config: dict[str, Any]
     f: float | None = None
     counts: list[list[list[int]]] | None = None
-    failed: bool = False
+    error: str | None = None
 
 
-def _collector(progress: Any) -> Callback:
-    """A Tune callback recording every trial's config and result, in creation order."""
+@dataclass
+class _Trials:
+    """Every trial's config and outcome, keyed by creation index (shared by callback and stopper)."""
+
+    records: dict[int, _TrialRecord]
+    retries: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r.f is None for r in self.records.values())
+
+    def systematic_failure(self) -> bool:
+        done = [r for r in self.records.values() if r.f is not None or r.error is not None]
+        return len(done) >= SYSTEMATIC_FAILURES and all(r.f is None for r in done)
+
+
+def _collector(store: _Trials, progress: ProgressFn) -> Callback:
+    """A Tune callback that fills ``store`` and reports progress as trials finish."""
     from ray.tune import Callback
 
     class Collector(Callback):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.records: dict[int, _TrialRecord] = {}
             self._index: dict[str, int] = {}
-            self._done = 0
+            self._finished = 0
 
-        def _record(self, trials: list[Any], trial: Any) -> _TrialRecord:
-            # The controller's trial list is in creation order; trial ids of searcher-made
-            # trials are random, so the position is the index.
+        def _record(self, all_trials: list[Any], trial: Any) -> _TrialRecord:
+            # The controller's list is in creation order; searcher-made trial ids are
+            # random, so the position is the index.
             if trial.trial_id not in self._index:
-                pos = next(i for i, t in enumerate(trials) if t is trial)
+                pos = next(i for i, t in enumerate(all_trials) if t is trial)
                 self._index[trial.trial_id] = pos
-                self.records[pos] = _TrialRecord(config=dict(trial.config))
-            return self.records[self._index[trial.trial_id]]
+                store.records[pos] = _TrialRecord(config=dict(trial.config))
+            return store.records[self._index[trial.trial_id]]
 
-        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                            **info: Any) -> None:
+        def _finish(self) -> None:
+            self._finished += 1
+            progress(float(self._finished))
+
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
             rec = self._record(trials, trial)
             if "f" in result and rec.f is None:
-                rec.f = float(result["f"])
-                rec.counts = result["counts"]
-                self._done += 1
-                progress(float(self._done))
+                rec.f, rec.counts, rec.error = float(result["f"]), result["counts"], None
+                self._finish()
+
+        def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            store.retries += 1
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             rec = self._record(trials, trial)
-            if rec.f is None:
-                rec.failed = True
-                self._done += 1
-                progress(float(self._done))
+            if rec.f is None and rec.error is None:
+                rec.error = str(getattr(trial, "error_file", None) or "unknown error")
+                self._finish()
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-            # Trials that never reported nor errored (e.g. stopped) still count as spent.
-            for t in trials:
-                rec = self._record(trials, t)
-                if rec.f is None:
-                    rec.failed = True
+            for t in trials:  # trials stopped before they reported still count as spent
+                self._record(trials, t)
 
     return Collector()
 
 
-def trial_budget(budget: float | None) -> int:
-    """Number of trials for a budget in full-set evaluations (never more than the budget).
+def _stopper(store: _Trials) -> Stopper:
+    """Stops the experiment on systematic failure (see :data:`SYSTEMATIC_FAILURES`)."""
+    from ray.tune import Stopper
 
-    Raises:
-        SedtuneInputError: A budget below one evaluation.
-    """
-    if budget is None:
-        return DEFAULT_BUDGET
-    if not budget >= 1:
-        raise SedtuneInputError(f"budget: must be >= 1 full-set evaluation for a Tune search, but got {budget!r}")
-    return int(math.floor(budget))
+    class FailureStopper(Stopper):  # type: ignore[misc]
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return store.systematic_failure()
+
+    return FailureStopper()
+
+
+def _auto_concurrency(cpus_per_trial: float) -> int:
+    """Trials at once that leave one CPU of the cluster to the Tune controller (at least 1)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
+    return max(1, int((cpus - 1.0) // cpus_per_trial))
 
 
 class TuneOptions(BaseModel):
     """Options shared by the Tune strategies.
 
     Attributes:
-        max_concurrent_trials: Trials running at once.
         cpus_per_trial: CPUs reserved per trial (one evaluation is single-threaded).
-        max_failures: Retries of a trial whose worker dies.
+        max_failures: Retries of a trial whose worker dies; a trial failing every retry is
+            counted in ``info["failed_trials"]`` and the search goes on.
         fault_marker: Test only (see :class:`TrialSetup`); leave unset.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrent_trials: int = Field(default=2, ge=1)
     cpus_per_trial: float = Field(default=1.0, gt=0)
     max_failures: int = Field(default=3, ge=0)
     fault_marker: str | None = None
 
 
+class RandomOptions(TuneOptions):
+    """Options of :class:`RandomStrategy`.
+
+    Attributes:
+        max_concurrent_trials: Trials running at once; None: all CPUs of the cluster but
+            one, divided by ``cpus_per_trial``. The result does not depend on it.
+    """
+
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+
+
+class BayesOptions(TuneOptions):
+    """Options of :class:`BayesStrategy`.
+
+    Attributes:
+        max_concurrent_trials: Trials running at once. 1 keeps TPE deterministic for a seed;
+            more is faster on a cluster but suggestions then depend on completion order.
+        warm_start: A configuration evaluated first: a sedtune parameter file (path, same
+            frame hop as the scores) or inline ``{class: {"threshold": ...,
+            "median_filter_frames": ...}}``. Classes it leaves out take the manual setting;
+            values outside the space are snapped into it.
+        include_manual: Evaluate the problem's manual setting first (before ``warm_start``).
+        n_startup_trials: Trials TPE samples at random (warm-start points included) before
+            it models the objective.
+    """
+
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    warm_start: WarmStart | None = None
+    include_manual: bool = True
+    n_startup_trials: int = Field(default=10, ge=0)
+
+    @field_validator("warm_start")
+    @classmethod
+    def _check_inline(cls, v: WarmStart | None) -> WarmStart | None:
+        # A path is checked at run time: a nightly retune names a file written later.
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("must name at least one class")
+            for label, entry in v.items():
+                try:
+                    class_params_from_json(entry, f"class {label!r}")
+                except SedtuneInputError as e:
+                    raise ValueError(str(e)) from None
+        return v
+
+
 class _TuneStrategy(Strategy):
-    """Shared driver: build the space, run the Tuner, turn trials into a result."""
+    """Shared driver: build the space, run the Tuner, turn the trials into a result."""
 
-    Options: ClassVar[type[BaseModel]] = TuneOptions
-
-    def _opts(self) -> TuneOptions:
-        assert isinstance(self.options, TuneOptions)  # set by Strategy.__init__ from Options
+    def _options_as(self, cls: type[_O]) -> _O:
+        if not isinstance(self.options, cls):
+            got = type(self.options).__name__
+            raise TypeError(f"{self.name}: options must be {cls.__name__}, but got {got}")
         return self.options
 
     def _points(self, problem: TuningProblem) -> list[dict[str, ClassParams]]:
-        """Warm-start configurations, evaluated first (none by default)."""
+        """Configurations to evaluate first (none by default)."""
         return []
 
-    def _search_alg(self, points: list[dict[str, Any]], seed: int) -> SearchAlgorithm | Searcher:
+    def _search(
+        self, points: list[dict[str, Any]], seed: int, n_trials: int
+    ) -> tuple[SearchAlgorithm | Searcher, int | None]:
+        """The search algorithm and Tune's ``max_concurrent_trials`` for it."""
         raise NotImplementedError
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
@@ -346,21 +443,21 @@ class _TuneStrategy(Strategy):
             ctx: Work directory (Tune's storage under ``<workdir>/tune``) and progress.
 
         Raises:
-            RuntimeError: If no trial produced a result.
+            SedtuneInputError: A budget below 1, an unusable warm start.
+            RuntimeError: No trial produced a result.
         """
+        import ray
         from ray import tune
 
         t0 = time.perf_counter()
-        opts = self._opts()
+        opts = self._options_as(TuneOptions)
         n_trials = trial_budget(budget)
         classes = tuple(problem.classes)
-        # Deduplicated, in order; never more warm-start points than trials.
-        points: list[dict[str, Any]] = []
-        for p in self._points(problem):
-            enc = encode(p, classes, problem.space)
-            if enc not in points:
-                points.append(enc)
-        points = points[:n_trials]
+        points = _unique([encode(p, classes, problem.space) for p in self._points(problem)])[:n_trials]
+        if not ray.is_initialized():
+            LOG.info("%s: Ray is not initialised; starting a local instance", self.name)
+            ray.init()
+        search_alg, limit = self._search(points, seed, n_trials)
         setup = TrialSetup(
             data=problem.data,
             metric=problem.metric,
@@ -370,59 +467,58 @@ class _TuneStrategy(Strategy):
             n_folds=problem.n_folds,
             fault_marker=opts.fault_marker,
         )
-        trainable = tune.with_resources(tune.with_parameters(_trainable, setup=setup), {"cpu": opts.cpus_per_trial})
-        collector = _collector(ctx.progress)
+        trials = _Trials(records={})
         tuner = tune.Tuner(
-            trainable,
+            tune.with_resources(tune.with_parameters(_trainable, setup=setup), {"cpu": opts.cpus_per_trial}),
             param_space=param_space(problem.space, len(classes)),
             tune_config=tune.TuneConfig(
                 metric="f",
                 mode="max",
                 num_samples=n_trials,
-                search_alg=self._search_alg(points, seed),
-                max_concurrent_trials=self._concurrency(),
+                search_alg=search_alg,
+                max_concurrent_trials=limit,
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 storage_path=os.path.abspath(os.path.join(ctx.workdir, "tune")),
                 name=f"{self.name}-seed{seed}-{uuid.uuid4().hex[:8]}",
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                callbacks=[collector],
+                stop=_stopper(trials),
+                callbacks=[_collector(trials, ctx.progress)],
                 verbose=0,
             ),
         )
-        LOG.info("%s: %d trials over %d classes (%d warm-start points)", self.name, n_trials, len(classes),
+        LOG.info("%s: %d trials, %d classes, %d warm-start point(s)", self.name, n_trials, len(classes),
                  len(points))
         tuner.fit()
-        return self._result(collector.records, classes, problem.space, problem.n_folds, t0)
+        return self._result(trials, classes, problem, t0)
 
-    def _concurrency(self) -> int | None:
-        """Tune's ``max_concurrent_trials`` (None when the search algorithm limits itself)."""
-        return self._opts().max_concurrent_trials
-
-    def _result(self, records: Mapping[int, _TrialRecord], classes: Sequence[str], space: SearchSpace,
-                n_folds: int, t0: float) -> StrategyResult:
+    def _result(
+        self, trials: _Trials, classes: Sequence[str], problem: TuningProblem, t0: float
+    ) -> StrategyResult:
         traj = Trajectory()
         candidates: dict[str, list[Candidate]] = {c: [] for c in classes}
         best: tuple[float, dict[str, ClassParams]] | None = None
-        n_failed = 0
-        for i, idx in enumerate(sorted(records)):
-            rec = records[idx]
+        for i, idx in enumerate(sorted(trials.records)):
+            rec = trials.records[idx]
+            traj.add(i + 1, math.nan if rec.f is None else rec.f)
             if rec.f is None or rec.counts is None:
-                n_failed += 1
-                traj.add(i + 1, math.nan)
                 continue
-            params = decode(rec.config, classes, space)
+            params = decode(rec.config, classes, problem.space)
             for c, cnt in zip(classes, rec.counts, strict=True):
-                candidates[c].append(Candidate(params[c], np.asarray(cnt, dtype=np.int64).reshape(n_folds, 3)))
-            traj.add(i + 1, rec.f)
+                counts = np.asarray(cnt, dtype=np.int64).reshape(problem.n_folds, 3)
+                candidates[c].append(Candidate(params[c], counts))
             # Strictly greater: ties go to the earlier trial, so the pick is deterministic.
             if best is None or rec.f > best[0]:
                 best = (rec.f, params)
+        n, n_failed = len(trials.records), trials.n_failed
         if best is None:
-            raise RuntimeError(f"{self.name}: none of the {len(records)} Tune trials produced a result")
-        n = len(records)
-        LOG.info("%s: best tuning F %.4f after %d trials (%d failed)", self.name, best[0], n, n_failed)
+            first = next((r.error for r in trials.records.values() if r.error), None)
+            raise RuntimeError(
+                f"{self.name}: none of the {n} Tune trials produced a result (first error: {first})"
+            )
+        LOG.info("%s: best tuning F %.4f after %d trials (%d failed, %d retries)", self.name, best[0], n,
+                 n_failed, trials.retries)
         return StrategyResult(
             strategy=self.name,
             naive=best[1],
@@ -430,121 +526,117 @@ class _TuneStrategy(Strategy):
             trajectory=traj.points,
             evaluations=float(n),
             wall_s=time.perf_counter() - t0,
-            info={"trials": n, "failed_trials": n_failed},
+            info={"trials": n, "failed_trials": n_failed, "retried_trials": trials.retries},
         )
+
+
+def _unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Keep the first of equal points: one evaluation each.
+    out: list[dict[str, Any]] = []
+    for p in points:
+        if p not in out:
+            out.append(p)
+    return out
 
 
 class RandomStrategy(_TuneStrategy):
     """Random search over the joint per-class space (Tune's ``BasicVariantGenerator``).
 
-    Every configuration is drawn up front from the seeded generator, so the evaluated set and
-    the result are the same for a seed at any ``max_concurrent_trials``.
+    Kernels, gaps and minimum durations are drawn uniformly from their sets, thresholds
+    uniformly from the range. Configurations come from the seeded generator alone, so the
+    evaluated set and the result are the same for a seed at any concurrency.
     """
 
     name: ClassVar[str] = "random"
+    Options: ClassVar[type[BaseModel]] = RandomOptions
 
-    def _concurrency(self) -> int | None:
-        return None
-
-    def _search_alg(self, points: list[dict[str, Any]], seed: int) -> SearchAlgorithm:
+    def _search(
+        self, points: list[dict[str, Any]], seed: int, n_trials: int
+    ) -> tuple[SearchAlgorithm | Searcher, int | None]:
         from ray.tune.search import BasicVariantGenerator
 
-        # A generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it.
-        return BasicVariantGenerator(max_concurrent=self._opts().max_concurrent_trials, random_state=seed)
-
-
-class BayesOptions(TuneOptions):
-    """Options of :class:`BayesStrategy`.
-
-    Attributes:
-        max_concurrent_trials: Trials running at once. 1 (default) keeps TPE deterministic
-            for a seed; more is faster but makes suggestions depend on completion order.
-        warm_start: Configuration evaluated first: a sedtune parameter file (path) or an
-            inline ``{class: {"threshold": ..., "median_filter_frames": ...}}``; classes it
-            leaves out take the manual setting. Snapped into the space.
-        include_manual: Evaluate the manual setting first (before ``warm_start``).
-        n_startup_trials: Trials TPE samples at random (warm-start points included) before
-            it models the objective.
-    """
-
-    max_concurrent_trials: int = Field(default=1, ge=1)
-    warm_start: str | dict[str, dict[str, Any]] | None = None
-    include_manual: bool = True
-    n_startup_trials: int = Field(default=10, ge=0)
-
-    @field_validator("warm_start")
-    @classmethod
-    def _check_inline(cls, v: str | dict[str, dict[str, Any]] | None) -> str | dict[str, dict[str, Any]] | None:
-        # A path is checked at run time (nightly retunes name a file written later).
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("must name at least one class")
-            for label, entry in v.items():
-                try:
-                    class_params_from_json(entry, f"class {label!r}")
-                except SedtuneInputError as e:
-                    raise ValueError(str(e)) from None
-        return v
+        opts = self._options_as(RandomOptions)
+        k = opts.max_concurrent_trials or _auto_concurrency(opts.cpus_per_trial)
+        # A generator, not a Searcher: it limits concurrency itself (Tune ignores
+        # TuneConfig.max_concurrent_trials for it, with a warning).
+        return BasicVariantGenerator(max_concurrent=min(k, n_trials), random_state=seed), None
 
 
 class BayesStrategy(_TuneStrategy):
     """Optuna TPE over the joint per-class space (``ray.tune.search.optuna.OptunaSearch``).
 
     TPE models kernels, gaps and minimum durations as categoricals and the threshold as a
-    float. The manual setting (``include_manual``) and ``warm_start`` are evaluated first,
-    through ``points_to_evaluate``.
+    float, with ``TPESampler(seed=seed)``. The manual setting (``include_manual``) and
+    ``warm_start`` are evaluated first, through ``points_to_evaluate`` (they count toward
+    the budget).
     """
 
     name: ClassVar[str] = "bayes"
     Options: ClassVar[type[BaseModel]] = BayesOptions
 
     def _points(self, problem: TuningProblem) -> list[dict[str, ClassParams]]:
-        opts = self.options
-        assert isinstance(opts, BayesOptions)
+        opts = self._options_as(BayesOptions)
         out = []
         if opts.include_manual:
-            out.append(dict(problem.manual))
+            out.append(_complete(problem.manual, problem, "manual"))
         if opts.warm_start is not None:
             out.append(_warm_start(opts.warm_start, problem))
         return out
 
-    def _search_alg(self, points: list[dict[str, Any]], seed: int) -> Searcher:
+    def _search(
+        self, points: list[dict[str, Any]], seed: int, n_trials: int
+    ) -> tuple[SearchAlgorithm | Searcher, int | None]:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        opts = self.options
-        assert isinstance(opts, BayesOptions)
+        opts = self._options_as(BayesOptions)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=opts.n_startup_trials)
-        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None), opts.max_concurrent_trials
 
 
-def _warm_start(source: str | dict[str, dict[str, Any]], problem: TuningProblem) -> dict[str, ClassParams]:
-    """Per-class warm-start parameters for every class of the problem.
+def _complete(given: Mapping[str, ClassParams], problem: TuningProblem, where: str) -> dict[str, ClassParams]:
+    """Parameters for every class: ``given``, else the manual setting.
 
     Raises:
-        SedtuneInputError: Unreadable file, other frame hop, classes the problem does not have.
+        SedtuneInputError: ``given`` names classes the problem does not have, or a class has
+            neither an entry nor a manual setting.
+    """
+    unknown = sorted(set(given) - set(problem.classes))
+    if unknown:
+        raise SedtuneInputError(
+            f"{where}: classes {unknown} are not among the problem's classes {problem.classes}"
+        )
+    missing = [c for c in problem.classes if c not in given]
+    if missing:
+        no_manual = [c for c in missing if c not in problem.manual]
+        if no_manual:
+            raise SedtuneInputError(f"{where}: no parameters for classes {no_manual}")
+        LOG.info("%s: no entry for %s; using the manual setting for them", where, missing)
+    return {c: given[c] if c in given else problem.manual[c] for c in problem.classes}
+
+
+def _warm_start(source: WarmStart, problem: TuningProblem) -> dict[str, ClassParams]:
+    """Per-class warm-start parameters for every class of the problem (before snapping).
+
+    Raises:
+        SedtuneInputError: Unreadable file, another frame hop, unknown classes.
     """
     where = "options.warm_start"
     if isinstance(source, str):
-        pf: ParamFile = load_params(source)
+        pf = load_params(source)
         # Kernels are in frames: another hop would mean other filter lengths.
         check_hop(pf, problem.tuning.frame_hop_s, f"{where} ({source})")
         given = pf.classes
     else:
         given = {str(k): class_params_from_json(v, f"{where}.{k}") for k, v in source.items()}
-    unknown = sorted(set(given) - set(problem.classes))
-    if unknown:
-        raise SedtuneInputError(f"{where}: classes {unknown} are not among the problem's classes {problem.classes}")
-    missing = [c for c in problem.classes if c not in given]
-    if missing:
-        LOG.info("%s: no entry for %s; using the manual setting for them", where, missing)
-    return {c: given.get(c, problem.manual[c]) for c in problem.classes}
+    return _complete(given, problem, where)
 
 
 __all__ = [
     "DEFAULT_BUDGET",
     "BayesOptions",
     "BayesStrategy",
+    "RandomOptions",
     "RandomStrategy",
     "TrialSetup",
     "TuneOptions",

@@ -161,3 +161,20 @@ def test_decoding_offsets_and_clipping():
     ev = apply_stack(s, ClassParams(threshold=0.5), 0.1, np.array([0.45]))
     assert ev.onset_s.tolist() == [0.1, 0.4]
     assert ev.offset_s.tolist() == [0.30000000000000004, 0.45]
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    clips=st.lists(st.lists(st.integers(0, 6), min_size=0, max_size=30), min_size=1, max_size=4),
+    k=st.sampled_from([1, 3, 5, 7, 11, 21]),
+)
+def test_small_alphabet_median_equals_rank_filter(clips, k):
+    from envs.stack import median_filter_levels, median_filter_values
+
+    lengths = [len(c) for c in clips]
+    offsets = np.zeros(len(clips) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    q = np.array([v for c in clips for v in c], dtype=np.int64)
+    a = median_filter_levels(q, offsets, k, 7)
+    b = median_filter_values(q, offsets, k)
+    np.testing.assert_array_equal(a, b)

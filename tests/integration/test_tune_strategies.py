@@ -1,0 +1,240 @@
+"""Random and Bayes (Optuna TPE) search on a local Ray: the strategy contract, warm starts,
+budgets, determinism across concurrency, and a worker that dies mid-search."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from envs.errors import SedtuneInputError
+from envs.evaluator import MetricConfig
+from envs.params import ClassParams, ParamFile
+from envs.space import SearchSpace
+from envs.synth import SynthConfig, SynthResult, generate
+from service.problem import DataRef, TuningProblem
+from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
+from service.strategies.tune_search import (
+    BayesOptions,
+    BayesStrategy,
+    RandomOptions,
+    RandomStrategy,
+    decode,
+    encode,
+    snap,
+    trial_budget,
+)
+from tests.contract.strategy_contract import StrategyContract
+
+pytestmark = pytest.mark.ray
+
+SPACE = SearchSpace(kernels=(1, 3, 5, 7), threshold_low=0.05, threshold_high=0.95)
+MANUAL = ClassParams(median_filter_frames=7, threshold=0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synth_set(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
+    return generate(str(tmp_path_factory.mktemp("synth")), SynthConfig(n_clips=60, n_classes=3, seed=0))
+
+
+@pytest.fixture(scope="module")
+def problem(synth_set: SynthResult) -> TuningProblem:
+    ref = DataRef(synth_set.scores_uri, synth_set.ground_truth_path, synth_set.durations_path, clips=None)
+    manual = {c: MANUAL for c in synth_set.classes}
+    return TuningProblem(ref, ref.load(), SPACE, MetricConfig(), manual, n_folds=3, seed=0)
+
+
+def _run(strategy: Strategy, problem: TuningProblem, workdir: Path, budget: float | None = 12.0,
+         seed: int = 0, progress: list[float] | None = None) -> StrategyResult:
+    sink = progress if progress is not None else []
+    return strategy.run(problem, budget, seed, RunContext(str(workdir), progress=sink.append))
+
+
+def _evaluated(result: StrategyResult) -> list[dict[str, ClassParams]]:
+    """Every trial's joint configuration, in trial order."""
+    classes = list(result.candidates)
+    n = len(result.candidates[classes[0]])
+    return [{c: result.candidates[c][i].params for c in classes} for i in range(n)]
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+# Results of the contract runs, by test class: each Tune run costs seconds, so the contract
+# tests share one run per strategy (the determinism test still makes its own second run).
+_RESULTS: dict[str, StrategyResult] = {}
+
+
+class _TuneContract(StrategyContract):
+    budget = 12.0
+    use_ray = True
+
+    @pytest.fixture
+    def result(self, problem, tmp_path_factory) -> StrategyResult:
+        key = type(self).__name__
+        if key not in _RESULTS:
+            _RESULTS[key] = self._run(problem, tmp_path_factory.mktemp(key))
+        return _RESULTS[key]
+
+    def test_candidates_cover_every_trial(self, problem, result):
+        n = int(result.evaluations)
+        assert result.info == {"trials": n, "failed_trials": 0, "retried_trials": 0}
+        for c in problem.classes:
+            assert len(result.candidates[c]) == n
+            for cand in result.candidates[c]:
+                assert problem.space.contains(cand.params)
+                assert cand.counts.shape == (problem.n_folds, 3) and cand.counts.dtype == np.int64
+        # Counts are the ones a direct evaluation gives, and the naive pick is the best trial.
+        f_naive, counts = evaluate_joint(problem, result.naive)
+        best = max(range(n), key=lambda i: evaluate_joint(problem, _evaluated(result)[i])[0])
+        assert _evaluated(result)[best] == result.naive
+        for c in problem.classes:
+            assert np.array_equal(result.candidates[c][best].counts, counts[c])
+        assert f_naive == pytest.approx(result.trajectory[-1].best_f, abs=1e-12)
+        assert result.trajectory[-1].best_f >= result.trajectory[0].best_f
+
+
+class TestRandomContract(_TuneContract):
+    def make(self) -> Strategy:
+        return RandomStrategy(RandomOptions(max_concurrent_trials=2))
+
+
+class TestBayesContract(_TuneContract):
+    def make(self) -> Strategy:
+        # Few startup trials so that TPE, not its random start, makes most suggestions.
+        return BayesStrategy(BayesOptions(n_startup_trials=4))
+
+
+# --------------------------------------------------------------------------- runs on Ray
+
+
+def test_random_search_is_the_same_at_any_concurrency(problem, tmp_path):
+    two = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem, tmp_path / "two")
+    one = _run(RandomStrategy(RandomOptions(max_concurrent_trials=1)), problem, tmp_path / "one")
+    assert _evaluated(one) == _evaluated(two)
+    assert [p.best_f for p in one.trajectory] == [p.best_f for p in two.trajectory]
+    assert one.naive == two.naive
+    other_seed = _run(RandomStrategy(RandomOptions()), problem, tmp_path / "s1", seed=1)
+    assert _evaluated(other_seed) != _evaluated(one)
+
+
+def test_bayes_evaluates_manual_then_warm_start_first(problem, tmp_path):
+    # Outside the space (kernels 1-7, thresholds 0.05-0.95): kernel 9 snaps to 7, 0.97 clips to 0.95.
+    warm = {c: ClassParams(median_filter_frames=9, threshold=0.97) for c in problem.classes}
+    warm[problem.classes[0]] = ClassParams(median_filter_frames=3, threshold=0.3)
+    path = tmp_path / "warm.json"
+    ParamFile(problem.tuning.frame_hop_s, warm).save(str(path))
+    progress: list[float] = []
+    res = _run(BayesStrategy(BayesOptions(warm_start=str(path), n_startup_trials=2)), problem,
+               tmp_path / "w", budget=5, progress=progress)
+    assert res.evaluations == 5 and len(res.trajectory) == 5
+    first, second = _evaluated(res)[:2]
+    assert first == problem.manual
+    assert second == {c: snap(p, SPACE) for c, p in warm.items()}
+    assert second[problem.classes[1]] == ClassParams(median_filter_frames=7, threshold=0.95)
+    manual_f, manual_counts = evaluate_joint(problem, problem.manual)
+    assert res.trajectory[0].best_f == pytest.approx(manual_f, abs=1e-12)
+    for c in problem.classes:
+        assert np.array_equal(res.candidates[c][0].counts, manual_counts[c])
+    assert progress == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_budget_below_warm_start_points_keeps_the_first(problem, tmp_path):
+    inline = {problem.classes[0]: {"median_filter_frames": 1, "threshold": 0.2}}
+    res = _run(BayesStrategy(BayesOptions(warm_start=inline)), problem, tmp_path, budget=1.9)
+    assert res.evaluations == 1 and res.info["trials"] == 1
+    assert res.naive == problem.manual
+
+
+def test_a_dying_worker_is_retried_and_changes_nothing(problem, tmp_path):
+    marker = tmp_path / "died-once"
+    faulty = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2, fault_marker=str(marker))),
+                  problem, tmp_path / "faulty")
+    assert marker.exists()
+    assert faulty.info == {"trials": 12, "failed_trials": 0, "retried_trials": 1}
+    assert all(len(v) == 12 for v in faulty.candidates.values())
+    # The same search as TestRandomContract's (seed 0, budget 12), reused when it ran first.
+    clean = _RESULTS.get("TestRandomContract") or _run(
+        RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem, tmp_path / "clean"
+    )
+    assert _evaluated(faulty) == _evaluated(clean)
+    assert [p.best_f for p in faulty.trajectory] == [p.best_f for p in clean.trajectory]
+
+
+# --------------------------------------------------------------------------- no Tune run
+
+
+def test_registry_and_lazy_ray_import():
+    assert strategy_class("random") is RandomStrategy
+    assert strategy_class("bayes") is BayesStrategy
+    code = "import sys, service.strategies.tune_search; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_encode_snaps_and_decode_inverts():
+    space = SearchSpace(kernels=(1, 5, 9), fill_gap_s=(0.0, 0.2), min_duration_s=(0.1,),
+                        threshold_low=0.1, threshold_high=0.8)
+    params = {
+        "A": ClassParams(median_filter_frames=7, threshold=0.95, fill_gap_s=0.15, threshold_off=0.3),
+        "B/odd label": ClassParams(median_filter_frames=3, threshold=0.02),
+    }
+    cfg = encode(params, ["A", "B/odd label"], space)
+    # Single-valued dimensions are left out; the rest are flat keys by class index.
+    assert cfg == {"c0000_kernel": 5, "c0000_threshold": 0.8, "c0000_gap": 0.2,
+                   "c0001_kernel": 1, "c0001_threshold": 0.1, "c0001_gap": 0.0}
+    back = decode(cfg, ["A", "B/odd label"], space)
+    assert back["A"] == ClassParams(median_filter_frames=5, threshold=0.8, fill_gap_s=0.2, min_duration_s=0.1)
+    assert all(space.contains(p) for p in back.values())
+
+
+def test_trial_budget():
+    assert trial_budget(None) == 100
+    assert trial_budget(12.0) == 12
+    assert trial_budget(7.99) == 7
+    with pytest.raises(SedtuneInputError, match="budget"):
+        trial_budget(0.5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "options", "field"),
+    [
+        (RandomOptions, {"max_concurrent_trials": 0}, "max_concurrent_trials"),
+        (RandomOptions, {"warm_start": "x.json"}, "warm_start"),
+        (BayesOptions, {"n_startup_trials": -1}, "n_startup_trials"),
+        (BayesOptions, {"warm_start": {"Dog": {"threshold": 1.5}}}, "warm_start"),
+        (BayesOptions, {"warm_start": {"Dog": {"kernel": 3, "threshold": 0.5}}}, "warm_start"),
+        (BayesOptions, {"unknown": 1}, "unknown"),
+    ],
+)
+def test_options_are_validated_with_field_paths(cls: Any, options: dict[str, Any], field: str):
+    with pytest.raises(ValidationError) as e:
+        cls.model_validate(options)
+    assert e.value.errors()[0]["loc"][0] == field
+
+
+def test_warm_start_naming_unknown_classes_is_refused(problem, tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": problem.tuning.frame_hop_s,
+                                "classes": {"NotAClass": {"threshold": 0.4}}}))
+    with pytest.raises(SedtuneInputError, match="NotAClass"):
+        _run(BayesStrategy(BayesOptions(warm_start=str(path))), problem, tmp_path)
+    hop = tmp_path / "hop.json"
+    hop.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": 0.02,
+                               "classes": {problem.classes[0]: {"threshold": 0.4}}}))
+    with pytest.raises(SedtuneInputError, match="frame_hop_s"):
+        _run(BayesStrategy(BayesOptions(warm_start=str(hop))), problem, tmp_path)
