@@ -274,12 +274,12 @@ class Evaluator:
 
     def ranked(self, label: str) -> tuple[F64, I64]:
         """A class's sorted distinct values and every frame's rank among them (cached)."""
-        if label not in self._ranked:
-            values, rank = np.unique(
-                self.data.scores(label).values.astype(np.float64), return_inverse=True
-            )
-            self._ranked[label] = (values, rank.astype(np.int64))
-        return self._ranked[label]
+        hit = self._ranked.get(label)
+        if hit is None:
+            values, rank = np.unique(self.data.scores(label).values.astype(np.float64), return_inverse=True)
+            hit = (values, rank.astype(np.int64))
+            self._ranked.put(label, hit)
+        return hit
 
     def levels(self, label: str, kernel_frames: int) -> LevelIndex:
         """Level index of the class's scores filtered with ``kernel_frames`` (cached).

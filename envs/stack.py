@@ -78,6 +78,8 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
         return q
     half = kernel_frames // 2
     need = half + 1
+    # Small alphabets fit in one byte: a quarter of the memory traffic of int32.
+    small = np.int8 if n_levels <= 127 else np.int32
     out = np.zeros_like(q)
     lengths = np.diff(offsets)
     for length in np.unique(lengths):
@@ -91,8 +93,8 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
             out[idx] = _scipy_median(q[idx], size=(1, int(kernel_frames)), mode="reflect")
             continue
         # numpy's "symmetric" padding is scipy's "reflect" (d c b a | a b c d | d c b a).
-        block = np.pad(q[idx], ((0, 0), (half, half)), mode="symmetric")
-        acc = np.zeros((len(clips), length), dtype=q.dtype)
+        block = np.pad(q[idx].astype(small), ((0, 0), (half, half)), mode="symmetric")
+        acc = np.zeros((len(clips), length), dtype=small)
         lo, hi = block.min(axis=1), block.max(axis=1)
         for j in range(1, n_levels):
             # Clips entirely at or above level j stay there; clips entirely below never reach
@@ -104,7 +106,7 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
             cs = np.cumsum(block[rows] >= j, axis=1, dtype=np.int16)
             window = cs[:, kernel_frames - 1 :].copy()
             window[:, 1:] -= cs[:, : -kernel_frames]
-            acc[rows] += (window >= need).astype(q.dtype)
+            acc[rows] += (window >= need).astype(small)
         out[idx] = acc
     return out
 

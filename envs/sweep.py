@@ -29,7 +29,7 @@ I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
 # Frames handled per chunk of clips: bounds the sweep's memory on large sets.
-CHUNK_FRAMES = 400_000
+CHUNK_FRAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,15 @@ def _sweep_chunk(
     offsets = index.offsets[clip_lo : clip_hi + 1]
     frame_clip = np.repeat(np.arange(clip_lo, clip_hi, dtype=np.int64), np.diff(offsets))
     # Levels: the distinct ranks of every clip, coded clip * n_values + rank, sorted.
-    levels = np.unique(frame_clip * n_values + index.rank[f_lo:f_hi])
+    codes = frame_clip * n_values + index.rank[f_lo:f_hi]
+    span = (clip_hi - clip_lo) * int(n_values)
+    if span <= 8 * len(codes):
+        # Few distinct values (a threshold grid): a presence table beats sorting.
+        present = np.zeros(span, dtype=bool)
+        present[codes - clip_lo * n_values] = True
+        levels = np.flatnonzero(present).astype(np.int64) + clip_lo * n_values
+    else:
+        levels = np.unique(codes)
     level_clip = levels // n_values
     level_rank = levels % n_values
 

@@ -221,13 +221,18 @@ def ensure_experiment(tracking_uri: str | None, name: str) -> str:
 
 
 def _write_plots(files: ResultFiles, stack: contextlib.ExitStack) -> dict[str, str]:
+    """The figures (into ``<dir>/plots``, or a temporary directory if that is read-only); {} on failure."""
     from service.plots import write_plots
 
     try:
-        return write_plots(files.comparison, os.path.join(files.path, "plots"))
-    except OSError as e:  # read-only result directory: draw into a temporary one
-        LOG.info("cannot write figures into %s (%s); using a temporary directory", files.path, e)
-        return write_plots(files.comparison, stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            return write_plots(files.comparison, os.path.join(files.path, "plots"))
+        except OSError as e:
+            LOG.info("cannot write figures into %s (%s); using a temporary directory", files.path, e)
+            return write_plots(files.comparison, stack.enter_context(tempfile.TemporaryDirectory()))
+    except Exception as e:  # figures are a nicety: log the numbers without them
+        LOG.warning("cannot draw the figures of %s: %s: %s", files.path, type(e).__name__, e)
+        return {}
 
 
 def _previous(client: Any, exp_id: str, job_id: str) -> str | None:

@@ -319,7 +319,7 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             rec = self._record(trials, trial)
             if rec.f is None and rec.error is None:
-                rec.error = str(getattr(trial, "error_file", None) or "unknown error")
+                rec.error = _error_text(trial)
                 self._finish()
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
@@ -327,6 +327,16 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
                 self._record(trials, t)
 
     return Collector()
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of a failed trial's traceback (the exception), else its error file."""
+    try:
+        trace = trial.get_error()
+    except Exception:  # reading Tune's storage must not mask the trial's own failure
+        trace = None
+    lines = [ln for ln in str(trace or "").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else str(trial.error_file or "unknown error")
 
 
 def _stopper(store: _Trials) -> Stopper:

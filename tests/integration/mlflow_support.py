@@ -85,13 +85,13 @@ class Rest:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
-    def _get(self, path: str, **params: Any) -> Any:
-        r = requests.get(f"{self.url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    def _get(self, endpoint: str, **params: Any) -> Any:
+        r = requests.get(f"{self.url}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
         r.raise_for_status()
         return r.json()
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        r = requests.post(f"{self.url}/api/2.0/mlflow/{path}", json=body, timeout=30)
+    def _post(self, endpoint: str, body: dict[str, Any]) -> Any:
+        r = requests.post(f"{self.url}/api/2.0/mlflow/{endpoint}", json=body, timeout=30)
         r.raise_for_status()
         return r.json()
 
@@ -153,8 +153,8 @@ def metrics(run: dict[str, Any]) -> dict[str, float]:
     return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
 
 
-def _row(strategy: str, selection: str, params: dict[str, dict[str, Any]] | None, tuning: float, heldout: float,
-         trajectory: list[tuple[float, float]]) -> dict[str, Any]:
+def _row(strategy: str, selection: str, params: dict[str, dict[str, Any]] | None, tuning: float,
+         heldout: float, trajectory: list[tuple[float, float]]) -> dict[str, Any]:
     classes = {"Dog": 0.1, "Alarm (bell)": -0.1}
     figs = {c: {"f_measure": round(heldout + d, 6), "precision": 0.5, "recall": round(heldout + d, 6),
                 "nref": 10.0, "nsys": 12.0, "ntp": 5.0} for c, d in classes.items()}
@@ -167,7 +167,8 @@ def _row(strategy: str, selection: str, params: dict[str, dict[str, Any]] | None
         "heldout_class_f": {c: f["f_measure"] for c, f in figs.items()},
         "tuning_class_f": {c: f["f_measure"] for c, f in tfigs.items()},
         "heldout_class": figs, "tuning_class": tfigs, "params": params,
-        "trajectory": [{"evaluations": e, "best_f": f, "wall_s": 0.1 * i} for i, (e, f) in enumerate(trajectory)],
+        "trajectory": [{"evaluations": e, "best_f": f, "wall_s": 0.1 * i}
+                       for i, (e, f) in enumerate(trajectory)],
     }
 
 
@@ -205,7 +206,8 @@ def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output"
         "wall_s": 12.5, "rows": rows,
     }
     spec = {
-        "name": "fake-job", "data": {"scores": "s/", "ground_truth": "gt.tsv", "durations": None, "classes": None},
+        "name": "fake-job",
+        "data": {"scores": "s/", "ground_truth": "gt.tsv", "durations": None, "classes": None},
         "space": {"kernels": [1, 3, 5], "threshold": {"low": 0.05, "high": 0.95}},
         "strategies": [{"name": "manual", "budget": None, "options": {}},
                        {"name": "random", "budget": 3.0, "options": {}},
@@ -217,7 +219,8 @@ def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output"
     for r in rows:
         if r["params"] is not None:
             p = out / "params" / f"{r['strategy']}.{r['selection']}.json"
-            p.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": 0.064, "classes": r["params"]}))
+            p.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": 0.064,
+                                     "classes": r["params"]}))
             artifacts[f"params/{r['strategy']}/{r['selection']}"] = f"{written_at}/params/{p.name}"
     (out / "best_params.json").write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": 0.064,
                                                       "classes": rows[4]["params"]}))
@@ -230,6 +233,7 @@ def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output"
     artifacts["rl/policy"] = f"{written_at}/work/split0/rl/policy"
     artifacts["rl/missing"] = "/nonexistent/elsewhere/missing.bin"
     (out / "artifacts.json").write_text(json.dumps(artifacts, indent=2))
-    trials = [{"index": i, "f": 0.3 + 0.05 * i, "params": _params(0.3 + 0.1 * i, 2 * i + 1)} for i in range(3)]
+    trials = [{"index": i, "f": 0.3 + 0.05 * i, "params": _params(0.3 + 0.1 * i, 2 * i + 1)}
+              for i in range(3)]
     (out / "trials.random.json").write_text(json.dumps(trials))
     return out

@@ -24,7 +24,8 @@ def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     uri = f"sqlite:///{work / 'mlflow.db'}"
     assert report.uri == uri and (work / "mlflow.db").is_file()
     assert report.experiment == "fake-job" and set(report.strategy_runs) == {"manual", "random", "rl"}
-    assert report.trial_runs == 3 and report.skipped == ["rl/missing (/nonexistent/elsewhere/missing.bin: not found)"]
+    assert report.trial_runs == 3
+    assert report.skipped == ["rl/missing (/nonexistent/elsewhere/missing.bin: not found)"]
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([report.experiment_id], max_results=100)

@@ -122,14 +122,22 @@ class TestBayesContract(_TuneContract):
 # --------------------------------------------------------------------------- runs on Ray
 
 
+def _random_reference(problem: TuningProblem, workdir: Path) -> StrategyResult:
+    """Random search with seed 0, budget 12, two trials at once (TestRandomContract's run)."""
+    if "TestRandomContract" not in _RESULTS:
+        _RESULTS["TestRandomContract"] = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem,
+                                              workdir)
+    return _RESULTS["TestRandomContract"]
+
+
 def test_random_search_is_the_same_at_any_concurrency(problem, tmp_path):
-    two = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem, tmp_path / "two")
+    two = _random_reference(problem, tmp_path / "two")
     one = _run(RandomStrategy(RandomOptions(max_concurrent_trials=1)), problem, tmp_path / "one")
     assert _evaluated(one) == _evaluated(two)
     assert [p.best_f for p in one.trajectory] == [p.best_f for p in two.trajectory]
     assert one.naive == two.naive
-    other_seed = _run(RandomStrategy(RandomOptions()), problem, tmp_path / "s1", seed=1)
-    assert _evaluated(other_seed) != _evaluated(one)
+    other_seed = _run(RandomStrategy(RandomOptions()), problem, tmp_path / "s1", budget=3, seed=1)
+    assert _evaluated(other_seed) != _evaluated(one)[:3]
 
 
 def test_bayes_evaluates_manual_then_warm_start_first(problem, tmp_path):
@@ -165,12 +173,11 @@ def test_a_dying_worker_is_retried_and_changes_nothing(problem, tmp_path):
     faulty = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2, fault_marker=str(marker))),
                   problem, tmp_path / "faulty")
     assert marker.exists()
-    assert faulty.info == {"trials": 12, "failed_trials": 0, "retried_trials": 1}
+    # One death; a trial Tune had already handed to the dying actor may be retried as well.
+    assert faulty.info["trials"] == 12 and faulty.info["failed_trials"] == 0
+    assert faulty.info["retried_trials"] >= 1
     assert all(len(v) == 12 for v in faulty.candidates.values())
-    # The same search as TestRandomContract's (seed 0, budget 12), reused when it ran first.
-    clean = _RESULTS.get("TestRandomContract") or _run(
-        RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem, tmp_path / "clean"
-    )
+    clean = _random_reference(problem, tmp_path / "clean")
     assert _evaluated(faulty) == _evaluated(clean)
     assert [p.best_f for p in faulty.trajectory] == [p.best_f for p in clean.trajectory]
 
