@@ -51,13 +51,16 @@ class ExactOptions(BaseModel):
 
 @dataclass(frozen=True)
 class SweepTask:
-    """What one (class, setting) task needs; small and picklable."""
+    """What one (class, setting) task needs; small and picklable.
 
-    data: DataRef
+    The data reference (which may list thousands of tuning clips) and the folds travel
+    apart, once through the object store: inside each task's arguments they would be
+    copied thousands of times into the driver's memory.
+    """
+
     label: str
     setting: Setting
     metric: MetricConfig
-    folds: I64
     n_folds: int
     low: float
     high: float
@@ -78,9 +81,15 @@ class SweepOutput:
     node: str = ""
 
 
-def run_sweep_task(task: SweepTask) -> SweepOutput:
-    """Sweep one class for one setting (runs on a Ray worker or in-process)."""
-    out = _sweep(task)
+def run_sweep_task(task: SweepTask, data: DataRef, folds: I64) -> SweepOutput:
+    """Sweep one class for one setting (runs on a Ray worker or in-process).
+
+    Args:
+        task: What to sweep.
+        data: The tuning data (read by this process itself: only the task's class column).
+        folds: Fold id of every tuning clip.
+    """
+    out = _sweep(task, data, folds)
     return SweepOutput(out.label, out.setting, out.thresholds, out.counts, out.n_decisions, current_node())
 
 
@@ -94,16 +103,16 @@ def current_node() -> str:
         return ""
 
 
-def _sweep(task: SweepTask) -> SweepOutput:
-    data = task.data.load(max_cached_classes=task.cached_classes)
-    ev = _evaluator(task.data, task.metric, task.cached_classes)
+def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
+    data = ref.load(max_cached_classes=task.cached_classes)
+    ev = _evaluator(ref, task.metric, task.cached_classes)
     k = task.setting.median_filter_frames
     index = ev.grid_levels(task.label, k, task.grid) if task.grid is not None else ev.levels(task.label, k)
     res = sweep_class(
         index, data.refs[task.label], data.frame_hop_s, data.durations_s,
         task.metric.t_collar_s, task.metric.percentage_of_length,
         task.setting.fill_gap_s, task.setting.min_duration_s,
-        groups=task.folds, n_groups=task.n_folds,
+        groups=folds, n_groups=task.n_folds,
     )
     # Free the level index: a worker sweeps many (class, kernel) pairs.
     ev._levels.clear()
@@ -180,7 +189,7 @@ class ExactStrategy(Strategy):
         grid = threshold_grid(space, budget)
         tasks = [
             SweepTask(
-                problem.data, c, s, problem.metric, problem.folds, problem.n_folds,
+                c, s, problem.metric, problem.n_folds,
                 space.threshold_low, space.threshold_high, grid,
                 opts.max_candidates_per_setting, opts.classes_cached_per_worker,
             )
@@ -188,22 +197,23 @@ class ExactStrategy(Strategy):
             for c in problem.classes
             for s in space.settings
         ]
-        outputs = _execute(tasks, ctx)
+        outputs = _execute(tasks, problem.data, problem.folds, ctx)
         return _combine(problem, outputs, grid, t0, ctx)
 
 
-def _execute(tasks: list[SweepTask], ctx: RunContext) -> list[SweepOutput]:
+def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext) -> list[SweepOutput]:
     """Run the tasks on Ray (one task each) or in this process, in task order."""
     if not ctx.use_ray:
         out = []
         for i, t in enumerate(tasks):
-            out.append(run_sweep_task(t))
+            out.append(run_sweep_task(t, data, folds))
             ctx.progress(i + 1)
         return out
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_sweep_task)
-    refs = [remote.remote(t) for t in tasks]
+    data_ref, folds_ref = ray.put(data), ray.put(folds)
+    refs = [remote.remote(t, data_ref, folds_ref) for t in tasks]
     results: dict[ray.ObjectRef, SweepOutput] = {}  # type: ignore[type-arg]
     pending = list(refs)
     while pending:

@@ -52,8 +52,8 @@ from envs.scoreset import ClassScores, ScoreSet
 from envs.selection import Candidate
 from envs.space import SearchSpace
 from envs.stack import apply_stack
-from service.problem import DataRef, TuningProblem
-from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, evaluate_joint
+from service.problem import DataRef, TuningProblem, macro_from_counts
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
 
 if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
@@ -87,7 +87,10 @@ class RLOptions(BaseModel):
         lambda_: GAE lambda (1: Monte-Carlo returns).
         entropy_coeff: Entropy bonus.
         clip_param: PPO ratio clip.
-        count_readouts: Count each static-table read-out as one full-set evaluation.
+        static_top_k: Static read-out: per class, the best of the settings the greedy policy
+            picks most often (1: the plain mode); see :func:`static_table`.
+        count_readouts: Count the read-outs' evaluations (each new per-class setting costs
+            1 / C full-set evaluations) against the budget.
         default_budget: Full-set evaluations when the job gives no budget.
         max_iterations: Stop after this many training iterations (None: budget only).
         sample_timeout_s: Seconds an EnvRunner may take for one sample call.
@@ -111,6 +114,7 @@ class RLOptions(BaseModel):
     lambda_: float = Field(1.0, ge=0, le=1)
     entropy_coeff: float = Field(0.0, ge=0)
     clip_param: float = Field(0.2, gt=0)
+    static_top_k: int = Field(3, ge=1)
     count_readouts: bool = True
     default_budget: float = Field(100.0, gt=0)
     max_iterations: int | None = Field(None, ge=1)
@@ -350,24 +354,81 @@ def _per_clip_events(
     return ClassEvents(clip[order], on[order], off[order])
 
 
-def static_table(actions: I64, grid: ActionGrid, classes: Sequence[str]) -> dict[str, ClassParams]:
-    """Per class, the (setting, threshold) most clips get (the first on ties)."""
+def ranked_choices(actions: I64, grid: ActionGrid, classes: Sequence[str], top_k: int) -> dict[str, list[ClassParams]]:
+    """Per class, the ``top_k`` settings the actions pick most often (most frequent first).
+
+    Args:
+        actions: Greedy actions of the tuning clips, (n_clips, len(nvec)).
+        grid: The action grid.
+        classes: Class order of the actions.
+        top_k: How many settings per class.
+    """
     setting, thr = grid.split(actions)
     out = {}
     for j, c in enumerate(classes):
         pairs, counts = np.unique(np.stack([setting[:, j], thr[:, j]], axis=1), axis=0, return_counts=True)
-        s, t = pairs[int(np.argmax(counts))]
-        out[c] = grid.class_params(int(s), int(t))
+        order = np.argsort(-counts, kind="stable")[:top_k]
+        out[c] = [grid.class_params(int(pairs[i, 0]), int(pairs[i, 1])) for i in order]
     return out
 
 
-def chosen_params(actions: I64, grid: ActionGrid, classes: Sequence[str]) -> dict[str, set[ClassParams]]:
-    """Per class, every distinct setting the actions pick."""
-    setting, thr = grid.split(actions)
-    return {
-        c: {grid.class_params(int(s), int(t)) for s, t in np.unique(np.stack([setting[:, j], thr[:, j]], 1), axis=0)}
-        for j, c in enumerate(classes)
-    }
+class CountCache:
+    """Per-fold counts of the per-class settings evaluated so far (each evaluated once).
+
+    Evaluating one class's setting on every tuning clip costs ``1 / C`` full-set evaluations.
+
+    Args:
+        problem: The tuning problem (its evaluator and folds).
+    """
+
+    def __init__(self, problem: TuningProblem) -> None:
+        self.problem = problem
+        self.counts: dict[str, dict[ClassParams, I64]] = {c: {} for c in problem.classes}
+
+    def get(self, label: str, params: ClassParams) -> I64:
+        """Counts (n_folds, 3) of one class's setting, evaluated on first use."""
+        known = self.counts[label]
+        if params not in known:
+            p = self.problem
+            known[params] = p.evaluator.class_counts_by_group(label, params, p.folds, p.n_folds)
+        return known[params]
+
+    @property
+    def evaluations(self) -> float:
+        """Full-set evaluations spent on the settings in the cache."""
+        return sum(len(v) for v in self.counts.values()) / len(self.counts)
+
+    def candidates(self) -> dict[str, list[Candidate]]:
+        """Every evaluated setting per class, with its fold counts."""
+        return {c: [Candidate(p, n) for p, n in v.items()] for c, v in self.counts.items()}
+
+
+def static_table(
+    actions: I64, grid: ActionGrid, classes: Sequence[str], cache: CountCache, top_k: int
+) -> tuple[dict[str, ClassParams], float, float]:
+    """The static read-out of a greedy policy on the tuning clips.
+
+    Per class, among the ``top_k`` settings the policy picks most often, the one with the
+    best tuning F (the more frequent on ties); ``top_k = 1`` is the plain mode. A
+    clip-adaptive policy switches a class off on clips where it hears nothing of it, so for
+    a rare class the mode is an "off" setting; the runner-up settings are the ones it uses
+    where the class occurs.
+
+    Returns:
+        The table, its tuning macro F and the tuning macro F of the plain mode table.
+    """
+    from envs.selection import f_measure
+
+    table: dict[str, ClassParams] = {}
+    picked: dict[str, I64] = {}
+    mode: dict[str, I64] = {}
+    for c, options in ranked_choices(actions, grid, classes, top_k).items():
+        counts = [cache.get(c, p) for p in options]
+        tot = np.stack([n.sum(axis=0) for n in counts])
+        f = np.nan_to_num(f_measure(tot[:, 0], tot[:, 1], tot[:, 2]), nan=-1.0)
+        i = int(np.argmax(f))
+        table[c], picked[c], mode[c] = options[i], counts[i], counts[0]
+    return table, macro_from_counts(picked), macro_from_counts(mode)
 
 
 # --------------------------------------------------------------------------- Ray side
@@ -486,15 +547,14 @@ def __getattr__(name: str) -> Any:
 
 @dataclass
 class _Readout:
-    """One evaluation of the greedy policy's static table on the tuning clips."""
+    """The static read-out of the greedy policy after one training iteration."""
 
     iteration: int
     env_steps: int
     evaluations: float
     f: float
+    mode_f: float
     params: dict[str, ClassParams]
-    counts: dict[str, I64]
-    chosen: dict[str, set[ClassParams]] = field(repr=False)
     weights: dict[str, torch.Tensor] = field(repr=False)
 
 
@@ -512,139 +572,147 @@ class RLStrategy(Strategy):
         t0 = time.perf_counter()
         started_ray = not ray.is_initialized()
         if started_ray:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
         threads = torch.get_num_threads()
         torch.set_num_threads(opts.learner_threads)
         try:
-            return self._run(problem, budget if budget is not None else opts.default_budget, seed, ctx, opts, t0)
+            return _Run(problem, opts, seed, ctx).train(budget if budget is not None else opts.default_budget, t0)
         finally:
             torch.set_num_threads(threads)
             if started_ray:
                 ray.shutdown()
 
-    def _run(
-        self, problem: TuningProblem, budget: float, seed: int, ctx: RunContext, opts: RLOptions, t0: float
-    ) -> StrategyResult:
+
+class _Run:
+    """One training run: the algorithm, the read-outs and the accounting."""
+
+    def __init__(self, problem: TuningProblem, opts: RLOptions, seed: int, ctx: RunContext) -> None:
         torch.manual_seed(seed)
-        classes = problem.classes
-        n_clips = len(problem.tuning)
-        scores = [problem.tuning.scores(c) for c in classes]
-        n_frames_max = int(max(np.diff(cs.offsets).max() for cs in scores))
-        grid = ActionGrid.from_space(problem.space, len(classes))
-        policy = AdaptivePolicy.create(grid, classes, n_frames_max, opts.hidden, opts.quantiles)
-        obs = observations(scores, n_frames_max)
-        algo = self._build(problem, opts, seed, n_frames_max, grid)
-        trajectory = Trajectory()
-        readouts: list[_Readout] = []
-        steps, iteration, last_steps = 0, 0, opts.train_batch_size
-        readout_cost = 1.0 if opts.count_readouts else 0.0
+        self.problem, self.opts, self.seed, self.ctx = problem, opts, seed, ctx
+        self.classes = problem.classes
+        self.n_clips = len(problem.tuning)
+        scores = [problem.tuning.scores(c) for c in self.classes]
+        self.n_frames_max = int(max(np.diff(cs.offsets).max() for cs in scores))
+        self.grid = ActionGrid.from_space(problem.space, len(self.classes))
+        self.policy = AdaptivePolicy.create(self.grid, self.classes, self.n_frames_max, opts.hidden, opts.quantiles)
+        self.obs = observations(scores, self.n_frames_max)
+        self.cache = CountCache(problem)
+        self.trajectory = Trajectory()
+        self.readouts: list[_Readout] = []
+        self.steps = 0
+        self.iteration = 0
 
-        def spent() -> float:
-            return steps / n_clips + readout_cost * len(readouts)
+    def spent(self) -> float:
+        """Full-set evaluations so far: env steps / N, plus read-outs if counted."""
+        return self.steps / self.n_clips + (self.cache.evaluations if self.opts.count_readouts else 0.0)
 
-        def read_out() -> None:
-            policy.load_rllib_state(_module_state(algo))
-            actions = policy.actions_from_obs(obs)
-            params = static_table(actions, grid, classes)
-            f, counts = evaluate_joint(problem, params)
-            weights = {k: v.clone() for k, v in policy.net.state_dict().items()}
-            chosen = chosen_params(actions, grid, classes)
-            readouts.append(_Readout(iteration, steps, 0.0, f, params, counts, chosen, weights))
-            readouts[-1].evaluations = spent()
-            trajectory.add(readouts[-1].evaluations, f)
-            ctx.progress(readouts[-1].evaluations)
-            LOG.info("rl iteration %d: %d clips, %.2f evaluations, static-table tuning F %.4f",
-                     iteration, steps, readouts[-1].evaluations, f)
-
+    def train(self, budget: float, t0: float) -> StrategyResult:
+        """Iterate until the next iteration (and its read-out) would exceed the budget."""
+        opts = self.opts
+        algo = _build(self.problem, opts, self.seed, self.n_frames_max, self.grid)
+        # A read-out evaluates at most top_k new settings per class: top_k full-set evaluations.
+        readout_cost = float(opts.static_top_k) if opts.count_readouts else 0.0
+        last = opts.train_batch_size
         try:
-            read_out()  # the untrained policy
-            while spent() + last_steps / n_clips + readout_cost <= budget + 1e-9:
-                if opts.max_iterations is not None and iteration >= opts.max_iterations:
+            self.read_out(algo)  # the untrained policy
+            while self.spent() + last / self.n_clips + readout_cost <= budget + 1e-9:
+                if opts.max_iterations is not None and self.iteration >= opts.max_iterations:
                     break
                 result = algo.train()
-                iteration += 1
+                self.iteration += 1
                 now = _env_steps(result)
-                last_steps, steps = max(now - steps, 1), now
-                read_out()
+                last, self.steps = max(now - self.steps, 1), now
+                self.read_out(algo)
         finally:
             algo.stop()
-        return self._result(problem, policy, readouts, trajectory, spent(), ctx, t0, opts)
+        return self.result(t0)
 
-    def _build(self, problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int,
-               grid: ActionGrid) -> Algorithm:
-        import gymnasium as gym
-        from ray.rllib.algorithms.ppo import PPOConfig
-        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-        from ray.tune.registry import register_env
+    def read_out(self, algo: Algorithm) -> None:
+        """Evaluate the current greedy policy's static table; record a trajectory point."""
+        self.policy.load_rllib_state(_module_state(algo))
+        actions = self.policy.actions_from_obs(self.obs)
+        params, f, mode_f = static_table(actions, self.grid, self.classes, self.cache, self.opts.static_top_k)
+        weights = {k: v.clone() for k, v in self.policy.net.state_dict().items()}
+        evaluations = self.spent()
+        self.readouts.append(_Readout(self.iteration, self.steps, evaluations, f, mode_f, params, weights))
+        self.trajectory.add(evaluations, f)
+        self.ctx.progress(evaluations)
+        LOG.info("rl iteration %d: %d clips, %.2f evaluations, static-table tuning F %.4f (mode table %.4f)",
+                 self.iteration, self.steps, evaluations, f, mode_f)
 
-        register_env(ENV_NAME, make_replica_env)
-        n_classes = len(problem.classes)
-        obs_space = gym.spaces.Box(0.0, 1.0, (n_frames_max, n_classes), np.float32)
-        act_space = gym.spaces.MultiDiscrete(grid.nvec)
-        config = (
-            PPOConfig()
-            .environment(env=ENV_NAME, env_config=env_config(problem, opts, n_frames_max),
-                         observation_space=obs_space, action_space=act_space)
-            .env_runners(
-                num_env_runners=opts.num_env_runners,
-                num_envs_per_env_runner=opts.num_envs_per_env_runner,
-                num_cpus_per_env_runner=opts.num_cpus_per_env_runner,
-                sample_timeout_s=opts.sample_timeout_s,
-            )
-            .training(
-                gamma=opts.gamma,
-                lambda_=opts.lambda_,
-                lr=opts.lr,
-                train_batch_size_per_learner=opts.train_batch_size,
-                minibatch_size=min(opts.minibatch_size, opts.train_batch_size),
-                num_epochs=opts.num_epochs,
-                entropy_coeff=opts.entropy_coeff,
-                clip_param=opts.clip_param,
-            )
-            .rl_module(rl_module_spec=RLModuleSpec(
-                module_class=_policy_rl_module_class(),
-                model_config={"hidden": list(opts.hidden), "quantiles": opts.quantiles},
-            ))
-            .fault_tolerance(restart_failed_env_runners=True)
-            .debugging(seed=seed)
-        )
-        return config.build_algo()
-
-    def _result(
-        self,
-        problem: TuningProblem,
-        policy: AdaptivePolicy,
-        readouts: list[_Readout],
-        trajectory: Trajectory,
-        evaluations: float,
-        ctx: RunContext,
-        t0: float,
-        opts: RLOptions,
-    ) -> StrategyResult:
-        best = max(readouts, key=lambda r: (np.nan_to_num(r.f, nan=-1.0), -r.iteration))
+    def result(self, t0: float) -> StrategyResult:
+        """The best read-out's table and policy (saved to the work directory)."""
+        problem, policy = self.problem, self.policy
+        best = max(self.readouts, key=lambda r: (np.nan_to_num(r.f, nan=-1.0), -r.iteration))
         policy.net.load_state_dict(best.weights)
-        os.makedirs(ctx.workdir, exist_ok=True)
-        path = os.path.join(ctx.workdir, "policy.pt")
+        os.makedirs(self.ctx.workdir, exist_ok=True)
+        path = os.path.join(self.ctx.workdir, "policy.pt")
         policy.save(path, problem.tuning.frame_hop_s)
+        first, last = self.readouts[0], self.readouts[-1]
         return StrategyResult(
-            strategy=self.name,
+            strategy=RLStrategy.name,
             naive=dict(best.params),
-            candidates=_candidates(problem, readouts, best),
-            trajectory=list(trajectory.points),
-            evaluations=evaluations,
+            candidates=self.cache.candidates(),
+            trajectory=list(self.trajectory.points),
+            evaluations=self.spent(),
             wall_s=time.perf_counter() - t0,
             artifacts={"policy": path},
             adaptive=policy,
             info={
-                "untrained_f": readouts[0].f,
-                "untrained_params": {c: p.to_json() for c, p in readouts[0].params.items()},
+                "untrained_f": first.f,
+                "untrained_params": {c: p.to_json() for c, p in first.params.items()},
                 "best_iteration": best.iteration,
-                "iterations": readouts[-1].iteration,
-                "env_steps": readouts[-1].env_steps,
-                "readouts": len(readouts),
-                "options": opts.model_dump(),
+                "iterations": last.iteration,
+                "env_steps": last.env_steps,
+                "readout_evaluations": self.cache.evaluations,
+                "mode_table_f": [r.mode_f for r in self.readouts],
+                "options": self.opts.model_dump(),
             },
         )
+
+
+def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int, grid: ActionGrid) -> Algorithm:
+    """The PPO algorithm on replicas of the environment (Ray must be initialised)."""
+    import gymnasium as gym
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, make_replica_env)
+    n_classes = len(problem.classes)
+    config = (
+        PPOConfig()
+        .environment(
+            env=ENV_NAME,
+            env_config=env_config(problem, opts, n_frames_max),
+            # Given here so that the driver never builds an environment (it holds no shard).
+            observation_space=gym.spaces.Box(0.0, 1.0, (n_frames_max, n_classes), np.float32),
+            action_space=gym.spaces.MultiDiscrete(grid.nvec),
+        )
+        .env_runners(
+            num_env_runners=opts.num_env_runners,
+            num_envs_per_env_runner=opts.num_envs_per_env_runner,
+            num_cpus_per_env_runner=opts.num_cpus_per_env_runner,
+            sample_timeout_s=opts.sample_timeout_s,
+        )
+        .training(
+            gamma=opts.gamma,
+            lambda_=opts.lambda_,
+            lr=opts.lr,
+            train_batch_size_per_learner=opts.train_batch_size,
+            minibatch_size=min(opts.minibatch_size, opts.train_batch_size),
+            num_epochs=opts.num_epochs,
+            entropy_coeff=opts.entropy_coeff,
+            clip_param=opts.clip_param,
+        )
+        .rl_module(rl_module_spec=RLModuleSpec(
+            module_class=_policy_rl_module_class(),
+            model_config={"hidden": list(opts.hidden), "quantiles": opts.quantiles},
+        ))
+        .fault_tolerance(restart_failed_env_runners=True)
+        .debugging(seed=seed)
+    )
+    return config.build_algo()
 
 
 def _module_state(algo: Algorithm) -> Mapping[str, Any]:
@@ -658,15 +726,3 @@ def _env_steps(result: Mapping[str, Any]) -> int:
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
     return int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
-
-
-def _candidates(problem: TuningProblem, readouts: list[_Readout], kept: _Readout) -> dict[str, list[Candidate]]:
-    """Per class, every read-out table's setting and every setting the kept policy chose on
-    some tuning clip, with per-fold counts."""
-    out: dict[str, list[Candidate]] = {}
-    for c in problem.classes:
-        known = {r.params[c]: r.counts[c] for r in readouts}
-        for p in sorted(kept.chosen[c] - set(known), key=lambda p: (p.median_filter_frames, p.threshold)):
-            known[p] = problem.evaluator.class_counts_by_group(c, p, problem.folds, problem.n_folds)
-        out[c] = [Candidate(p, counts) for p, counts in known.items()]
-    return out

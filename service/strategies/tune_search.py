@@ -42,7 +42,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -265,6 +265,7 @@ class _TrialRecord:
     f: float | None = None
     counts: list[list[list[int]]] | None = None
     error: str | None = None
+    done_at: float = math.inf  # perf_counter() when the driver got the result or the failure
 
 
 @dataclass
@@ -273,6 +274,7 @@ class _Trials:
 
     records: dict[int, _TrialRecord]
     retries: int = 0
+    started_at: float = 0.0
 
     @property
     def n_failed(self) -> int:
@@ -292,14 +294,21 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
             self._index: dict[str, int] = {}
             self._finished = 0
 
+        def _see(self, all_trials: list[Any]) -> None:
+            # Index = order of creation. Tune appends a new trial to its list, but moves a
+            # requeued (retried) one to the end, so positions are read only for unseen trials,
+            # at every step: a trial is seen in the step that created it, before it can fail.
+            for t in all_trials:
+                if t.trial_id not in self._index:
+                    self._index[t.trial_id] = len(self._index)
+                    store.records[self._index[t.trial_id]] = _TrialRecord(config=dict(t.config))
+
         def _record(self, all_trials: list[Any], trial: Any) -> _TrialRecord:
-            # The controller's list is in creation order; searcher-made trial ids are
-            # random, so the position is the index.
-            if trial.trial_id not in self._index:
-                pos = next(i for i, t in enumerate(all_trials) if t is trial)
-                self._index[trial.trial_id] = pos
-                store.records[pos] = _TrialRecord(config=dict(trial.config))
+            self._see(all_trials)
             return store.records[self._index[trial.trial_id]]
+
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            self._see(trials)
 
         def _finish(self) -> None:
             self._finished += 1
@@ -311,6 +320,7 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
             rec = self._record(trials, trial)
             if "f" in result and rec.f is None:
                 rec.f, rec.counts, rec.error = float(result["f"]), result["counts"], None
+                rec.done_at = time.perf_counter()
                 self._finish()
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -320,11 +330,11 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
             rec = self._record(trials, trial)
             if rec.f is None and rec.error is None:
                 rec.error = _error_text(trial)
+                rec.done_at = time.perf_counter()
                 self._finish()
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-            for t in trials:  # trials stopped before they reported still count as spent
-                self._record(trials, t)
+            self._see(trials)  # trials stopped before they reported still count as spent
 
     return Collector()
 
@@ -477,7 +487,7 @@ class _TuneStrategy(Strategy):
             n_folds=problem.n_folds,
             fault_marker=opts.fault_marker,
         )
-        trials = _Trials(records={})
+        trials = _Trials(records={}, started_at=t0)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trainable, setup=setup), {"cpu": opts.cpus_per_trial}),
             param_space=param_space(problem.space, len(classes)),
@@ -509,9 +519,14 @@ class _TuneStrategy(Strategy):
         traj = Trajectory()
         candidates: dict[str, list[Candidate]] = {c: [] for c in classes}
         best: tuple[float, dict[str, ClassParams]] | None = None
+        done = 0.0
         for i, idx in enumerate(sorted(trials.records)):
             rec = trials.records[idx]
             traj.add(i + 1, math.nan if rec.f is None else rec.f)
+            # The point's time: when trials 1..i+1 had all finished (trial order is not
+            # completion order).
+            done = max(done, rec.done_at if math.isfinite(rec.done_at) else time.perf_counter())
+            traj.points[-1] = replace(traj.points[-1], wall_s=done - trials.started_at)
             if rec.f is None or rec.counts is None:
                 continue
             params = decode(rec.config, classes, problem.space)

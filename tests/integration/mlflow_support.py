@@ -47,13 +47,27 @@ class MlflowServer:
         """The end of the server's log, for failure messages."""
         return self.log_path.read_text(errors="replace")[-3000:]
 
+    def wait_ready(self, timeout_s: float = 120.0) -> MlflowServer:
+        """Wait until ``/health`` answers (stops the server and raises if it does not in time)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {timeout_s} s:\n{self.log_tail()}")
 
-def start_server(root: Path, timeout_s: float = 120.0) -> MlflowServer:
-    """Start ``mlflow server`` (SQLite store, proxied artifacts) and wait for ``/health``.
+
+def start_server(root: Path) -> MlflowServer:
+    """Start ``mlflow server`` (SQLite store, proxied artifacts); :meth:`MlflowServer.wait_ready` next.
 
     Args:
         root: Directory for the database, the artifacts and the log.
-        timeout_s: How long to wait for the server to answer (s).
     """
     port = free_port()
     log_path = root / "server.log"
@@ -64,19 +78,7 @@ def start_server(root: Path, timeout_s: float = 120.0) -> MlflowServer:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                                 start_new_session=True)
-    server = MlflowServer(f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited ({proc.returncode}):\n{server.log_tail()}")
-        try:
-            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"mlflow server did not answer within {timeout_s} s:\n{server.log_tail()}")
+    return MlflowServer(f"http://127.0.0.1:{port}", proc, log_path)
 
 
 class Rest:

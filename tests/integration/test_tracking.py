@@ -63,12 +63,18 @@ class Job:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     srv = start_server(tmp_path_factory.mktemp("mlflow-server"))
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(server_process: MlflowServer, data_dir: Path, local_ray: None) -> MlflowServer:
+    """The server, ready; it starts while the data is generated and Ray starts."""
+    return server_process.wait_ready()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ class _TuneContract(StrategyContract):
             assert np.array_equal(result.candidates[c][best].counts, counts[c])
         assert f_naive == pytest.approx(result.trajectory[-1].best_f, abs=1e-12)
         assert result.trajectory[-1].best_f >= result.trajectory[0].best_f
+        wall = [p.wall_s for p in result.trajectory]
+        assert wall == sorted(wall) and 0 < wall[-1] <= result.wall_s
 
 
 class TestRandomContract(_TuneContract):
@@ -180,6 +183,15 @@ def test_a_dying_worker_is_retried_and_changes_nothing(problem, tmp_path):
     clean = _random_reference(problem, tmp_path / "clean")
     assert _evaluated(faulty) == _evaluated(clean)
     assert [p.best_f for p in faulty.trajectory] == [p.best_f for p in clean.trajectory]
+
+
+def test_systematic_trial_failure_stops_the_search(problem, tmp_path):
+    # Workers cannot read the data (the driver could): every trial fails the same way.
+    broken = replace(problem.data, scores=str(tmp_path / "no-such-scores"))
+    bad = TuningProblem(broken, problem.tuning, SPACE, MetricConfig(), problem.manual, n_folds=3, seed=0)
+    with pytest.raises(RuntimeError, match=r"none of the \d+ Tune trials produced a result") as e:
+        _run(RandomStrategy(RandomOptions(max_concurrent_trials=1, max_failures=0)), bad, tmp_path, budget=50)
+    assert "no-such-scores" in str(e.value)
 
 
 # --------------------------------------------------------------------------- no Tune run
