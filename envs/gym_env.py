@@ -222,16 +222,16 @@ class DataRefLike(Protocol):
     """Where a set lives (``service.problem.DataRef`` has this shape)."""
 
     @property
-    def scores(self) -> str: ...  # noqa: D102
+    def scores(self) -> str: ...
 
     @property
-    def ground_truth(self) -> str: ...  # noqa: D102
+    def ground_truth(self) -> str: ...
 
     @property
-    def durations(self) -> str | None: ...  # noqa: D102
+    def durations(self) -> str | None: ...
 
     @property
-    def clips(self) -> tuple[str, ...] | None: ...  # noqa: D102
+    def clips(self) -> tuple[str, ...] | None: ...
 
 
 def replica_shards(
@@ -325,7 +325,7 @@ def load_shards(
     return aligned if len(keep) == len(names) else aligned.subset(keep)
 
 
-class PostProcessingEnv(gym.Env[F32, I64]):
+class PostProcessingEnv(gym.Env[F32, npt.NDArray[np.integer[Any]]]):
     """Choose every class's post-processing parameters, one clip at a time.
 
     **Episode.** A pass over ``episode_clips`` clips drawn without replacement from the
@@ -443,7 +443,9 @@ class PostProcessingEnv(gym.Env[F32, I64]):
         self._f = 0.0
         return self._obs(), {"clip": self.data.filenames[int(self._order[0])], "episode_macro_f": 0.0}
 
-    def step(self, action: I64) -> tuple[F32, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: npt.NDArray[np.integer[Any]]
+    ) -> tuple[F32, SupportsFloat, bool, bool, dict[str, Any]]:
         """Apply the action to the current clip; reward the change of the running macro F."""
         if self._t >= len(self._order):
             raise RuntimeError("step() called on a finished episode; call reset() first")

@@ -143,6 +143,13 @@ def write_outputs(result: JobResult) -> dict[str, str]:
             with open(tp, "w", encoding="utf-8") as f:
                 json.dump(trials, f, indent=2)
             paths[f"trials/{name}"] = tp
+    try:
+        from service.plots import write_plots
+
+        for name, path in write_plots(comparison_json(result), os.path.join(out, "plots")).items():
+            paths[f"plots/{name}"] = path
+    except ImportError:  # matplotlib is optional for the data commands, not for jobs
+        pass
     with open(os.path.join(out, "artifacts.json"), "w", encoding="utf-8") as f:
         json.dump(paths, f, indent=2)
     result.artifacts.update(paths)

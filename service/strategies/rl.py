@@ -44,8 +44,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from envs.events import ClassEvents
 from envs.evaluator import EvalSet, MetricConfig
+from envs.events import ClassEvents
 from envs.gym_env import ActionGrid, PostProcessingEnv, observations, replica_shards
 from envs.params import ClassParams
 from envs.scoreset import ClassScores, ScoreSet
@@ -660,7 +660,7 @@ class _Run:
             adaptive=policy,
             info={
                 "untrained_f": first.f,
-                "untrained_params": {c: p.to_json() for c, p in first.params.items()},
+                "untrained_params": dict(first.params),
                 "best_iteration": best.iteration,
                 "iterations": last.iteration,
                 "env_steps": last.env_steps,

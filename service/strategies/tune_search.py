@@ -41,6 +41,7 @@ import math
 import os
 import time
 import uuid
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -340,13 +341,14 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
 
 
 def _error_text(trial: Any) -> str:
-    """The last line of a failed trial's traceback (the exception), else its error file."""
+    """The last line of a failed trial's traceback (the exception), else its error file's path."""
+    path = trial.error_file  # written locally by Tune before on_trial_error; synced later
     try:
-        trace = trial.get_error()
-    except Exception:  # reading Tune's storage must not mask the trial's own failure
-        trace = None
-    lines = [ln for ln in str(trace or "").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else str(trial.error_file or "unknown error")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except (OSError, TypeError):  # no file (TypeError: path None)
+        lines = []
+    return lines[-1] if lines else str(path or "unknown error")
 
 
 def _stopper(store: _Trials) -> Stopper:
@@ -376,8 +378,9 @@ class TuneOptions(BaseModel):
 
     Attributes:
         cpus_per_trial: CPUs reserved per trial (one evaluation is single-threaded).
-        max_failures: Retries of a trial whose worker dies; a trial failing every retry is
-            counted in ``info["failed_trials"]`` and the search goes on.
+        max_failures: Retries of a failed trial (e.g. its worker died). A trial failing every
+            retry is counted in ``info["failed_trials"]`` and the search goes on, unless the
+            first :data:`SYSTEMATIC_FAILURES` finished trials all failed: then it stops.
         fault_marker: Test only (see :class:`TrialSetup`); leave unset.
     """
 
@@ -447,11 +450,17 @@ class _TuneStrategy(Strategy):
         """Configurations to evaluate first (none by default)."""
         return []
 
+    @abstractmethod
     def _search(
         self, points: list[dict[str, Any]], seed: int, n_trials: int
     ) -> tuple[SearchAlgorithm | Searcher, int | None]:
-        """The search algorithm and Tune's ``max_concurrent_trials`` for it."""
-        raise NotImplementedError
+        """The search algorithm and Tune's ``max_concurrent_trials`` for it.
+
+        Args:
+            points: Configurations to evaluate first (encoded, in the space).
+            seed: Seed of the searcher.
+            n_trials: Number of trials.
+        """
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
         """Run ``budget`` Tune trials and collect every evaluated configuration.
@@ -460,7 +469,9 @@ class _TuneStrategy(Strategy):
             problem: The tuning problem.
             budget: Full-set evaluations (= trials); None -> :data:`DEFAULT_BUDGET`.
             seed: Seeds the searcher.
-            ctx: Work directory (Tune's storage under ``<workdir>/tune``) and progress.
+            ctx: Work directory (Tune's storage under ``<workdir>/tune``) and progress
+                (called with the trials finished so far). Tune needs Ray: without an
+                initialised Ray, a local instance is started (whatever ``ctx.use_ray``).
 
         Raises:
             SedtuneInputError: A budget below 1, an unusable warm start.
@@ -534,7 +545,8 @@ class _TuneStrategy(Strategy):
                 counts = np.asarray(cnt, dtype=np.int64).reshape(problem.n_folds, 3)
                 candidates[c].append(Candidate(params[c], counts))
             # Strictly greater: ties go to the earlier trial, so the pick is deterministic.
-            if best is None or rec.f > best[0]:
+            # A NaN F only stands until a finite one comes.
+            if best is None or rec.f > best[0] or (math.isnan(best[0]) and math.isfinite(rec.f)):
                 best = (rec.f, params)
         n, n_failed = len(trials.records), trials.n_failed
         if best is None:

@@ -1,0 +1,1 @@
+"""The job store: SQLAlchemy models and a repository of plain records."""

@@ -1,0 +1,247 @@
+"""The post-processing Gymnasium environment: API conformance, determinism, the reward's
+telescoping to the episode's macro F, observations, empty clips and per-replica shards."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.spaces import MultiDiscrete
+from gymnasium.utils.env_checker import check_env
+
+from envs.evaluator import EvalSet, Evaluator, MetricConfig
+from envs.events import ClassEvents
+from envs.gym_env import ActionGrid, PostProcessingEnv, load_shards, observation, replica_shards
+from envs.metrics.counts import Counts
+from envs.metrics.fscore import class_f_measure, macro_f_measure
+from envs.params import ClassParams
+from envs.scoreset import ClassScores
+from envs.space import SearchSpace
+from envs.synth import SynthConfig, SynthResult, generate
+from service.problem import DataRef
+
+SPACE = SearchSpace(kernels=(1, 5, 9), threshold_low=0.05, threshold_high=0.95, threshold_step=0.1)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
+    # 4 shards of 6 clips: enough to give replicas distinct shards.
+    cfg = SynthConfig(n_clips=24, n_classes=3, seed=1, clips_per_shard=6)
+    return generate(str(tmp_path_factory.mktemp("synth")), cfg)
+
+
+@pytest.fixture(scope="module")
+def data(synth: SynthResult) -> EvalSet:
+    return DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path).load()
+
+
+@pytest.fixture
+def env(data: EvalSet) -> PostProcessingEnv:
+    return PostProcessingEnv(data, SPACE, episode_clips=8)
+
+
+Episode = tuple[list[np.ndarray], list[float], list[np.ndarray]]
+
+
+def _rollout(env: PostProcessingEnv, seed: int, action_seed: int) -> Episode:
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(action_seed)
+    observations, rewards, actions = [obs], [], []
+    done = False
+    while not done:
+        a = env.action_space.sample()
+        obs, r, done, truncated, _ = env.step(a)
+        assert not truncated
+        observations.append(obs)
+        rewards.append(float(r))
+        actions.append(a)
+    return observations, rewards, actions
+
+
+def test_passes_gymnasium_env_checker(env: PostProcessingEnv) -> None:
+    with warnings.catch_warnings():
+        # The checker cannot test render modes without a registered spec; we have none.
+        warnings.filterwarnings("ignore", message=".*render.*")
+        check_env(env)
+
+
+def test_spaces_follow_the_paper_layout(env: PostProcessingEnv, data: EvalSet) -> None:
+    c = len(data.classes)
+    assert env.observation_space.shape == (env.n_frames_max, c)
+    assert env.observation_space.dtype == np.float32
+    k, t = len(SPACE.kernels), len(SPACE.threshold_grid())
+    assert env.action_space == MultiDiscrete([k] * c + [t] * c)
+
+
+def test_same_seed_and_actions_give_identical_episodes(data: EvalSet) -> None:
+    a = PostProcessingEnv(data, SPACE, episode_clips=8)
+    b = PostProcessingEnv(data, SPACE, episode_clips=8)
+    obs_a, rew_a, act_a = _rollout(a, seed=11, action_seed=5)
+    obs_b, rew_b, act_b = _rollout(b, seed=11, action_seed=5)
+    assert all(np.array_equal(x, y) for x, y in zip(act_a, act_b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(obs_a, obs_b, strict=True))
+    assert rew_a == rew_b
+    # Another seed draws other clips.
+    a.reset(seed=12)
+    order_12 = a.clip_order
+    a.reset(seed=11)
+    assert not np.array_equal(order_12, a.clip_order)
+
+
+def _direct_macro_f(data: EvalSet, grid: ActionGrid, clips: np.ndarray, actions: list[np.ndarray]) -> float:
+    """The episode's macro F, computed clip by clip with a fresh evaluator (no count table)."""
+    totals = {c: Counts.zero() for c in data.classes}
+    for clip, action in zip(clips, actions, strict=True):
+        single = Evaluator(data.subset([int(clip)]), MetricConfig())
+        for c, p in grid.params(action, data.classes).items():
+            totals[c] = totals[c] + single.class_counts(c, p)
+    f = macro_f_measure([class_f_measure(n) for n in totals.values()])
+    return 0.0 if math.isnan(f) else f
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_undiscounted_return_is_the_episode_macro_f(env: PostProcessingEnv, data: EvalSet, seed: int) -> None:
+    _, rewards, actions = _rollout(env, seed=seed, action_seed=100 + seed)
+    expected = _direct_macro_f(data, env.grid, env.clip_order, actions)
+    assert sum(rewards) == pytest.approx(expected, abs=1e-12)
+    assert all(-1.0 <= r <= 1.0 for r in rewards)
+
+
+def test_info_carries_the_step_counts(env: PostProcessingEnv, data: EvalSet) -> None:
+    env.reset(seed=3)
+    clip = int(env.clip_order[0])
+    action = env.action_space.sample()
+    _, _, _, _, info = env.step(action)
+    assert info["clip"] == data.filenames[clip]
+    single = Evaluator(data.subset([clip]))
+    for j, (c, p) in enumerate(env.grid.params(action, data.classes).items()):
+        n = single.class_counts(c, p)
+        assert info["class_counts"][j].tolist() == [n.nref, n.nsys, n.ntp]
+
+
+def test_observation_is_the_clip_matrix_padded_or_cut(data: EvalSet) -> None:
+    scores = [data.scores(c) for c in data.classes]
+    n_frames = int(np.diff(scores[0].offsets)[0])
+    long = observation(scores, 0, n_frames + 5)
+    assert long.shape == (n_frames + 5, len(scores)) and long.dtype == np.float32
+    for j, cs in enumerate(scores):
+        assert np.array_equal(long[:n_frames, j], cs.clip(0))
+    assert not long[n_frames:].any()
+    short = observation(scores, 0, 7)
+    assert np.array_equal(short[:, 0], scores[0].clip(0)[:7])
+    env = PostProcessingEnv(data, SPACE, n_frames_max=7, episode_clips=3)
+    obs, _ = env.reset(seed=0)
+    assert np.array_equal(obs, observation(scores, int(env.clip_order[0]), 7))
+
+
+def _tiny_set() -> EvalSet:
+    """Two clips of 20 frames, one class: clip 0 silent (no event), clip 1 one event."""
+    hop = 0.1
+    p0 = np.full(20, 0.3, np.float32)
+    p1 = np.full(20, 0.1, np.float32)
+    p1[5:15] = 0.9
+    cs = ClassScores("Dog", np.concatenate([p0, p1]), np.array([0, 20, 40], np.int64))
+    refs = {"Dog": ClassEvents.from_lists([1], [0.5], [1.5])}
+    return EvalSet(["a.wav", "b.wav"], ["Dog"], hop, np.array([2.0, 2.0]), refs, lambda _: cs)
+
+
+def test_a_clip_without_events() -> None:
+    data = _tiny_set()
+    space = SearchSpace(kernels=(1,), threshold_low=0.2, threshold_high=0.8, threshold_step=0.2)
+    env = PostProcessingEnv(data, space, episode_clips=2)
+    thresholds = env.grid.thresholds
+    low = thresholds.index(0.2)  # fires on the silent clip (0.3 > 0.2)
+    # Find a seed that shows the silent clip first.
+    seed = next(s for s in range(100) if env.reset(seed=s)[1]["clip"] == "a.wav")
+    env.reset(seed=seed)
+    _, r, done, _, info = env.step(np.array([0, low]))
+    # A false alarm before any reference event: F is NaN (sed_eval), counted as 0.
+    assert info["class_counts"].tolist() == [[0, 1, 0]]
+    assert r == 0.0 and not done
+    _, r, done, _, info = env.step(np.array([0, low]))
+    assert info["class_counts"].tolist() == [[1, 1, 1]]
+    # The earlier false alarm now counts: P = 1/2, R = 1, F = 2/3.
+    assert r == pytest.approx(2 / 3) and done
+    env.reset(seed=seed)
+    high = thresholds.index(0.4)  # silent clip stays silent
+    _, r, _, _, info = env.step(np.array([0, high]))
+    assert info["class_counts"].tolist() == [[0, 0, 0]] and r == 0.0
+    _, r, _, _, _ = env.step(np.array([0, high]))
+    assert r == pytest.approx(1.0)
+
+
+def test_rejects_bad_actions_and_steps_after_the_end(env: PostProcessingEnv) -> None:
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="nvec"):
+        env.step(np.full(len(env.grid.nvec), 99))
+    with pytest.raises(ValueError, match="integers"):
+        env.step(np.zeros(2, np.int64))
+    for _ in range(env.episode_clips):
+        env.step(env.action_space.sample())
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(env.action_space.sample())
+
+
+def test_action_grid_adds_blocks_only_for_searched_stages() -> None:
+    space = SearchSpace(kernels=(1, 3), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9,
+                        threshold_step=0.4)
+    grid = ActionGrid.from_space(space, 2)
+    assert [name for name, _ in grid.blocks] == ["median_filter_frames", "threshold", "fill_gap_s"]
+    assert grid.nvec.tolist() == [2, 2, 3, 3, 2, 2]
+    params = grid.params(np.array([1, 0, 2, 1, 1, 0]), ["a", "b"])
+    assert params["a"] == ClassParams(median_filter_frames=3, threshold=0.9, fill_gap_s=0.2)
+    assert params["b"] == ClassParams(median_filter_frames=1, threshold=0.5, fill_gap_s=0.0)
+
+
+@pytest.mark.parametrize(
+    ("n_shards", "num_workers", "num_envs"),
+    [(4, 2, 2), (8, 2, 2), (3, 2, 2), (5, 0, 1), (2, 1, 3)],
+)
+def test_replicas_split_the_shards_round_robin(n_shards: int, num_workers: int, num_envs: int) -> None:
+    replicas = [(w, v) for w in range(1, max(num_workers, 1) + 1) for v in range(num_envs)]
+    if num_workers == 0:
+        replicas = [(0, v) for v in range(num_envs)]
+    picks = [replica_shards(n_shards, w, v, num_workers, num_envs) for w, v in replicas]
+    assert all(p for p in picks)
+    covered = sorted(s for p in picks for s in p)
+    if n_shards >= len(replicas):
+        assert covered == list(range(n_shards))  # each shard read by exactly one replica
+    else:
+        assert set(covered) == set(range(n_shards))  # replicas share, every shard in play
+
+
+def test_replica_index_errors() -> None:
+    with pytest.raises(ValueError, match="vector_index"):
+        replica_shards(4, 1, 2, 2, 2)
+    with pytest.raises(ValueError, match="worker_index"):
+        replica_shards(4, 3, 0, 2, 2)
+
+
+def test_replicas_read_different_shards(synth: SynthResult, data: EvalSet) -> None:
+    ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path)
+    seen: list[set[str]] = []
+    for worker in (1, 2):
+        for vector in (0, 1):
+            shards = replica_shards(4, worker, vector, num_workers=2, num_envs=2)
+            env = PostProcessingEnv.from_shards(ref, shards, SPACE, episode_clips=4)
+            seen.append(set(env.data.filenames))
+            assert len(env.data) == 6
+    assert all(a.isdisjoint(b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+    assert set().union(*seen) == set(data.filenames)
+
+
+def test_shards_are_restricted_to_the_clips_in_play(synth: SynthResult, data: EvalSet) -> None:
+    tuning = data.filenames[::2]
+    ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path, clips=tuning)
+    sub = load_shards(ref, [0, 1])
+    assert set(sub.filenames) <= set(tuning) and len(sub) == 6
+    # The same clips' scores and events as in the whole set.
+    full_index = {n: i for i, n in enumerate(data.filenames)}
+    for c in data.classes:
+        for i, name in enumerate(sub.filenames):
+            assert np.array_equal(sub.scores(c).clip(i), data.scores(c).clip(full_index[name]))
+        assert len(sub.refs[c]) == sum(
+            int((data.refs[c].clip == full_index[n]).sum()) for n in sub.filenames
+        )
