@@ -197,8 +197,7 @@ def align(
     absent = [c for c in scores.classes if c not in truth.events]
     if absent:
         raise SedtuneInputError(
-            f"{where}: score class {absent[0]!r} has no event in the ground truth "
-            "(class sets differ)"
+            f"{where}: score class {absent[0]!r} has no event in the ground truth (class sets differ)"
         )
     dur = np.full(len(truth.filenames), np.nan)
     if durations is not None:
@@ -216,9 +215,7 @@ def align(
     return EvalSet(truth.filenames, scores.classes, scores.frame_hop_s, dur, truth.events, load)
 
 
-def load_eval_set(
-    scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None
-) -> EvalSet:
+def load_eval_set(scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None) -> EvalSet:
     """Open a score set, its ground truth and optional durations, aligned and validated."""
     scores = ScoreSet.open(scores_uri)
     truth = read_ground_truth(ground_truth_uri)
@@ -249,9 +246,7 @@ class Evaluation:
     macro_f: float = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "macro_f", macro_f_measure([r.f_measure for r in self.per_class.values()])
-        )
+        object.__setattr__(self, "macro_f", macro_f_measure([r.f_measure for r in self.per_class.values()]))
 
 
 class Evaluator:
@@ -330,9 +325,7 @@ class Evaluator:
             start, end = index.hysteresis_runs_at(params.threshold, params.threshold_off)
         clip = np.searchsorted(index.offsets, start, side="right").astype(np.int64) - 1
         base = index.offsets[clip]
-        clip, s, e = clean(
-            clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s
-        )
+        clip, s, e = clean(clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s)
         return decode(clip, s, e, hop, self.data.durations_s)
 
     def class_counts(self, label: str, params: ClassParams) -> Counts:

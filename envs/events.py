@@ -37,9 +37,7 @@ class ClassEvents:
         return ClassEvents(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
 
     @staticmethod
-    def from_lists(
-        clip: Iterable[int], onset_s: Iterable[float], offset_s: Iterable[float]
-    ) -> ClassEvents:
+    def from_lists(clip: Iterable[int], onset_s: Iterable[float], offset_s: Iterable[float]) -> ClassEvents:
         """Build from sequences in any order (sorted here by clip, then onset, then offset)."""
         c = np.asarray(list(clip), dtype=np.int64)
         on = np.asarray(list(onset_s), dtype=np.float64)

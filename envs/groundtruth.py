@@ -101,9 +101,7 @@ class GroundTruth:
         return GroundTruth(tuple(self.filenames[i] for i in clip_indices), events)
 
     @staticmethod
-    def from_rows(rows: Sequence[tuple[str, float | None, float | None, str | None]]) -> (
-        GroundTruth
-    ):
+    def from_rows(rows: Sequence[tuple[str, float | None, float | None, str | None]]) -> GroundTruth:
         """Build from (filename, onset, offset, label) rows; label None marks an empty clip."""
         names: dict[str, int] = {}
         per: dict[str, tuple[list[int], list[float], list[float]]] = {}
@@ -177,9 +175,7 @@ def read_durations(uri: str) -> dict[str, float]:
     return out
 
 
-def write_ground_truth(
-    path: str, filenames: Sequence[str], events: dict[str, ClassEvents]
-) -> None:
+def write_ground_truth(path: str, filenames: Sequence[str], events: dict[str, ClassEvents]) -> None:
     """Write a DCASE ground-truth TSV; clips without events get an empty-label row.
 
     Args:
@@ -191,7 +187,10 @@ def write_ground_truth(
     has = np.zeros(len(filenames), dtype=bool)
     for label, ev in events.items():
         has[ev.clip] = True
-        rows += [(int(c), float(a), float(b), label) for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)]
+        rows += [
+            (int(c), float(a), float(b), label)
+            for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)
+        ]
     rows.sort()
     with open(path, "w", encoding="utf-8") as f:
         f.write("filename\tonset\toffset\tevent_label\n")

@@ -174,15 +174,12 @@ def import_tsv_folder(
             bad = _first_bad_score(table[:, 2:])
             if bad is not None:
                 row, col = bad
-                check_scores(table[row, 2 + col : 3 + col],
-                             f"{path}, line {row + 2}, class {classes[col]!r}")
+                check_scores(table[row, 2 + col : 3 + col], f"{path}, line {row + 2}, class {classes[col]!r}")
             if writer is None:
                 writer = ScoreSetWriter(out_uri, classes, hop, clips_per_shard)
                 first, hop0 = path, hop
             elif classes != writer.classes:
-                raise SedtuneInputError(
-                    f"{path}: classes {classes} differ from {writer.classes} in {first}"
-                )
+                raise SedtuneInputError(f"{path}: classes {classes} differ from {writer.classes} in {first}")
             elif abs(hop - hop0) > 1e-9:
                 raise SedtuneInputError(f"{path}: frame hop {hop} differs from {hop0} in {first}")
             writer.add(name[: -len(".tsv")] + audio_extension, table[:, 2:])
@@ -246,9 +243,7 @@ def import_numpy(
         SedtuneInputError: Count or shape mismatches, bad values.
     """
     if len(scores) != len(filenames):
-        raise SedtuneInputError(
-            f"{out_uri}: {len(scores)} score matrices but {len(filenames)} filenames"
-        )
+        raise SedtuneInputError(f"{out_uri}: {len(scores)} score matrices but {len(filenames)} filenames")
     existed = _check_output(out_uri)
     writer = None
     try:
@@ -260,9 +255,9 @@ def import_numpy(
         raise
 
 
-def _iter(scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]]) -> Iterator[
-    npt.NDArray[np.floating]
-]:
+def _iter(
+    scores: npt.NDArray[np.floating] | Sequence[npt.NDArray[np.floating]],
+) -> Iterator[npt.NDArray[np.floating]]:
     yield from scores
 
 
@@ -289,9 +284,7 @@ def import_npz(path: str, out_uri: str, clips_per_shard: int = 2000) -> ScoreSet
     seen: set[str] = set()
     for name in filenames:
         if name in seen:
-            raise SedtuneInputError(
-                f"{path}: clip {name!r} appears twice in 'filenames' (duplicate)"
-            )
+            raise SedtuneInputError(f"{path}: clip {name!r} appears twice in 'filenames' (duplicate)")
         seen.add(name)
     if not (hop > 0 and np.isfinite(hop)):
         raise SedtuneInputError(f"{path}: 'frame_hop_s' must be > 0, but got {hop}")
@@ -299,6 +292,7 @@ def import_npz(path: str, out_uri: str, clips_per_shard: int = 2000) -> ScoreSet
         bad = _first_bad_score(scores[i])
         if bad is not None:
             frame, k = bad
-            check_scores(scores[i, frame, k : k + 1],
-                         f"{path}, clip {name!r}, class {classes[k]!r}, frame {frame}")
+            check_scores(
+                scores[i, frame, k : k + 1], f"{path}, clip {name!r}, class {classes[k]!r}, frame {frame}"
+            )
     return import_numpy(out_uri, scores, filenames, classes, hop, clips_per_shard)

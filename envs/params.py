@@ -172,9 +172,7 @@ def params_from_json(obj: object, where: str) -> ParamFile:
     classes = obj.get("classes")
     if not isinstance(classes, dict) or not classes:
         raise SedtuneInputError(f"{where}: field 'classes' must be a non-empty object")
-    parsed = {
-        str(k): class_params_from_json(v, f"{where}, classes.{k}") for k, v in classes.items()
-    }
+    parsed = {str(k): class_params_from_json(v, f"{where}, classes.{k}") for k, v in classes.items()}
     meta = obj.get("metadata")
     return ParamFile(float(hop), parsed, meta if isinstance(meta, dict) else None)
 

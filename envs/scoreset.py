@@ -170,8 +170,7 @@ class ScoreSetWriter:
             raise SedtuneInputError(f"{where}: duplicate clip")
         if mat.ndim != 2 or mat.shape[1] != len(self.classes):
             raise SedtuneInputError(
-                f"{where}: scores must have shape (frames, {len(self.classes)}), "
-                f"but got {mat.shape}"
+                f"{where}: scores must have shape (frames, {len(self.classes)}), but got {mat.shape}"
             )
         check_scores(mat, where)
         self._seen.add(filename)
@@ -328,9 +327,7 @@ class ScoreSet:
                 paths = [root]
             else:
                 sel = pafs.FileSelector(root, recursive=False)
-                paths = sorted(
-                    i.path for i in fs.get_file_info(sel) if i.path.endswith(".parquet")
-                )
+                paths = sorted(i.path for i in fs.get_file_info(sel) if i.path.endswith(".parquet"))
             if not paths:
                 raise SedtuneInputError(f"{uri}: no .parquet shards in the score set")
         else:
@@ -348,9 +345,7 @@ class ScoreSet:
                     f"{path}: classes {s_classes} differ from {classes} in {shards[0].path}"
                 )
             elif s_hop != hop:
-                raise SedtuneInputError(
-                    f"{path}: frame_hop_s {s_hop} differs from {hop} in {shards[0].path}"
-                )
+                raise SedtuneInputError(f"{path}: frame_hop_s {s_hop} differs from {hop} in {shards[0].path}")
             for n in names:
                 if n in seen:
                     raise SedtuneInputError(f"{path}: duplicate clip {n!r} (also in {seen[n]})")
@@ -367,7 +362,10 @@ class ScoreSet:
     def subset(self, shard_indices: Sequence[int]) -> ScoreSet:
         """A view restricted to some shards (e.g. the shards one env replica reads)."""
         return ScoreSet(
-            self.uri, self.fs, self.classes, self.frame_hop_s,
+            self.uri,
+            self.fs,
+            self.classes,
+            self.frame_hop_s,
             [self.shards[i] for i in shard_indices],
         )
 
@@ -401,8 +399,7 @@ class ScoreSet:
             if col.null_count:
                 row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                 raise SedtuneInputError(
-                    f"{shard.path}, clip {shard.filenames[row]!r}, class {label!r}: "
-                    "scores are missing (null)"
+                    f"{shard.path}, clip {shard.filenames[row]!r}, class {label!r}: scores are missing (null)"
                 )
             col_len = np.diff(col.offsets.to_numpy()).astype(np.int64)
             mismatch = np.flatnonzero(col_len != n_frames)
@@ -461,8 +458,7 @@ def _read_shard_header(fs: pafs.FileSystem, path: str) -> tuple[list[str], float
                 ) from e
             if not isinstance(classes, list):
                 raise SedtuneInputError(
-                    f"{path}: schema metadata {META_CLASSES.decode()} must be a JSON list, "
-                    f"got {classes!r}"
+                    f"{path}: schema metadata {META_CLASSES.decode()} must be a JSON list, got {classes!r}"
                 )
             try:
                 hop = float(meta[META_HOP])

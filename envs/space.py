@@ -120,7 +120,7 @@ class SearchSpace:
 
 def kernels_for_seconds(seconds: float, frame_hop_s: float, allowed: Sequence[int] | None = None) -> int:
     """The odd kernel (frames) closest to a filter length in seconds, e.g. 0.45 s at 0.064 s -> 7."""
-    k = max(1, int(round(seconds / frame_hop_s)))
+    k = max(1, round(seconds / frame_hop_s))
     if k % 2 == 0:
         k += 1
     if allowed:

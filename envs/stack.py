@@ -49,9 +49,7 @@ def median_filter(scores: ClassScores, kernel_frames: int) -> ClassScores:
     return ClassScores(scores.label, values, scores.offsets)
 
 
-def median_filter_values(
-    values: npt.NDArray[Any], offsets: I64, kernel_frames: int
-) -> npt.NDArray[Any]:
+def median_filter_values(values: npt.NDArray[Any], offsets: I64, kernel_frames: int) -> npt.NDArray[Any]:
     """Median-filter ragged per-clip values of any dtype (see :func:`median_filter`)."""
     if kernel_frames == 1:
         return values
@@ -105,7 +103,7 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
                 continue
             cs = np.cumsum(block[rows] >= j, axis=1, dtype=np.int16)
             window = cs[:, kernel_frames - 1 :].copy()
-            window[:, 1:] -= cs[:, : -kernel_frames]
+            window[:, 1:] -= cs[:, :-kernel_frames]
             acc[rows] += (window >= need).astype(small)
         out[idx] = acc
     return out
@@ -144,9 +142,7 @@ def runs(active: BoolArray, offsets: I64) -> tuple[I64, I64]:
     return start, end
 
 
-def hysteresis_runs(
-    values: npt.NDArray[np.floating], offsets: I64, on: float, off: float
-) -> tuple[I64, I64]:
+def hysteresis_runs(values: npt.NDArray[np.floating], offsets: I64, on: float, off: float) -> tuple[I64, I64]:
     """Runs that start above ``on`` and continue while above ``off``."""
     v = values.astype(np.float64, copy=False)
     start, end = runs(v > np.float64(off), offsets)

@@ -143,15 +143,20 @@ def sweep_class(
     thresholds = (lo_c + up_c) / 2
     nref = len(refs)
     f = np.array(
-        [
-            class_f_measure(Counts(nref, int(s), int(t)))
-            for s, t in zip(nsys[valid], ntp[valid], strict=True)
-        ]
+        [class_f_measure(Counts(nref, int(s), int(t))) for s, t in zip(nsys[valid], ntp[valid], strict=True)]
     )
     g_ref = np.bincount(groups[refs.clip], minlength=n_groups).astype(np.int64)
     return SweepResult(
-        thresholds, lower[valid], upper[valid], ntp[valid], nsys[valid], nref, f,
-        g_tp[:, valid], g_sys[:, valid], g_ref,
+        thresholds,
+        lower[valid],
+        upper[valid],
+        ntp[valid],
+        nsys[valid],
+        nref,
+        f,
+        g_tp[:, valid],
+        g_sys[:, valid],
+        g_ref,
     )
 
 
@@ -202,9 +207,7 @@ def _sweep_chunk(
 
     s_sel = (index.start_pos >= f_lo) & (index.start_pos < f_hi)
     e_sel = (index.end_pos >= f_lo) & (index.end_pos < f_hi)
-    s_lvl, s_pos = expand(
-        index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel]
-    )
+    s_lvl, s_pos = expand(index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel])
     e_lvl, e_pos = expand(index.end_pos[e_sel], index.end_next_rank[e_sel], index.end_rank[e_sel])
     n_frames = np.int64(index.offsets[-1] + 1)
     s_order = np.argsort(s_lvl * n_frames + s_pos, kind="stable")

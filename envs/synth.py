@@ -61,8 +61,16 @@ CELLS_PER_CHUNK = 1 << 21
 MAX_FP_BURSTS = 4
 
 DESED_CLASSES = (
-    "Alarm_bell_ringing", "Blender", "Cat", "Dishes", "Dog",
-    "Electric_shaver_toothbrush", "Frying", "Running_water", "Speech", "Vacuum_cleaner",
+    "Alarm_bell_ringing",
+    "Blender",
+    "Cat",
+    "Dishes",
+    "Dog",
+    "Electric_shaver_toothbrush",
+    "Frying",
+    "Running_water",
+    "Speech",
+    "Vacuum_cleaner",
 )
 #: DESED-like class profiles: (relative frequency, shortest and longest event in seconds).
 #: Frequencies follow the DESED validation set (Speech ~40% of events); durations are drawn
@@ -81,14 +89,27 @@ DESED_PROFILES: dict[str, tuple[float, float, float]] = {
 }
 #: DESED classes ordered so that neighbours sound alike; class i leaks into class i+1.
 DESED_CONFUSION_CYCLE = (
-    "Dog", "Cat", "Speech", "Alarm_bell_ringing", "Dishes", "Blender",
-    "Electric_shaver_toothbrush", "Vacuum_cleaner", "Running_water", "Frying",
+    "Dog",
+    "Cat",
+    "Speech",
+    "Alarm_bell_ringing",
+    "Dishes",
+    "Blender",
+    "Electric_shaver_toothbrush",
+    "Vacuum_cleaner",
+    "Running_water",
+    "Frying",
 )
 
 _RANGE_FIELDS = (
-    "event_duration_range_s", "gain_logit_range", "calibration_bias_logit_range",
-    "onset_lag_range_s", "offset_lag_range_s", "confusion_fraction_range",
-    "fp_burst_duration_range_s", "fp_burst_strength_range",
+    "event_duration_range_s",
+    "gain_logit_range",
+    "calibration_bias_logit_range",
+    "onset_lag_range_s",
+    "offset_lag_range_s",
+    "confusion_fraction_range",
+    "fp_burst_duration_range_s",
+    "fp_burst_strength_range",
 )
 
 
@@ -183,16 +204,21 @@ class SynthConfig:
                 "frame_hop_s must be > 0 and <= clip_duration_s, but got "
                 f"({self.frame_hop_s=}, {self.clip_duration_s=})"
             )
-        for name in ("mean_events_per_clip", "event_strength_std", "noise_std_logit",
-                     "clip_offset_std_logit", "response_smoothing_s", "lag_jitter_s",
-                     "fp_bursts_per_event", "min_event_gap_s"):
+        for name in (
+            "mean_events_per_clip",
+            "event_strength_std",
+            "noise_std_logit",
+            "clip_offset_std_logit",
+            "response_smoothing_s",
+            "lag_jitter_s",
+            "fp_bursts_per_event",
+            "min_event_gap_s",
+        ):
             _check_min(name, getattr(self, name), 0.0)
         _check_min("class_rate_ratio", self.class_rate_ratio, 1.0)
         _check_min("event_duration_spread", self.event_duration_spread, 1.0)
         if not (self.noise_correlation_s > 0 and math.isfinite(self.noise_correlation_s)):
-            raise SedtuneInputError(
-                f"noise_correlation_s must be > 0, but got {self.noise_correlation_s=}"
-            )
+            raise SedtuneInputError(f"noise_correlation_s must be > 0, but got {self.noise_correlation_s=}")
         if not (0.0 <= self.empty_clip_fraction <= 1.0):
             raise SedtuneInputError(
                 f"empty_clip_fraction must be in [0, 1], but got {self.empty_clip_fraction=}"
@@ -283,8 +309,7 @@ def _check_min(name: str, value: float, low: float) -> None:
 def _check_range(name: str, pair: tuple[float, float]) -> None:
     ok = len(pair) == 2 and all(math.isfinite(v) for v in pair) and pair[0] <= pair[1]
     if not ok:
-        raise SedtuneInputError(f"{name} must be a (low, high) pair with low <= high, "
-                                f"but got {name}={pair}")
+        raise SedtuneInputError(f"{name} must be a (low, high) pair with low <= high, but got {name}={pair}")
 
 
 @dataclass(frozen=True)
@@ -311,8 +336,7 @@ def _profiles(cfg: SynthConfig) -> _Profiles:
     """Draw every class's properties, class k from its own stream (seed, 0, k)."""
     classes = cfg.classes
     n = len(classes)
-    cols: dict[str, list[float]] = {k: [] for k in
-                                    ("w", "lo", "hi", "gain", "bias", "on", "off", "leak")}
+    cols: dict[str, list[float]] = {k: [] for k in ("w", "lo", "hi", "gain", "bias", "on", "off", "leak")}
     d_lo, d_hi = cfg.event_duration_range_s
     for k, name in enumerate(classes):
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0, k)))
@@ -480,8 +504,7 @@ def _response(rng: np.random.Generator, cfg: SynthConfig, prof: _Profiles, ev: _
         fp_amp = rng.uniform(*cfg.fp_burst_strength_range, size=(n, k, fp_slots))
         start = np.concatenate([start, fp_start], axis=-1)
         end = np.concatenate([end, fp_start + dur], axis=-1)
-        amp = np.concatenate([amp, np.where(np.arange(fp_slots) < n_fp[..., None], fp_amp, 0.0)],
-                             axis=-1)
+        amp = np.concatenate([amp, np.where(np.arange(fp_slots) < n_fp[..., None], fp_amp, 0.0)], axis=-1)
     # Most (clip, class) pairs of a many-class set are silent: render only the others.
     ci, ki = np.nonzero((amp > 0).any(axis=-1))
     rows = _render(np.clip(start[ci, ki], 0, t_s), np.clip(end[ci, ki], 0, t_s), amp[ci, ki], cfg)
@@ -522,7 +545,8 @@ def _gt_text(names: list[str], classes: list[str], ev: _Events) -> tuple[str, in
     n_ev = len(c)
     lines = [
         f"{names[clip[i]]}\t{key_on[i]:.3f}\t{key_off[i]:.3f}\t{classes[k[i]]}\n"
-        if i < n_ev else f"{names[clip[i]]}\t\t\t\n"
+        if i < n_ev
+        else f"{names[clip[i]]}\t\t\t\n"
         for i in order.tolist()
     ]
     return "".join(lines), n_ev
@@ -540,8 +564,7 @@ def _prepare_out_dir(out_dir: str, overwrite: bool) -> tuple[pafs.FileSystem, st
     fs.create_dir(root, recursive=True)
     scores = f"{root}/scores"
     if fs.get_file_info(scores).type == pafs.FileType.Directory:
-        old = [i.path for i in fs.get_file_info(pafs.FileSelector(scores))
-               if i.path.endswith(".parquet")]
+        old = [i.path for i in fs.get_file_info(pafs.FileSelector(scores)) if i.path.endswith(".parquet")]
         if old and not overwrite:
             # Stale shards would join the new set and corrupt it.
             raise SedtuneInputError(
@@ -581,8 +604,14 @@ def generate(
     classes = config.classes
     prof = _profiles(config)
     scores_uri = f"{out_dir.rstrip('/')}/scores"
-    LOG.info("synth: %d clips x %d classes x %d frames into %s (seed %d)",
-             config.n_clips, len(classes), config.n_frames, out_dir, config.seed)
+    LOG.info(
+        "synth: %d clips x %d classes x %d frames into %s (seed %d)",
+        config.n_clips,
+        len(classes),
+        config.n_frames,
+        out_dir,
+        config.seed,
+    )
     writer = ScoreSetWriter(scores_uri, classes, config.frame_hop_s, config.clips_per_shard)
     n_events = 0
     step = config.chunk_clips
@@ -607,8 +636,7 @@ def generate(
     finally:
         gt.close()
         dur.close()
-    LOG.info("synth: wrote %d clips, %d events, %d shards", writer.n_clips, n_events,
-             writer.n_shards)
+    LOG.info("synth: wrote %d clips, %d events, %d shards", writer.n_clips, n_events, writer.n_shards)
     return SynthResult(
         scores_uri=scores_uri,
         ground_truth_path=f"{out_dir.rstrip('/')}/ground_truth.tsv",

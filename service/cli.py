@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code.
     """
+    # Ray Tune's new console engine prints tables even at verbose=0; the old one is silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -78,6 +78,12 @@ class CronSchedule:
         nxt: datetime = croniter(self.expr, local).get_next(datetime)
         return nxt.astimezone(UTC)
 
+    def last_at_or_before(self, when: datetime) -> datetime:
+        """The latest fire time ``t <= when`` (aware UTC)."""
+        local = (when + _EPSILON).astimezone(_zone(self.tz, "timezone"))
+        prev: datetime = croniter(self.expr, local).get_prev(datetime)
+        return prev.astimezone(UTC)
+
     def fires_between(self, start: datetime, end: datetime, limit: int = 10_000) -> Iterator[datetime]:
         """Fire times ``t`` with ``start <= t <= end`` (aware UTC), at most ``limit`` of them.
 

@@ -71,8 +71,14 @@ def class_figures(counts: ClipCounts) -> dict[str, dict[str, float]]:
     for c, v in counts.items():
         t = v.sum(axis=0) if v.ndim == 2 else v
         k = Counts(int(t[0]), int(t[1]), int(t[2]))
-        out[c] = {"f_measure": float(f_measure(*t)), "precision": precision(k), "recall": recall(k),
-                  "nref": float(k.nref), "nsys": float(k.nsys), "ntp": float(k.ntp)}
+        out[c] = {
+            "f_measure": float(f_measure(*t)),
+            "precision": precision(k),
+            "recall": recall(k),
+            "nref": float(k.nref),
+            "nsys": float(k.nsys),
+            "ntp": float(k.ntp),
+        }
     return out
 
 

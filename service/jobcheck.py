@@ -7,6 +7,7 @@ strategy's options and budget, all with field paths in the messages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ class ResolvedJob:
     space: SearchSpace
     metric: MetricConfig
     manual: dict[str, ClassParams]
-    strategies: list[tuple[str, float | None, Strategy]]
+    strategies: Sequence[tuple[str, float | None, Strategy]]
 
 
 def _open(data: DataSpec, where: str) -> EvalSet:
@@ -70,8 +71,13 @@ def _open(data: DataSpec, where: str) -> EvalSet:
 def restrict_classes(data: EvalSet, classes: list[str]) -> EvalSet:
     """The same set evaluated on a subset of classes."""
     return EvalSet(
-        data.filenames, classes, data.frame_hop_s, data.durations_s,
-        {c: data.refs[c] for c in classes}, data.scores, data.max_cached_classes,
+        data.filenames,
+        classes,
+        data.frame_hop_s,
+        data.durations_s,
+        {c: data.refs[c] for c in classes},
+        data.scores,
+        data.max_cached_classes,
     )
 
 
@@ -87,7 +93,9 @@ def check_job(spec: JobSpec) -> ResolvedJob:
     if spec.data.classes is not None:
         for i, c in enumerate(spec.data.classes):
             if c not in data.classes:
-                raise SedtuneInputError(f"data.classes[{i}]: unknown class {c!r}; score classes: {data.classes}")
+                raise SedtuneInputError(
+                    f"data.classes[{i}]: unknown class {c!r}; score classes: {data.classes}"
+                )
         classes = list(dict.fromkeys(spec.data.classes))
         data = restrict_classes(data, classes)
     heldout = None
@@ -98,22 +106,30 @@ def check_job(spec: JobSpec) -> ResolvedJob:
             raise SedtuneInputError(f"heldout.data: class {missing[0]!r} is not in the held-out scores")
         if heldout.frame_hop_s != data.frame_hop_s:
             raise SedtuneInputError(
-                f"heldout.data: frame_hop_s {heldout.frame_hop_s} differs from the tuning set's {data.frame_hop_s}"
+                f"heldout.data: frame_hop_s {heldout.frame_hop_s} differs from the tuning set's "
+                f"{data.frame_hop_s}"
             )
         heldout = restrict_classes(heldout, classes)
     elif len(data) < 4:
-        raise SedtuneInputError(f"data: {len(data)} clips are too few to split into tuning and held-out parts")
+        raise SedtuneInputError(
+            f"data: {len(data)} clips are too few to split into tuning and held-out parts"
+        )
     space = spec.space.to_space().validate("space")
     metric = MetricConfig(spec.metric.t_collar_s, spec.metric.percentage_of_length).validate("metric")
     k = kernels_for_seconds(spec.manual.median_filter_s, data.frame_hop_s)
-    manual = {c: ClassParams(median_filter_frames=k, threshold=spec.manual.threshold).validate("manual") for c in classes}
+    manual = {
+        c: ClassParams(median_filter_frames=k, threshold=spec.manual.threshold).validate("manual")
+        for c in classes
+    }
     strategies = []
     for i, s in enumerate(spec.strategies):
         cls = strategy_class(s.name)
         try:
             opts: BaseModel = cls.Options.model_validate(s.options)
         except ValidationError as e:
-            raise SedtuneInputError(validation_message(e, f"strategies[{i}].options").replace("options: ", "options.", 1)) from None
+            raise SedtuneInputError(
+                validation_message(e, f"strategies[{i}].options").replace("options: ", "options.", 1)
+            ) from None
         if s.name == "exact" and s.budget is not None and s.budget < len(space.settings):
             raise SedtuneInputError(
                 f"strategies[{i}].budget: exact needs at least one threshold per setting, "
@@ -136,6 +152,6 @@ def split_clips(n_clips: int, heldout_fraction: float, seed: int) -> tuple[I64, 
     """
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n_clips)
-    n_held = int(round(n_clips * heldout_fraction))
+    n_held = round(n_clips * heldout_fraction)
     n_held = min(max(n_held, 1), n_clips - 1)
     return np.sort(perm[n_held:]).astype(np.int64), np.sort(perm[:n_held]).astype(np.int64)

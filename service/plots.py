@@ -114,8 +114,10 @@ def plot_f1_vs_evaluations(comparison: Mapping[str, Any], path: str) -> str:
     ax.set_xlim(0, max(max_step, 1) + 0.5)
     ax.set_xlabel("full-set evaluations spent (ceil)")
     ax.set_ylabel("best tuning macro F1 so far")
-    ax.set_title(f"job {comparison.get('job', '?')}: tuning F1 against evaluations "
-                 f"(selection {comparison.get('selection', '?')})")
+    ax.set_title(
+        f"job {comparison.get('job', '?')}: tuning F1 against evaluations "
+        f"(selection {comparison.get('selection', '?')})"
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(path, format="png")
@@ -141,8 +143,13 @@ def plot_class_f1(comparison: Mapping[str, Any], path: str) -> str:
     for ax, part in zip(axes, ("heldout", "tuning"), strict=True):
         for i, (row, color) in enumerate(zip(rows, _colors(len(rows)), strict=True)):
             values = [_value(row[f"{part}_class_f"].get(c)) for c in classes]
-            ax.bar([x + (i - (len(rows) - 1) / 2) * width for x in xs], values, width,
-                   color=color, label=f"{row['strategy']}/{row['selection']}")
+            ax.bar(
+                [x + (i - (len(rows) - 1) / 2) * width for x in xs],
+                values,
+                width,
+                color=color,
+                label=f"{row['strategy']}/{row['selection']}",
+            )
         ax.set_ylabel(f"{'held-out' if part == 'heldout' else 'tuning'} F1")
         ax.set_ylim(0, 1)
         ax.grid(True, axis="y", alpha=0.3)
@@ -171,13 +178,28 @@ def plot_strategy_class_f1(comparison: Mapping[str, Any], strategy: str, path: s
     ax = fig.add_subplot()
     xs = list(range(len(classes)))
     c_tune, c_held, c_manual = _colors(3)
-    ax.bar([x - 0.2 for x in xs], [_value(row["tuning_class_f"].get(c)) for c in classes], 0.4,
-           color=c_tune, label="tuning clips")
-    ax.bar([x + 0.2 for x in xs], [_value(row["heldout_class_f"].get(c)) for c in classes], 0.4,
-           color=c_held, label="held-out clips")
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [_value(row["tuning_class_f"].get(c)) for c in classes],
+        0.4,
+        color=c_tune,
+        label="tuning clips",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [_value(row["heldout_class_f"].get(c)) for c in classes],
+        0.4,
+        color=c_held,
+        label="held-out clips",
+    )
     if manual is not None and strategy != "manual":
-        ax.plot([x + 0.2 for x in xs], [_value(manual["heldout_class_f"].get(c)) for c in classes],
-                "D", color=c_manual, label="manual, held-out")
+        ax.plot(
+            [x + 0.2 for x in xs],
+            [_value(manual["heldout_class_f"].get(c)) for c in classes],
+            "D",
+            color=c_manual,
+            label="manual, held-out",
+        )
     ax.set_xticks(xs, classes, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("event-based F1")
@@ -199,6 +221,7 @@ def write_plots(comparison: Mapping[str, Any], out_dir: str) -> dict[str, str]:
         Paths by name: ``f1_vs_evaluations``, ``class_f1`` and ``class_f1/<strategy>``.
     """
     os.makedirs(out_dir, exist_ok=True)
+
     def at(name: str) -> str:
         return os.path.join(out_dir, name)
 

@@ -25,7 +25,8 @@ def row_json(r: Row) -> dict[str, Any]:
         "tuning_f": {"mean": _num(r.tuning_f_mean), "std": _num(r.tuning_f_std)},
         "heldout_f": {"mean": _num(r.heldout_f_mean), "std": _num(r.heldout_f_std)},
         "gain_over_manual": {
-            "mean": _num(r.gain.gain), "ci95": [_num(r.gain.low), _num(r.gain.high)],
+            "mean": _num(r.gain.gain),
+            "ci95": [_num(r.gain.low), _num(r.gain.high)],
             "significant": bool(r.gain.significant),
         },
         "evaluations": _num(r.evaluations),
@@ -76,6 +77,7 @@ def comparison_json(result: JobResult) -> dict[str, Any]:
 
 def comparison_markdown(result: JobResult) -> str:
     """The comparison as a Markdown table plus per-class F of the recommendation."""
+
     def pct(x: float) -> str:
         return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
 
@@ -89,7 +91,9 @@ def comparison_markdown(result: JobResult) -> str:
     ]
     for r in result.rows:
         g = r.gain
-        gain = "n/a" if math.isnan(g.gain) else f"{100 * g.gain:+.2f} ({100 * g.low:+.2f}, {100 * g.high:+.2f})"
+        gain = (
+            "n/a" if math.isnan(g.gain) else f"{100 * g.gain:+.2f} ({100 * g.low:+.2f}, {100 * g.high:+.2f})"
+        )
         spread = f" ± {r.heldout_f_std:.4f}" if result.splits > 1 else ""
         tspread = f" ± {r.tuning_f_std:.4f}" if result.splits > 1 else ""
         mark = " **(recommended)**" if r is result.recommended else ""
@@ -98,9 +102,18 @@ def comparison_markdown(result: JobResult) -> str:
             f"{pct(r.heldout_f_mean)}{spread} | {gain} | {r.evaluations:.1f} | {r.wall_s:.1f} |"
         )
     rec = result.recommended
-    lines += ["", f"## Per-class held-out F1 of {rec.key}", "", "| class | tuning F1 | held-out F1 |", "|---|---|---|"]
+    lines += [
+        "",
+        f"## Per-class held-out F1 of {rec.key}",
+        "",
+        "| class | tuning F1 | held-out F1 |",
+        "|---|---|---|",
+    ]
     for c in result.classes:
-        lines.append(f"| {c} | {pct(rec.tuning_class_f.get(c, math.nan))} | {pct(rec.heldout_class_f.get(c, math.nan))} |")
+        lines.append(
+            f"| {c} | {pct(rec.tuning_class_f.get(c, math.nan))} | "
+            f"{pct(rec.heldout_class_f.get(c, math.nan))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -112,17 +125,28 @@ def write_outputs(result: JobResult) -> dict[str, str]:
     for r in result.rows:
         if r.params is None:
             continue
-        pf = ParamFile(result.frame_hop_s, dict(r.params),
-                       {"job": result.spec.name, "strategy": r.strategy, "selection": r.selection})
+        pf = ParamFile(
+            result.frame_hop_s,
+            dict(r.params),
+            {"job": result.spec.name, "strategy": r.strategy, "selection": r.selection},
+        )
         path = os.path.join(out, "params", f"{r.strategy}.{r.selection}.json")
         pf.save(path)
         paths[f"params/{r.key}"] = path
     rec = result.recommended
     if rec.params is not None:
         best = os.path.join(out, "best_params.json")
-        ParamFile(result.frame_hop_s, dict(rec.params),
-                  {"job": result.spec.name, "strategy": rec.strategy, "selection": rec.selection,
-                   "heldout_f": _num(rec.heldout_f_mean), "message": result.message}).save(best)
+        ParamFile(
+            result.frame_hop_s,
+            dict(rec.params),
+            {
+                "job": result.spec.name,
+                "strategy": rec.strategy,
+                "selection": rec.selection,
+                "heldout_f": _num(rec.heldout_f_mean),
+                "message": result.message,
+            },
+        ).save(best)
         paths["best_params"] = best
     cj = os.path.join(out, "comparison.json")
     with open(cj, "w", encoding="utf-8") as f:

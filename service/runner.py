@@ -161,9 +161,17 @@ def run_job(
     rows = _aggregate(job, outcomes)
     recommended, message = recommend(rows, spec.selection)
     return JobResult(
-        spec, rows, recommended, message, job.classes, job.data.frame_hop_s,
-        spec.heldout.splits if job.heldout_data is None else 1, spec.output_dir,
-        time.perf_counter() - t0, results=results, fingerprint=dataset_fingerprint(spec),
+        spec,
+        rows,
+        recommended,
+        message,
+        job.classes,
+        job.data.frame_hop_s,
+        spec.heldout.splits if job.heldout_data is None else 1,
+        spec.output_dir,
+        time.perf_counter() - t0,
+        results=results,
+        fingerprint=dataset_fingerprint(spec),
         job_id=job_id or os.environ.get("SEDTUNE_JOB_ID", "") or uuid.uuid4().hex[:12],
     )
 
@@ -183,9 +191,12 @@ def _run_splits(
             heldout = job.data.subset(held_idx)
         else:
             tuning_names, heldout = None, job.heldout_data
-        ref = DataRef(spec.data.scores, spec.data.ground_truth, spec.data.durations, tuning_names,
-                      tuple(job.classes))
-        problem = TuningProblem(ref, ref.load(DRIVER_CACHED_CLASSES), job.space, job.metric, job.manual, spec.folds, spec.seed + k)
+        ref = DataRef(
+            spec.data.scores, spec.data.ground_truth, spec.data.durations, tuning_names, tuple(job.classes)
+        )
+        problem = TuningProblem(
+            ref, ref.load(DRIVER_CACHED_CLASSES), job.space, job.metric, job.manual, spec.folds, spec.seed + k
+        )
         held_ev = Evaluator(heldout, job.metric)
         manual_counts = fold_counts(problem.evaluator, job.manual, problem.folds, problem.n_folds)
         manual_cands = {c: Candidate(job.manual[c], manual_counts[c]) for c in job.classes}
@@ -210,8 +221,12 @@ def _score(
         picks = [("fixed", res.naive)]
     else:
         robust, report = select_robust(res.candidates, manual_cands)
-        res.info["selection"] = {"width": report.width, "kernel_width": report.kernel_width,
-                                 "shrunk": report.shrunk, "cv_macro_f": report.cv_macro_f}
+        res.info["selection"] = {
+            "width": report.width,
+            "kernel_width": report.kernel_width,
+            "shrunk": report.shrunk,
+            "cv_macro_f": report.cv_macro_f,
+        }
         picks = [("naive", res.naive), ("robust", robust)]
     if "untrained_params" in res.info:
         picks.append(("untrained", res.info["untrained_params"]))
@@ -220,14 +235,43 @@ def _score(
         tuning_f, counts = evaluate_joint(problem, params)
         tc = {c: float(_f(v)) for c, v in counts.items()}
         hc = clip_counts(held_ev, params)
-        out.append(Outcome(res.strategy, selection, params, tuning_f, macro_f(hc), tc, class_f(hc), hc,
-                           class_figures(counts), class_figures(hc), res.evaluations, res.wall_s, res.trajectory))
+        out.append(
+            Outcome(
+                res.strategy,
+                selection,
+                params,
+                tuning_f,
+                macro_f(hc),
+                tc,
+                class_f(hc),
+                hc,
+                class_figures(counts),
+                class_figures(hc),
+                res.evaluations,
+                res.wall_s,
+                res.trajectory,
+            )
+        )
     if res.adaptive is not None:
         tuning_counts = clip_counts_of_events(problem.evaluator, res.adaptive.events(problem.tuning))
         hc = clip_counts_of_events(held_ev, res.adaptive.events(held_ev.data))
-        out.append(Outcome(res.strategy, "adaptive", None, macro_f(tuning_counts), macro_f(hc),
-                           class_f(tuning_counts), class_f(hc), hc, class_figures(tuning_counts),
-                           class_figures(hc), res.evaluations, res.wall_s, res.trajectory))
+        out.append(
+            Outcome(
+                res.strategy,
+                "adaptive",
+                None,
+                macro_f(tuning_counts),
+                macro_f(hc),
+                class_f(tuning_counts),
+                class_f(hc),
+                hc,
+                class_figures(tuning_counts),
+                class_figures(hc),
+                res.evaluations,
+                res.wall_s,
+                res.trajectory,
+            )
+        )
     return out
 
 
@@ -241,7 +285,9 @@ def _aggregate(job: ResolvedJob, outcomes: list[list[Outcome]]) -> list[Row]:
     spec = job.spec
     # Manual on each split's held-out clips, for the gain intervals.
     manual_held = [
-        next(o for o in split if o.strategy == "manual") if any(o.strategy == "manual" for o in split) else None
+        next(o for o in split if o.strategy == "manual")
+        if any(o.strategy == "manual" for o in split)
+        else None
         for split in outcomes
     ]
     keys = list(dict.fromkeys((o.strategy, o.selection) for split in outcomes for o in split))
@@ -251,25 +297,40 @@ def _aggregate(job: ResolvedJob, outcomes: list[list[Outcome]]) -> list[Row]:
         if all(m is not None for m in manual_held):
             gain = gain_interval(
                 [(o.heldout_counts, m.heldout_counts) for o, m in zip(per, manual_held, strict=True) if m],
-                spec.bootstrap, spec.seed,
+                spec.bootstrap,
+                spec.seed,
             )
         else:
             gain = GainInterval(float("nan"), float("nan"), float("nan"))
         tf = np.array([o.tuning_f for o in per])
         hf = np.array([o.heldout_f for o in per])
-        rows.append(Row(
-            strat, sel, float(tf.mean()), float(tf.std()), float(hf.mean()), float(hf.std()), gain,
-            float(np.mean([o.evaluations for o in per])), float(np.mean([o.wall_s for o in per])),
-            _mean_dicts([o.heldout_class_f for o in per]), _mean_dicts([o.tuning_class_f for o in per]),
-            per[0].params, per[0].trajectory,
-            _mean_figures([o.heldout_class for o in per]), _mean_figures([o.tuning_class for o in per]),
-        ))
+        rows.append(
+            Row(
+                strat,
+                sel,
+                float(tf.mean()),
+                float(tf.std()),
+                float(hf.mean()),
+                float(hf.std()),
+                gain,
+                float(np.mean([o.evaluations for o in per])),
+                float(np.mean([o.wall_s for o in per])),
+                _mean_dicts([o.heldout_class_f for o in per]),
+                _mean_dicts([o.tuning_class_f for o in per]),
+                per[0].params,
+                per[0].trajectory,
+                _mean_figures([o.heldout_class for o in per]),
+                _mean_figures([o.tuning_class for o in per]),
+            )
+        )
     return rows
 
 
 def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.nanmean([d[k] for d in ds])) if not all(np.isnan(d[k]) for d in ds) else float("nan")
-            for k in ds[0]}
+    return {
+        k: float(np.nanmean([d[k] for d in ds])) if not all(np.isnan(d[k]) for d in ds) else float("nan")
+        for k in ds[0]
+    }
 
 
 def _mean_figures(ds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -289,12 +350,17 @@ def recommend(rows: list[Row], selection: str) -> tuple[Row, str]:
         return best, msg
     g = best.gain
     if g.significant:
-        msg = (f"Recommended: {best.key}: held-out macro F1 {best.heldout_f_mean:.4f}, "
-               f"{100 * g.gain:+.2f} points over manual (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f}).")
+        msg = (
+            f"Recommended: {best.key}: held-out macro F1 {best.heldout_f_mean:.4f}, "
+            f"{100 * g.gain:+.2f} points over manual (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f})."
+        )
     else:
-        msg = (f"No strategy beats manual significantly on held-out clips: the best, {best.key}, gains "
-               f"{100 * g.gain:+.2f} points (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f}). "
-               "Tuning does not clearly pay here; its parameters are written, but manual is as good within noise.")
+        msg = (
+            f"No strategy beats manual significantly on held-out clips: the best, {best.key}, gains "
+            f"{100 * g.gain:+.2f} points (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f}). "
+            "Tuning does not clearly pay here; its parameters are written, "
+            "but manual is as good within noise."
+        )
     return best, msg
 
 

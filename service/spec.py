@@ -227,5 +227,7 @@ def load_spec(path: str) -> JobSpec:
     try:
         obj = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SedtuneInputError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})".replace("\n", " ")) from None
+        raise SedtuneInputError(
+            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})".replace("\n", " ")
+        ) from None
     return parse_spec(obj, path)

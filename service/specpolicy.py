@@ -10,6 +10,8 @@ violation:
 - ``output`` is absolute and under a configured output root;
 - a ``warm_start`` given as a path is under a data or output root (a nightly retune reads the
   previous run's result);
+- numbers are finite and strings valid UTF-8 without NUL (JSON admits ``1e400`` and lone
+  surrogates; paths and the store do not);
 - the test-only option ``fault_marker`` is refused;
 - ``tracking.uri`` is the service's tracking URI or absent (a job must not write an SQLite
   file anywhere, nor post to an arbitrary server).
@@ -22,6 +24,7 @@ cluster it runs in).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from urllib.parse import urlparse
@@ -84,12 +87,33 @@ def _check_data(data: DataSpec, where: str, settings: Settings) -> None:
             _check_location(value, f"{where}.{name}", settings.data_roots, settings, "data")
 
 
+def _check_values(obj: object, path: str) -> None:
+    """Every number finite, every string valid UTF-8 without NUL (JSON allows both, files do not)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise FieldError(path or "spec", f"must be a finite number, got {obj}")
+    if isinstance(obj, str):
+        if "\x00" in obj:
+            raise FieldError(path or "spec", "must not contain NUL characters")
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FieldError(path or "spec", "must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_values(k, path)
+            _check_values(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_values(v, f"{path}[{i}]")
+
+
 def check_policy(spec: JobSpec, settings: Settings) -> None:
     """Refuse a spec that reaches outside the configured roots (see the module docstring).
 
     Raises:
         FieldError: The first violation, with its field path.
     """
+    _check_values(spec.model_dump(mode="python"), "")
     _check_data(spec.data, "data", settings)
     if spec.heldout.data is not None:
         _check_data(spec.heldout.data, "heldout.data", settings)

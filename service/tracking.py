@@ -96,13 +96,17 @@ class TrackingReport:
     def line(self) -> str:
         """One line for the user."""
         if self.already:
-            return (f"already tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
-                    "(nothing logged; --force logs it again)")
+            return (
+                f"already tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
+                "(nothing logged; --force logs it again)"
+            )
         left = f"; left out (not found): {', '.join(self.skipped)}" if self.skipped else ""
         view = f"; view at {self.ui_url}" if self.ui_url else ""
-        return (f"tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
-                f"({len(self.strategy_runs)} strategy runs, {self.trial_runs} trial runs, "
-                f"{self.artifacts} artifacts){view}{left}")
+        return (
+            f"tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
+            f"({len(self.strategy_runs)} strategy runs, {self.trial_runs} trial runs, "
+            f"{self.artifacts} artifacts){view}{left}"
+        )
 
     @property
     def ui_url(self) -> str | None:
@@ -130,7 +134,7 @@ def resolve_uri(uri: str | None) -> str:
 
 
 def _sqlite_path(uri: str) -> str | None:
-    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
 
 
 def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -334,10 +338,16 @@ def log_results(
             raise
         except Exception as e:
             raise TrackingError(uri, f"{uri}: {type(e).__name__}: {_one_line(e)}") from e
-    LOG.info("logged %d runs and %d artifacts to %s in %.1f s", len(tally.runs), tally.artifacts, uri,
-             time.perf_counter() - t0)
-    return TrackingReport(uri, name, exp_id, run_id, tally.ids("strategy"), len(tally.ids("trial")),
-                          tally.artifacts, skipped)
+    LOG.info(
+        "logged %d runs and %d artifacts to %s in %.1f s",
+        len(tally.runs),
+        tally.artifacts,
+        uri,
+        time.perf_counter() - t0,
+    )
+    return TrackingReport(
+        uri, name, exp_id, run_id, tally.ids("strategy"), len(tally.ids("trial")), tally.artifacts, skipped
+    )
 
 
 def failure_line(err: BaseException, result_dir: str, uri: str) -> str:
@@ -349,8 +359,10 @@ def failure_line(err: BaseException, result_dir: str, uri: str) -> str:
         uri: The tracking URI tried.
     """
     reason = str(err) if isinstance(err, TrackingError) else f"{uri}: {type(err).__name__}: {err}"
-    return (f"tracking failed: {_one_line(reason)}; results are in {result_dir}; re-log with "
-            f"`sedtune log {shlex.quote(result_dir)} --tracking-uri {shlex.quote(uri)}`")
+    return (
+        f"tracking failed: {_one_line(reason)}; results are in {result_dir}; re-log with "
+        f"`sedtune log {shlex.quote(result_dir)} --tracking-uri {shlex.quote(uri)}`"
+    )
 
 
 def log_job(result: JobResult) -> str:

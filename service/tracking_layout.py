@@ -43,8 +43,14 @@ MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
 MAX_NAME_PART = 100
 CURVE_METRIC = "tuning_f1_curve"
-CLASS_FIGURES = (("f_measure", "f1"), ("precision", "precision"), ("recall", "recall"),
-                 ("nref", "n_ref"), ("nsys", "n_sys"), ("ntp", "n_tp"))
+CLASS_FIGURES = (
+    ("f_measure", "f1"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("nref", "n_ref"),
+    ("nsys", "n_sys"),
+    ("ntp", "n_tp"),
+)
 
 
 @dataclass
@@ -176,8 +182,7 @@ def class_params(params: dict[str, dict[str, Any]] | None, prefix: str = "") -> 
         prefix: Selection prefix (``naive``), or empty.
     """
     pre = f"{prefix}." if prefix else ""
-    return {f"{pre}{_name(c)}/{_name(k)}": _value(v)
-            for c, p in (params or {}).items() for k, v in p.items()}
+    return {f"{pre}{_name(c)}/{_name(k)}": _value(v) for c, p in (params or {}).items() for k, v in p.items()}
 
 
 def _num(x: Any) -> float | None:
@@ -198,9 +203,13 @@ def row_metrics(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float,
     gain = row.get("gain_over_manual") or {}
     ci = gain.get("ci95") or [None, None]
     pairs: list[tuple[str, Any]] = [
-        ("tuning_f1", row["tuning_f"]["mean"]), ("tuning_f1_std", row["tuning_f"]["std"]),
-        ("heldout_f1", row["heldout_f"]["mean"]), ("heldout_f1_std", row["heldout_f"]["std"]),
-        ("gain_over_manual", gain.get("mean")), ("gain_ci95_low", ci[0]), ("gain_ci95_high", ci[1]),
+        ("tuning_f1", row["tuning_f"]["mean"]),
+        ("tuning_f1_std", row["tuning_f"]["std"]),
+        ("heldout_f1", row["heldout_f"]["mean"]),
+        ("heldout_f1_std", row["heldout_f"]["std"]),
+        ("gain_over_manual", gain.get("mean")),
+        ("gain_ci95_low", ci[0]),
+        ("gain_ci95_high", ci[1]),
         ("gain_significant", gain.get("significant")),
     ]
     for part in ("tuning", "heldout"):
@@ -251,16 +260,23 @@ def local_artifact(files: ResultFiles, path: str) -> str | None:
     return None
 
 
-def _strategy_plan(files: ResultFiles, rows: list[dict[str, Any]], primary: dict[str, Any],
-                   manual: dict[str, Any] | None, plots: dict[str, str], skipped: list[str]) -> RunPlan:
+def _strategy_plan(
+    files: ResultFiles,
+    rows: list[dict[str, Any]],
+    primary: dict[str, Any],
+    manual: dict[str, Any] | None,
+    plots: dict[str, str],
+    skipped: list[str],
+) -> RunPlan:
     s = primary["strategy"]
     tags = _common_tags(files, "strategy") | {"strategy": s, "selection": primary["selection"]}
     params = {"selection": primary["selection"]}
     spec_entry = next((x for x in files.spec.get("strategies", []) if x.get("name") == s), None)
     if spec_entry is not None:
         params["budget"] = _value(spec_entry.get("budget"))
-        params.update({f"options.{k}": v for k, v in flatten(spec_entry.get("options") or {}).items()
-                       if k != "value"})
+        params.update(
+            {f"options.{k}": v for k, v in flatten(spec_entry.get("options") or {}).items() if k != "value"}
+        )
     params.update(class_params(primary.get("params")))
     metrics = row_metrics(primary)
     metrics += [("evaluations", v, 0) for v in [_num(primary.get("evaluations"))] if v is not None]
@@ -331,8 +347,14 @@ def plan_job(files: ResultFiles, plots: dict[str, str]) -> tuple[RunPlan, list[s
         metrics += _manual_metrics(manual)
     metrics += [("wall_s", v, 0) for v in [_num(cmp.get("wall_s"))] if v is not None]
     artifacts: list[tuple[str, str | None]] = [
-        (p, None) for n in ("spec.resolved.json", "comparison.json", "comparison.md", "best_params.json",
-                            "artifacts.json")
+        (p, None)
+        for n in (
+            "spec.resolved.json",
+            "comparison.json",
+            "comparison.md",
+            "best_params.json",
+            "artifacts.json",
+        )
         if os.path.isfile(p := os.path.join(files.path, n))
     ]
     if os.path.isdir(os.path.join(files.path, "params")):

@@ -108,9 +108,7 @@ def _per_clip_event_lists(
     return per_clip
 
 
-def _collect(
-    metrics: Any, classes: Sequence[str]
-) -> tuple[dict[str, ClassCounts], dict[str, float]]:
+def _collect(metrics: Any, classes: Sequence[str]) -> tuple[dict[str, ClassCounts], dict[str, float]]:
     """Read per-class counts, class F-measures and the macro F from a sed_eval metrics object."""
     counts: dict[str, ClassCounts] = {}
     fs: dict[str, float] = {}
@@ -232,7 +230,5 @@ def sed_eval_segment_counts(
     ref = _per_clip_event_lists(filenames, labels, reference)
     est = _per_clip_event_lists(filenames, labels, estimated)
     for r, e in zip(ref, est, strict=True):
-        metrics.evaluate(
-            reference_event_list=r, estimated_event_list=e, evaluated_length_seconds=None
-        )
+        metrics.evaluate(reference_event_list=r, estimated_event_list=e, evaluated_length_seconds=None)
     return _collect(metrics, labels)

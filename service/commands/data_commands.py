@@ -40,8 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _param_args(p)
     p.add_argument("--collar-s", type=float, default=0.2, help="t_collar (seconds)")
     p.add_argument("--pct-length", type=float, default=0.2, help="percentage_of_length")
-    p.add_argument("--evaluator", choices=("fast", "sed_eval"), default="fast",
-                   help="fast (default) or the sed_eval reference (slow)")
+    p.add_argument(
+        "--evaluator",
+        choices=("fast", "sed_eval"),
+        default="fast",
+        help="fast (default) or the sed_eval reference (slow)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_evaluate)
 
@@ -89,8 +93,12 @@ def run_synth(args: argparse.Namespace) -> int:
     from envs.synth import SynthConfig, generate
 
     cfg = SynthConfig(
-        n_clips=args.clips, n_classes=args.classes, clip_duration_s=args.duration_s,
-        frame_hop_s=args.hop_s, seed=args.seed, clips_per_shard=args.clips_per_shard,
+        n_clips=args.clips,
+        n_classes=args.classes,
+        clip_duration_s=args.duration_s,
+        frame_hop_s=args.hop_s,
+        seed=args.seed,
+        clips_per_shard=args.clips_per_shard,
     )
     with progress_bar(total=args.clips, desc="synth", unit="clip") as bar:
         res = generate(args.out, cfg, progress=bar.update)
@@ -126,8 +134,12 @@ def evaluation_json(ev: Evaluation, seg: Evaluation | None) -> dict[str, Any]:
     classes: dict[str, Any] = {}
     for c, r in ev.per_class.items():
         classes[c] = {
-            "nref": r.counts.nref, "nsys": r.counts.nsys, "ntp": r.counts.ntp,
-            "precision": num(r.precision), "recall": num(r.recall), "f_measure": num(r.f_measure),
+            "nref": r.counts.nref,
+            "nsys": r.counts.nsys,
+            "ntp": r.counts.ntp,
+            "precision": num(r.precision),
+            "recall": num(r.recall),
+            "f_measure": num(r.f_measure),
         }
         if seg is not None:
             classes[c]["segment_f_measure"] = num(seg.per_class[c].f_measure)
@@ -151,9 +163,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         counts, _ = sed_eval_event_counts(
             data.filenames, data.classes, data.refs, events, metric.t_collar_s, metric.percentage_of_length
         )
-        ev = Evaluation({
-            c: ClassResult.of(Counts(counts[c].nref, counts[c].nsys, counts[c].ntp)) for c in data.classes
-        })
+        ev = Evaluation(
+            {c: ClassResult.of(Counts(counts[c].nref, counts[c].nsys, counts[c].ntp)) for c in data.classes}
+        )
     else:
         ev = evaluator.evaluate(params.classes)
     out = evaluation_json(ev, seg)
@@ -165,8 +177,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for c, r in out["classes"].items():
         cells = [_fmt(r[k]) for k in ("precision", "recall", "f_measure", "segment_f_measure")]
         print(f"{c:32s} {r['nref']:6d} {r['nsys']:6d} {r['ntp']:6d} " + " ".join(cells))
-    print(f"{'macro':32s} {'':6s} {'':6s} {'':6s} {'':7s} {'':7s} "
-          f"{_fmt(out['macro_f_measure'])} {_fmt(out['segment_macro_f_measure'])}")
+    print(
+        f"{'macro':32s} {'':6s} {'':6s} {'':6s} {'':7s} {'':7s} "
+        f"{_fmt(out['macro_f_measure'])} {_fmt(out['segment_macro_f_measure'])}"
+    )
     return 0
 
 

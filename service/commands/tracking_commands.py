@@ -13,10 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the tracking commands to the CLI."""
     p = sub.add_parser("log", help="log a job's result directory to MLflow (e.g. after a tracking failure)")
     p.add_argument("result_dir", help="the job's output directory (with comparison.json)")
-    p.add_argument("--tracking-uri", help="tracking URI (default: the job spec's tracking.uri, else "
-                   "$MLFLOW_TRACKING_URI, else sqlite:///<abs path of ./mlflow.db>)")
-    p.add_argument("--experiment", help="experiment name (default: the spec's tracking.experiment, "
-                   "else the job name)")
+    p.add_argument(
+        "--tracking-uri",
+        help="tracking URI (default: the job spec's tracking.uri, else "
+        "$MLFLOW_TRACKING_URI, else sqlite:///<abs path of ./mlflow.db>)",
+    )
+    p.add_argument(
+        "--experiment", help="experiment name (default: the spec's tracking.experiment, else the job name)"
+    )
     p.add_argument("--force", action="store_true", help="log again even if this job id is already tracked")
     p.set_defaults(handler=run_log)
 

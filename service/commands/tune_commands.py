@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the tuning commands to the CLI."""
     p = sub.add_parser("tune", help="run a tuning job (local Ray, or a cluster with --address)")
     p.add_argument("spec", help="job spec (YAML or JSON)")
-    p.add_argument("--address", help="Ray address (ray://host:10001, host:6379 or 'auto'); default: local Ray")
+    p.add_argument(
+        "--address", help="Ray address (ray://host:10001, host:6379 or 'auto'); default: local Ray"
+    )
     p.add_argument("--output", help="output directory (overrides the spec)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _progress(name: str, total: float | None) -> Callable[[float], None]:
-    bar = progress_bar(total=total, desc=name, unit="eval")
+    bar = progress_bar(total=None if total is None else int(total), desc=name, unit="eval")
 
     def update(done: float) -> None:
         bar.n = done
@@ -125,14 +127,19 @@ def run_demo(args: argparse.Namespace) -> int:
     data = os.path.join(args.out, "data")
     if not os.path.exists(os.path.join(data, "ground_truth.tsv")):
         with progress_bar(total=args.clips, desc="synth", unit="clip") as bar:
-            generate(data, SynthConfig(n_clips=args.clips, n_classes=args.classes, seed=args.seed),
-                     progress=bar.update)
+            generate(
+                data,
+                SynthConfig(n_clips=args.clips, n_classes=args.classes, seed=args.seed),
+                progress=bar.update,
+            )
     raw = demo_spec(args.out, args.budget, args.seed)
     available = [s for s in raw["strategies"] if _importable(REGISTRY[s["name"]])]
     raw["strategies"] = available
     spec = parse_spec(raw, "demo spec")
-    print(f"demo: {args.clips} generated clips x {args.classes} classes, strategies "
-          f"{', '.join(s['name'] for s in available)}, budget {args.budget:g} evaluations each")
+    print(
+        f"demo: {args.clips} generated clips x {args.classes} classes, strategies "
+        f"{', '.join(s['name'] for s in available)}, budget {args.budget:g} evaluations each"
+    )
     return execute(spec, None, not args.no_tracking, False)
 
 

@@ -60,13 +60,20 @@ class Trajectory:
         self.best = -np.inf
         self._t0 = time.perf_counter()
 
-    def add(self, evaluations: float, f: float) -> bool:
-        """Record an evaluation result; returns True if it is a new best."""
+    def add(self, evaluations: float, f: float, wall_s: float | None = None) -> bool:
+        """Record an evaluation result; returns True if it is a new best.
+
+        Args:
+            evaluations: Full-set evaluations spent so far.
+            f: The tuning macro F just measured (NaN if the evaluation failed).
+            wall_s: Seconds at which it was measured (default: now, since the start).
+        """
         improved = bool(np.isfinite(f) and f > self.best)
         if improved:
             self.best = f
         best = self.best if np.isfinite(self.best) else float("nan")
-        self.points.append(TrajectoryPoint(float(evaluations), float(best), time.perf_counter() - self._t0))
+        t = time.perf_counter() - self._t0 if wall_s is None else wall_s
+        self.points.append(TrajectoryPoint(float(evaluations), float(best), float(t)))
         return improved
 
 

@@ -109,10 +109,16 @@ def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
     k = task.setting.median_filter_frames
     index = ev.grid_levels(task.label, k, task.grid) if task.grid is not None else ev.levels(task.label, k)
     res = sweep_class(
-        index, data.refs[task.label], data.frame_hop_s, data.durations_s,
-        task.metric.t_collar_s, task.metric.percentage_of_length,
-        task.setting.fill_gap_s, task.setting.min_duration_s,
-        groups=folds, n_groups=task.n_folds,
+        index,
+        data.refs[task.label],
+        data.frame_hop_s,
+        data.durations_s,
+        task.metric.t_collar_s,
+        task.metric.percentage_of_length,
+        task.setting.fill_gap_s,
+        task.setting.min_duration_s,
+        groups=folds,
+        n_groups=task.n_folds,
     )
     # Free the level index: a worker sweeps many (class, kernel) pairs.
     ev._levels.clear()
@@ -132,14 +138,16 @@ def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
     thr, cnt = res.thresholds[inside], counts[inside]
     if len(thr) == 0:  # no decision change inside the range: its one decision at mid-range
         mid = (task.low + task.high) / 2
-        pos = int(np.clip(np.searchsorted(res.lower, mid, side="right") - 1, 0, len(res.lower) - 1))
-        return SweepOutput(task.label, task.setting, np.array([mid]), counts[pos : pos + 1], 1)
+        mid_pos = int(np.clip(np.searchsorted(res.lower, mid, side="right") - 1, 0, len(res.lower) - 1))
+        return SweepOutput(task.label, task.setting, np.array([mid]), counts[mid_pos : mid_pos + 1], 1)
     n_decisions = len(thr)
     if len(thr) > task.max_candidates:
         # Keep an even subsample plus the best threshold (the exact optimum stays a candidate).
         tot = cnt.sum(axis=1)
         best = int(np.nanargmax(np.nan_to_num(f_measure(tot[:, 0], tot[:, 1], tot[:, 2]), nan=-1)))
-        keep = np.unique(np.concatenate((np.linspace(0, len(thr) - 1, task.max_candidates - 1).astype(int), [best])))
+        keep = np.unique(
+            np.concatenate((np.linspace(0, len(thr) - 1, task.max_candidates - 1).astype(int), [best]))
+        )
         thr, cnt = thr[keep], cnt[keep]
     return SweepOutput(task.label, task.setting, thr, cnt, n_decisions)
 
@@ -164,7 +172,7 @@ def threshold_grid(space: SearchSpace, budget: float | None) -> tuple[float, ...
     if budget is None:
         return None
     n_settings = len(space.settings)
-    per = int(math.floor(budget / n_settings + 1e-9))
+    per = math.floor(budget / n_settings + 1e-9)
     if per < 1:
         raise SedtuneInputError(
             f"strategies.exact.budget: must be >= the number of settings ({n_settings}), but got {budget}"
@@ -189,9 +197,15 @@ class ExactStrategy(Strategy):
         grid = threshold_grid(space, budget)
         tasks = [
             SweepTask(
-                c, s, problem.metric, problem.n_folds,
-                space.threshold_low, space.threshold_high, grid,
-                opts.max_candidates_per_setting, opts.classes_cached_per_worker,
+                c,
+                s,
+                problem.metric,
+                problem.n_folds,
+                space.threshold_low,
+                space.threshold_high,
+                grid,
+                opts.max_candidates_per_setting,
+                opts.classes_cached_per_worker,
             )
             # Class-major order: consecutive tasks of a worker tend to share a class column.
             for c in problem.classes
@@ -225,7 +239,10 @@ def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext)
 
 
 def _combine(
-    problem: TuningProblem, outputs: list[SweepOutput], grid: tuple[float, ...] | None, t0: float,
+    problem: TuningProblem,
+    outputs: list[SweepOutput],
+    grid: tuple[float, ...] | None,
+    t0: float,
     ctx: RunContext,
 ) -> StrategyResult:
     classes = problem.classes
@@ -250,10 +267,16 @@ def _combine(
             if not np.isnan(f).all():
                 i = int(np.nanargmax(f))
                 if f[i] > best_f[o.label]:
-                    best_f[o.label], best_p[o.label] = float(f[i]), setting.with_threshold(float(o.thresholds[i]))
+                    best_f[o.label], best_p[o.label] = (
+                        float(f[i]),
+                        setting.with_threshold(float(o.thresholds[i])),
+                    )
         known = [v for v in best_f.values() if np.isfinite(v)]
         traj.add(spent, float(np.mean(known)) if known else float("nan"))
-    info = {"settings": len(problem.space.settings), "tasks": len(outputs),
-            "thresholds_per_setting": len(grid) if grid is not None else "all",
-            "nodes": sorted({o.node for o in outputs if o.node})}
+    info = {
+        "settings": len(problem.space.settings),
+        "tasks": len(outputs),
+        "thresholds_per_setting": len(grid) if grid is not None else "all",
+        "nodes": sorted({o.node for o in outputs if o.node}),
+    }
     return StrategyResult("exact", best_p, cands, traj.points, spent, time.perf_counter() - t0, info=info)

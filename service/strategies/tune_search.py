@@ -43,7 +43,7 @@ import time
 import uuid
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -519,8 +519,13 @@ class _TuneStrategy(Strategy):
                 verbose=0,
             ),
         )
-        LOG.info("%s: %d trials, %d classes, %d warm-start point(s)", self.name, n_trials, len(classes),
-                 len(points))
+        LOG.info(
+            "%s: %d trials, %d classes, %d warm-start point(s)",
+            self.name,
+            n_trials,
+            len(classes),
+            len(points),
+        )
         tuner.fit()
         return self._result(trials, classes, problem, t0)
 
@@ -530,17 +535,18 @@ class _TuneStrategy(Strategy):
         traj = Trajectory()
         candidates: dict[str, list[Candidate]] = {c: [] for c in classes}
         best: tuple[float, dict[str, ClassParams]] | None = None
+        detail: list[dict[str, Any]] = []
         done = 0.0
         for i, idx in enumerate(sorted(trials.records)):
             rec = trials.records[idx]
-            traj.add(i + 1, math.nan if rec.f is None else rec.f)
             # The point's time: when trials 1..i+1 had all finished (trial order is not
             # completion order).
             done = max(done, rec.done_at if math.isfinite(rec.done_at) else time.perf_counter())
-            traj.points[-1] = replace(traj.points[-1], wall_s=done - trials.started_at)
+            traj.add(i + 1, math.nan if rec.f is None else rec.f, wall_s=done - trials.started_at)
             if rec.f is None or rec.counts is None:
                 continue
             params = decode(rec.config, classes, problem.space)
+            detail.append({"index": i, "f": rec.f, "params": {c: p.to_json() for c, p in params.items()}})
             for c, cnt in zip(classes, rec.counts, strict=True):
                 counts = np.asarray(cnt, dtype=np.int64).reshape(problem.n_folds, 3)
                 candidates[c].append(Candidate(params[c], counts))
@@ -554,8 +560,14 @@ class _TuneStrategy(Strategy):
             raise RuntimeError(
                 f"{self.name}: none of the {n} Tune trials produced a result (first error: {first})"
             )
-        LOG.info("%s: best tuning F %.4f after %d trials (%d failed, %d retries)", self.name, best[0], n,
-                 n_failed, trials.retries)
+        LOG.info(
+            "%s: best tuning F %.4f after %d trials (%d failed, %d retries)",
+            self.name,
+            best[0],
+            n,
+            n_failed,
+            trials.retries,
+        )
         return StrategyResult(
             strategy=self.name,
             naive=best[1],
@@ -563,7 +575,12 @@ class _TuneStrategy(Strategy):
             trajectory=traj.points,
             evaluations=float(n),
             wall_s=time.perf_counter() - t0,
-            info={"trials": n, "failed_trials": n_failed, "retried_trials": trials.retries},
+            info={
+                "trials": n,
+                "failed_trials": n_failed,
+                "retried_trials": trials.retries,
+                "trials_detail": detail,
+            },
         )
 
 

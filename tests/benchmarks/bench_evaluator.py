@@ -52,9 +52,7 @@ def random_params(classes: list[str], rng: np.random.Generator) -> dict[str, Cla
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--settings", type=int, default=30, help="random parameter settings (>= 20)")
-    ap.add_argument(
-        "--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-    )
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     base = Path(args.shared) / "desed-validation"
@@ -80,9 +78,7 @@ def main() -> int:
             warm.append(time.perf_counter() - t0)
             events = {c: warm_ev.events(c, params[c]) for c in data.classes}
             t0 = time.perf_counter()
-            _, oracle_f = sed_eval_event_counts(
-                data.filenames, data.classes, data.refs, events, 0.2, 0.2
-            )
+            _, oracle_f = sed_eval_event_counts(data.filenames, data.classes, data.refs, events, 0.2, 0.2)
             oracle_t.append(time.perf_counter() - t0)
             same = res.macro_f == oracle_f["__macro__"] and res_cold.macro_f == res.macro_f
             same &= all(
@@ -102,17 +98,13 @@ def main() -> int:
 
     m_warm, m_cold, m_oracle = (float(np.mean(x)) for x in (warm, cold, oracle_t))
     ratio_warm, ratio_cold = m_oracle / m_warm, m_oracle / m_cold
-    print(
-        f"set: dcase2021-baseline-student, 1168 clips x 10 classes, {args.settings} random settings"
-    )
+    print(f"set: dcase2021-baseline-student, 1168 clips x 10 classes, {args.settings} random settings")
     print(f"{'':34s} {'s / evaluation':>15s} {'ratio vs sed_eval':>18s}")
     print(f"{'sed_eval 0.2.1 (events given)':34s} {m_oracle:15.5f} {1.0:18.1f}")
     print(f"{'sedtune warm (caches filled)':34s} {m_warm:15.5f} {ratio_warm:18.1f}")
     print(f"{'sedtune cold (fresh evaluator)':34s} {m_cold:15.5f} {ratio_cold:18.1f}")
     print(f"F identical to sed_eval in {args.settings - mismatches}/{args.settings} settings")
-    print(
-        f"full sweep, 10 classes x {len(KERNELS)} kernels ({n_curves} curves, cold): {sweep_s:.2f} s"
-    )
+    print(f"full sweep, 10 classes x {len(KERNELS)} kernels ({n_curves} curves, cold): {sweep_s:.2f} s")
     ok_ratio = ratio_warm >= 300 and mismatches == 0
     ok_sweep = sweep_s <= 5.0
     print(f"goal warm ratio >= 300 with identical F: {'PASS' if ok_ratio else 'FAIL'}")

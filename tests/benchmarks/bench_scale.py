@@ -32,8 +32,19 @@ def main() -> int:
     if not os.path.exists(os.path.join(root, "ground_truth.tsv")):
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "synth", root, "--clips", str(args.clips),
-             "--classes", str(args.classes), "--seed", "0"],
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "synth",
+                root,
+                "--clips",
+                str(args.clips),
+                "--classes",
+                str(args.classes),
+                "--seed",
+                "0",
+            ],
             check=True,
         )
         print(f"generated {args.clips} clips x {args.classes} classes in {time.perf_counter() - t0:.0f} s")
@@ -49,8 +60,11 @@ def main() -> int:
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ref = DataRef(os.path.join(root, "scores"), os.path.join(root, "ground_truth.tsv"),
-                  os.path.join(root, "durations.tsv"))
+    ref = DataRef(
+        os.path.join(root, "scores"),
+        os.path.join(root, "ground_truth.tsv"),
+        os.path.join(root, "durations.tsv"),
+    )
     data = ref.load(max_cached_classes=1)
     manual = {c: ClassParams(median_filter_frames=7, threshold=0.5) for c in data.classes}
     problem = TuningProblem(ref, data, SearchSpace(), MetricConfig(), manual, n_folds=5, seed=0)
@@ -58,17 +72,23 @@ def main() -> int:
 
     def progress(n: float) -> None:
         if int(n) % 400 == 0:
-            print(f"  {int(n)} / {len(data.classes) * 11} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"  {int(n)} / {len(data.classes) * 11} tasks, {time.perf_counter() - t0:.0f} s", flush=True
+            )
         done[0] = n
 
     res = ExactStrategy().run(problem, args.budget, 0, RunContext(os.path.join(root, "work"), progress, True))
     wall = time.perf_counter() - t0
     ray.shutdown()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"exact: {len(data.classes)} classes x 11 kernels = {res.info['tasks']} tasks, "
-          f"{res.evaluations:.0f} evaluations, tuning macro F1 {res.trajectory[-1].best_f:.4f}")
-    print(f"wall time (Ray start to result): {wall:.0f} s = {wall / 60:.1f} min; goal < 15 min: "
-          f"{'PASS' if wall < 900 else 'FAIL'}")
+    print(
+        f"exact: {len(data.classes)} classes x 11 kernels = {res.info['tasks']} tasks, "
+        f"{res.evaluations:.0f} evaluations, tuning macro F1 {res.trajectory[-1].best_f:.4f}"
+    )
+    print(
+        f"wall time (Ray start to result): {wall:.0f} s = {wall / 60:.1f} min; goal < 15 min: "
+        f"{'PASS' if wall < 900 else 'FAIL'}"
+    )
     print(f"peak driver memory: {peak_gb:.2f} GB; goal < 2 GB: {'PASS' if peak_gb < 2 else 'FAIL'}")
     if tmp:
         tmp.cleanup()

@@ -43,8 +43,11 @@ def job_spec(scores: str, base: Path, name: str, args: argparse.Namespace, out: 
         strategies.append(entry)
     return {
         "name": f"bench-{name}",
-        "data": {"scores": scores, "ground_truth": str(base / "ground_truth.tsv"),
-                 "durations": str(base / "durations.tsv")},
+        "data": {
+            "scores": scores,
+            "ground_truth": str(base / "ground_truth.tsv"),
+            "durations": str(base / "durations.tsv"),
+        },
         "heldout": {"fraction": 0.5, "seed": 0, "splits": args.splits},
         "strategies": strategies,
         "resources": {"num_cpus": 2},
@@ -66,18 +69,32 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
             out.append((f"{name}: {r.key} held-out >= manual", r.heldout_f_mean >= manual.heldout_f_mean))
     rl_static, rl_untrained = _row(result, "rl", "naive"), _row(result, "rl", "untrained")
     if rl_static and rl_untrained:
-        out.append((f"{name}: rl/naive held-out > rl/untrained",
-                    rl_static.heldout_f_mean > rl_untrained.heldout_f_mean))
+        out.append(
+            (
+                f"{name}: rl/naive held-out > rl/untrained",
+                rl_static.heldout_f_mean > rl_untrained.heldout_f_mean,
+            )
+        )
     rl_ad = _row(result, "rl", "adaptive")
     if rl_ad and rl_untrained:
-        out.append((f"{name}: rl/adaptive held-out > rl/untrained",
-                    rl_ad.heldout_f_mean > rl_untrained.heldout_f_mean))
+        out.append(
+            (
+                f"{name}: rl/adaptive held-out > rl/untrained",
+                rl_ad.heldout_f_mean > rl_untrained.heldout_f_mean,
+            )
+        )
     naive, robust = _row(result, "exact", "naive"), _row(result, "exact", "robust")
     if naive and robust:
-        out.append((f"{name}: exact/robust held-out > exact/naive", robust.heldout_f_mean > naive.heldout_f_mean))
+        out.append(
+            (f"{name}: exact/robust held-out > exact/naive", robust.heldout_f_mean > naive.heldout_f_mean)
+        )
         goal = GOALS[name]
-        out.append((f"{name}: GOAL exact/robust gain {100 * robust.gain.gain:+.2f} >= +{100 * goal:.1f} points",
-                    robust.gain.gain >= goal))
+        out.append(
+            (
+                f"{name}: GOAL exact/robust gain {100 * robust.gain.gain:+.2f} >= +{100 * goal:.1f} points",
+                robust.gain.gain >= goal,
+            )
+        )
     return out
 
 
@@ -100,7 +117,10 @@ def main() -> int:
             spec = parse_spec(job_spec(scores, shared, name, args, f"{tmp}/out-{name}"), "bench spec")
             t0 = time.perf_counter()
             result = run_job(spec, use_ray=not args.no_ray)
-            print(f"\n## {name}: {args.splits} splits, budget {args.budget:g}, {time.perf_counter() - t0:.0f} s\n")
+            print(
+                f"\n## {name}: {args.splits} splits, budget {args.budget:g}, "
+                f"{time.perf_counter() - t0:.0f} s\n"
+            )
             print(comparison_markdown(result).split("## Per-class")[0])
             bars += check_bars(name, result)
     print("\n## Bars and goals\n")

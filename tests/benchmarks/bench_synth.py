@@ -57,8 +57,10 @@ def bench_small(n_clips: int, n_classes: int) -> tuple[float, int]:
 def bench_large(n_clips: int, n_classes: int) -> dict[str, float]:
     """Generate in a child process; returns its wall time, peak RSS and output size."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        }
         cmd = [sys.executable, __file__, "--child", tmp, str(n_clips), str(n_classes)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -84,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-clips", type=int, default=100_000)
     ap.add_argument("--large-classes", type=int, default=100)
     ap.add_argument("--skip-large", action="store_true", help="only the speed benchmark")
-    ap.add_argument("--child", nargs=3, metavar=("OUT_DIR", "CLIPS", "CLASSES"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("OUT_DIR", "CLIPS", "CLASSES"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         run_child(args.child[0], int(args.child[1]), int(args.child[2]))
@@ -93,20 +94,40 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[tuple[str, str, str, bool]] = []
     small_s, small_events = bench_small(args.small_clips, args.small_classes)
-    rows.append((f"(a) {args.small_clips} clips x {args.small_classes} classes: wall",
-                 f"{small_s:.2f} s ({small_events} events)", f"< {SMALL_GOAL_S:.0f} s",
-                 small_s < SMALL_GOAL_S))
+    rows.append(
+        (
+            f"(a) {args.small_clips} clips x {args.small_classes} classes: wall",
+            f"{small_s:.2f} s ({small_events} events)",
+            f"< {SMALL_GOAL_S:.0f} s",
+            small_s < SMALL_GOAL_S,
+        )
+    )
     if not args.skip_large:
-        print(f"running {args.large_clips} clips x {args.large_classes} classes in a child "
-              "process ...", flush=True)
+        print(
+            f"running {args.large_clips} clips x {args.large_classes} classes in a child process ...",
+            flush=True,
+        )
         big = bench_large(args.large_clips, args.large_classes)
         name = f"(b) {args.large_clips} clips x {args.large_classes} classes"
-        rows.append((f"{name}: peak RSS", f"{big['peak_rss_gb']:.2f} GB",
-                     f"< {LARGE_GOAL_GB:.0f} GB", big["peak_rss_gb"] < LARGE_GOAL_GB))
-        rows.append((f"{name}: wall (generate / process)",
-                     f"{big['generate_s']:.1f} s / {big['process_s']:.1f} s", "-", True))
-        rows.append((f"{name}: on disk", f"{big['disk_gb']:.2f} GB "
-                     f"({int(big['n_events'])} events)", "-", True))
+        rows.append(
+            (
+                f"{name}: peak RSS",
+                f"{big['peak_rss_gb']:.2f} GB",
+                f"< {LARGE_GOAL_GB:.0f} GB",
+                big["peak_rss_gb"] < LARGE_GOAL_GB,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: wall (generate / process)",
+                f"{big['generate_s']:.1f} s / {big['process_s']:.1f} s",
+                "-",
+                True,
+            )
+        )
+        rows.append(
+            (f"{name}: on disk", f"{big['disk_gb']:.2f} GB ({int(big['n_events'])} events)", "-", True)
+        )
 
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'measured':<28}  {'goal':<8}  result")

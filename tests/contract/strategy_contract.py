@@ -6,6 +6,7 @@ be deterministic for a seed, and never end below its own first evaluation.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,7 +61,7 @@ class StrategyContract:
 
     def test_never_worse_than_its_first_evaluation(self, problem, result):
         best = [p.best_f for p in result.trajectory]
-        assert all(b >= a - 1e-12 for a, b in zip(best, best[1:], strict=False))
+        assert all(b >= a - 1e-12 for a, b in itertools.pairwise(best))
         final_f, _ = evaluate_joint(problem, dict(result.naive))
         assert final_f >= best[0] - 1e-9
         assert math.isclose(final_f, best[-1], rel_tol=0, abs_tol=1e-9) or final_f >= best[-1]

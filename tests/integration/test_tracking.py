@@ -107,12 +107,18 @@ def local_ray() -> Iterator[None]:
 def write_spec(root: Path, data: Path, out: Path, uri: str, experiment: str) -> Path:
     spec = {
         "name": "trk",
-        "data": {"scores": str(data / "scores"), "ground_truth": str(data / "ground_truth.tsv"),
-                 "durations": str(data / "durations.tsv")},
+        "data": {
+            "scores": str(data / "scores"),
+            "ground_truth": str(data / "ground_truth.tsv"),
+            "durations": str(data / "durations.tsv"),
+        },
         "heldout": {"fraction": 0.5, "seed": 0},
         "space": {"kernels": [1, 3, 5, 7, 9], "threshold": {"low": 0.05, "high": 0.95}},
         "strategies": [{"name": s} if s == "manual" else {"name": s, "budget": BUDGET} for s in STRATEGIES],
-        "folds": 4, "bootstrap": 200, "seed": 0, "output": str(out),
+        "folds": 4,
+        "bootstrap": 200,
+        "seed": 0,
+        "output": str(out),
         "tracking": {"uri": uri, "experiment": experiment},
     }
     path = root / f"spec-{experiment}.yaml"
@@ -133,8 +139,9 @@ def run_job(spec: Path, out: Path, experiment: str) -> Job:
 
 
 @pytest.fixture(scope="module")
-def online_job(tmp_path_factory: pytest.TempPathFactory, server: MlflowServer, data_dir: Path,
-               local_ray: None) -> Job:
+def online_job(
+    tmp_path_factory: pytest.TempPathFactory, server: MlflowServer, data_dir: Path, local_ray: None
+) -> Job:
     root = tmp_path_factory.mktemp("online")
     spec = write_spec(root, data_dir, root / "results", server.url, "trk-online")
     return run_job(spec, root / "results", "trk-online")
@@ -206,8 +213,9 @@ def check_logged_job(rest: Rest, job: Job) -> str:
         written = json.loads((job.out / "artifacts.json").read_text())
         if f"{s}/policy" in written:
             assert any(a.startswith("policy") for a in arts)
-        trials = rest.search(rest.experiment_id(job.experiment),
-                             f"tags.mlflow.parentRunId = '{run['info']['run_id']}'")
+        trials = rest.search(
+            rest.experiment_id(job.experiment), f"tags.mlflow.parentRunId = '{run['info']['run_id']}'"
+        )
         trials_file = job.out / f"trials.{s}.json"
         assert len(trials) == (len(json.loads(trials_file.read_text())) if trials_file.exists() else 0)
 
@@ -268,20 +276,27 @@ def test_rerun_logs_identical_params_and_f1(online_job: Job, rest: Rest) -> None
         assert ha == hb, s
 
 
-def test_unreachable_server_then_sedtune_log(tmp_path: Path, server: MlflowServer, rest: Rest, data_dir: Path,
-                                            local_ray: None) -> None:
+def test_unreachable_server_then_sedtune_log(
+    tmp_path: Path, server: MlflowServer, rest: Rest, data_dir: Path, local_ray: None
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "results"
     job = run_job(write_spec(tmp_path, data_dir, out, dead, "trk-offline"), out, "trk-offline")
     assert job.rc == 0
-    for name in ("comparison.json", "comparison.md", "best_params.json", "spec.resolved.json",
-                 "plots/f1_vs_evaluations.png"):
+    for name in (
+        "comparison.json",
+        "comparison.md",
+        "best_params.json",
+        "spec.resolved.json",
+        "plots/f1_vs_evaluations.png",
+    ):
         assert (out / name).is_file(), name
     failed = [x for x in job.stderr.splitlines() if "tracking failed" in x]
     assert len(failed) == 1, job.stderr[-3000:]
     assert failed[0].startswith(f"tracking failed: cannot reach {dead} (")
-    assert failed[0].endswith(f"; results are in {out}; re-log with "
-                              f"`sedtune log {out} --tracking-uri {dead}`")
+    assert failed[0].endswith(
+        f"; results are in {out}; re-log with `sedtune log {out} --tracking-uri {dead}`"
+    )
     assert "tracked:" not in job.stdout
 
     rc, stdout, stderr = run_cli(["log", str(out), "--tracking-uri", dead])
@@ -296,8 +311,9 @@ def test_unreachable_server_then_sedtune_log(tmp_path: Path, server: MlflowServe
     assert len(parents(rest, "trk-offline")) == 1
 
 
-def test_logging_from_a_ray_worker_on_another_node(online_job: Job, server: MlflowServer, rest: Rest,
-                                                   tmp_path: Path) -> None:
+def test_logging_from_a_ray_worker_on_another_node(
+    online_job: Job, server: MlflowServer, rest: Rest, tmp_path: Path
+) -> None:
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -324,8 +340,9 @@ def test_logging_from_a_ray_worker_on_another_node(online_job: Job, server: Mlfl
             return report.run_id, ray.get_runtime_context().get_node_id()
 
         pinned = NodeAffinitySchedulingStrategy(node_id=worker.node_id, soft=False)
-        run_id, node = ray.get(log_there.options(scheduling_strategy=pinned).remote(str(copy), server.url),
-                               timeout=300)
+        run_id, node = ray.get(
+            log_there.options(scheduling_strategy=pinned).remote(str(copy), server.url), timeout=300
+        )
         assert cluster.head_node is not None
         assert node == worker.node_id != cluster.head_node.node_id
     finally:

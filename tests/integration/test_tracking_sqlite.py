@@ -11,8 +11,9 @@ from service.tracking import log_results
 from tests.integration.mlflow_support import fake_result_dir
 
 
-def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_embedded_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mlflow import MlflowClient
 
     work = tmp_path / "work"
@@ -39,7 +40,9 @@ def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert [f.path for f in client.list_artifacts(rl, "policy")] == ["policy/policy.pt"]
     # artifacts live next to the database
     assert (work / "mlartifacts").is_dir()
-    assert client.get_experiment(report.experiment_id).artifact_location.startswith(f"file://{work}/mlartifacts")
+    assert client.get_experiment(report.experiment_id).artifact_location.startswith(
+        f"file://{work}/mlartifacts"
+    )
 
     # `sedtune log` of the same job again: already tracked, nothing new
     assert main(["log", str(d)]) == 0

@@ -59,8 +59,14 @@ def problem(synth_set: SynthResult) -> TuningProblem:
     return TuningProblem(ref, ref.load(), SPACE, MetricConfig(), manual, n_folds=3, seed=0)
 
 
-def _run(strategy: Strategy, problem: TuningProblem, workdir: Path, budget: float | None = 12.0,
-         seed: int = 0, progress: list[float] | None = None) -> StrategyResult:
+def _run(
+    strategy: Strategy,
+    problem: TuningProblem,
+    workdir: Path,
+    budget: float | None = 12.0,
+    seed: int = 0,
+    progress: list[float] | None = None,
+) -> StrategyResult:
     sink = progress if progress is not None else []
     return strategy.run(problem, budget, seed, RunContext(str(workdir), progress=sink.append))
 
@@ -128,8 +134,9 @@ class TestBayesContract(_TuneContract):
 def _random_reference(problem: TuningProblem, workdir: Path) -> StrategyResult:
     """Random search with seed 0, budget 12, two trials at once (TestRandomContract's run)."""
     if "TestRandomContract" not in _RESULTS:
-        _RESULTS["TestRandomContract"] = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem,
-                                              workdir)
+        _RESULTS["TestRandomContract"] = _run(
+            RandomStrategy(RandomOptions(max_concurrent_trials=2)), problem, workdir
+        )
     return _RESULTS["TestRandomContract"]
 
 
@@ -150,8 +157,13 @@ def test_bayes_evaluates_manual_then_warm_start_first(problem, tmp_path):
     path = tmp_path / "warm.json"
     ParamFile(problem.tuning.frame_hop_s, warm).save(str(path))
     progress: list[float] = []
-    res = _run(BayesStrategy(BayesOptions(warm_start=str(path), n_startup_trials=2)), problem,
-               tmp_path / "w", budget=5, progress=progress)
+    res = _run(
+        BayesStrategy(BayesOptions(warm_start=str(path), n_startup_trials=2)),
+        problem,
+        tmp_path / "w",
+        budget=5,
+        progress=progress,
+    )
     assert res.evaluations == 5 and len(res.trajectory) == 5
     first, second = _evaluated(res)[:2]
     assert first == problem.manual
@@ -173,8 +185,11 @@ def test_budget_below_warm_start_points_keeps_the_first(problem, tmp_path):
 
 def test_a_dying_worker_is_retried_and_changes_nothing(problem, tmp_path):
     marker = tmp_path / "died-once"
-    faulty = _run(RandomStrategy(RandomOptions(max_concurrent_trials=2, fault_marker=str(marker))),
-                  problem, tmp_path / "faulty")
+    faulty = _run(
+        RandomStrategy(RandomOptions(max_concurrent_trials=2, fault_marker=str(marker))),
+        problem,
+        tmp_path / "faulty",
+    )
     assert marker.exists()
     # One death; a trial Tune had already handed to the dying actor may be retried as well.
     assert faulty.info["trials"] == 12 and faulty.info["failed_trials"] == 0
@@ -206,16 +221,23 @@ def test_registry_and_lazy_ray_import():
 
 
 def test_encode_snaps_and_decode_inverts():
-    space = SearchSpace(kernels=(1, 5, 9), fill_gap_s=(0.0, 0.2), min_duration_s=(0.1,),
-                        threshold_low=0.1, threshold_high=0.8)
+    space = SearchSpace(
+        kernels=(1, 5, 9), fill_gap_s=(0.0, 0.2), min_duration_s=(0.1,), threshold_low=0.1, threshold_high=0.8
+    )
     params = {
         "A": ClassParams(median_filter_frames=7, threshold=0.95, fill_gap_s=0.15, threshold_off=0.3),
         "B/odd label": ClassParams(median_filter_frames=3, threshold=0.02),
     }
     cfg = encode(params, ["A", "B/odd label"], space)
     # Single-valued dimensions are left out; the rest are flat keys by class index.
-    assert cfg == {"c0000_kernel": 5, "c0000_threshold": 0.8, "c0000_gap": 0.2,
-                   "c0001_kernel": 1, "c0001_threshold": 0.1, "c0001_gap": 0.0}
+    assert cfg == {
+        "c0000_kernel": 5,
+        "c0000_threshold": 0.8,
+        "c0000_gap": 0.2,
+        "c0001_kernel": 1,
+        "c0001_threshold": 0.1,
+        "c0001_gap": 0.0,
+    }
     back = decode(cfg, ["A", "B/odd label"], space)
     assert back["A"] == ClassParams(median_filter_frames=5, threshold=0.8, fill_gap_s=0.2, min_duration_s=0.1)
     assert all(space.contains(p) for p in back.values())
@@ -248,12 +270,26 @@ def test_options_are_validated_with_field_paths(cls: Any, options: dict[str, Any
 
 def test_warm_start_naming_unknown_classes_is_refused(problem, tmp_path):
     path = tmp_path / "other.json"
-    path.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": problem.tuning.frame_hop_s,
-                                "classes": {"NotAClass": {"threshold": 0.4}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "sedtune.params/1",
+                "frame_hop_s": problem.tuning.frame_hop_s,
+                "classes": {"NotAClass": {"threshold": 0.4}},
+            }
+        )
+    )
     with pytest.raises(SedtuneInputError, match="NotAClass"):
         _run(BayesStrategy(BayesOptions(warm_start=str(path))), problem, tmp_path)
     hop = tmp_path / "hop.json"
-    hop.write_text(json.dumps({"format": "sedtune.params/1", "frame_hop_s": 0.02,
-                               "classes": {problem.classes[0]: {"threshold": 0.4}}}))
+    hop.write_text(
+        json.dumps(
+            {
+                "format": "sedtune.params/1",
+                "frame_hop_s": 0.02,
+                "classes": {problem.classes[0]: {"threshold": 0.4}},
+            }
+        )
+    )
     with pytest.raises(SedtuneInputError, match="frame_hop_s"):
         _run(BayesStrategy(BayesOptions(warm_start=str(hop))), problem, tmp_path)

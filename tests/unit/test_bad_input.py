@@ -83,9 +83,9 @@ def write_raw_shard(
     pq.write_table(pa.table(data, schema=_schema(classes, hop)), str(path))
 
 
-def good_rows(clips: Sequence[str] = CLIPS, classes: Sequence[str] = CLASSES) -> list[
-    tuple[str, dict[str, list[float] | None]]
-]:
+def good_rows(
+    clips: Sequence[str] = CLIPS, classes: Sequence[str] = CLASSES
+) -> list[tuple[str, dict[str, list[float] | None]]]:
     rows: list[tuple[str, dict[str, list[float] | None]]] = []
     for i, name in enumerate(clips):
         m = _matrix(i, n_classes=len(classes))
@@ -114,10 +114,7 @@ def write_params(path: Path, obj: object) -> str:
 
 def score_tsv_rows(seed: int, n_frames: int = N_FRAMES, hop: float = HOP) -> list[list[str]]:
     m = _matrix(seed, n_frames)
-    return [
-        [f"{i * hop:.3f}", f"{(i + 1) * hop:.3f}", *(f"{v:.6f}" for v in m[i])]
-        for i in range(n_frames)
-    ]
+    return [[f"{i * hop:.3f}", f"{(i + 1) * hop:.3f}", *(f"{v:.6f}" for v in m[i])] for i in range(n_frames)]
 
 
 def write_score_folder(folder: Path, n_clips: int = 3) -> Path:
@@ -128,10 +125,18 @@ def write_score_folder(folder: Path, n_clips: int = 3) -> Path:
     return folder
 
 
-def write_npz(path: Path, scores: np.ndarray, filenames: Sequence[str] = CLIPS,
-              classes: Sequence[str] = CLASSES, hop: float = HOP, **extra: Any) -> str:
+def write_npz(
+    path: Path,
+    scores: np.ndarray,
+    filenames: Sequence[str] = CLIPS,
+    classes: Sequence[str] = CLASSES,
+    hop: float = HOP,
+    **extra: Any,
+) -> str:
     arrays: dict[str, Any] = {
-        "scores": scores, "filenames": np.array(filenames), "classes": np.array(classes),
+        "scores": scores,
+        "filenames": np.array(filenames),
+        "classes": np.array(classes),
         "frame_hop_s": np.float64(hop),
     }
     arrays.update(extra)
@@ -184,8 +189,7 @@ def test_good_inputs_are_accepted(capsys, tmp_path, scores, gt):
     params = write_params(tmp_path / "params.json", GOOD_PARAMS)
     dur = write_durations(tmp_path / "durations.tsv")
     succeeds(capsys, evaluate(scores, gt, "--durations", dur, "--params", params))
-    succeeds(capsys, ["apply", "--scores", scores, "--params", params, "--out",
-                      str(tmp_path / "events.tsv")])
+    succeeds(capsys, ["apply", "--scores", scores, "--params", params, "--out", str(tmp_path / "events.tsv")])
     raw = tmp_path / "raw"
     write_raw_shard(raw / "part-00000.parquet", good_rows())
     succeeds(capsys, evaluate(str(raw), gt))
@@ -201,8 +205,13 @@ def test_good_inputs_are_accepted(capsys, tmp_path, scores, gt):
 
 @pytest.mark.parametrize(
     ("bad", "rule"),
-    [(float("nan"), "not finite"), (float("inf"), "not finite"), (float("-inf"), "not finite"),
-     (1.5, "score 1.5 is outside [0, 1]"), (-0.1, "score -0.1 is outside [0, 1]")],
+    [
+        (float("nan"), "not finite"),
+        (float("inf"), "not finite"),
+        (float("-inf"), "not finite"),
+        (1.5, "score 1.5 is outside [0, 1]"),
+        (-0.1, "score -0.1 is outside [0, 1]"),
+    ],
 )
 @pytest.mark.parametrize("command", ["evaluate", "apply"])
 def test_bad_score_value_names_shard_clip_and_class(capsys, tmp_path, gt, bad, rule, command):
@@ -214,8 +223,7 @@ def test_bad_score_value_names_shard_clip_and_class(capsys, tmp_path, gt, bad, r
         argv = evaluate(str(root), gt)
     else:
         params = write_params(tmp_path / "params.json", GOOD_PARAMS)
-        argv = ["apply", "--scores", str(root), "--params", params,
-                "--out", str(tmp_path / "o.tsv")]
+        argv = ["apply", "--scores", str(root), "--params", params, "--out", str(tmp_path / "o.tsv")]
     fails(capsys, argv, "part-00000.parquet", "'b.wav'", "'Cat'", rule)
     assert not (tmp_path / "o.tsv").exists()
 
@@ -225,8 +233,7 @@ def test_class_lists_of_different_length_in_one_row(capsys, tmp_path, gt):
     rows[2][1]["Cat"] = rows[2][1]["Cat"][:-1]  # type: ignore[index]
     root = tmp_path / "scores"
     write_raw_shard(root / "part-00000.parquet", rows)
-    fails(capsys, evaluate(str(root), gt), "part-00000.parquet", "'c.wav'", "'Cat'",
-          "differ in length")
+    fails(capsys, evaluate(str(root), gt), "part-00000.parquet", "'c.wav'", "'Cat'", "differ in length")
 
 
 def test_n_frames_disagrees_with_every_class_list(capsys, tmp_path, gt):
@@ -256,10 +263,10 @@ def test_null_class_list(capsys, tmp_path, gt):
 def test_class_sets_differ_between_shards(capsys, tmp_path, gt):
     root = tmp_path / "scores"
     write_raw_shard(root / "part-00000.parquet", good_rows(CLIPS[:2]))
-    write_raw_shard(root / "part-00001.parquet", good_rows(CLIPS[2:], ("Dog", "Bird")),
-                    classes=("Dog", "Bird"))
-    fails(capsys, evaluate(str(root), gt), "part-00001.parquet", "Bird", "Cat",
-          "part-00000.parquet")
+    write_raw_shard(
+        root / "part-00001.parquet", good_rows(CLIPS[2:], ("Dog", "Bird")), classes=("Dog", "Bird")
+    )
+    fails(capsys, evaluate(str(root), gt), "part-00001.parquet", "Bird", "Cat", "part-00000.parquet")
 
 
 def test_hop_differs_between_shards(capsys, tmp_path, gt):
@@ -296,8 +303,9 @@ def test_duplicate_clip_across_shards(capsys, tmp_path, gt):
     root = tmp_path / "scores"
     write_raw_shard(root / "part-00000.parquet", good_rows(CLIPS[:2]))
     write_raw_shard(root / "part-00001.parquet", good_rows(("b.wav", "c.wav")))
-    fails(capsys, evaluate(str(root), gt), "part-00001.parquet", "duplicate clip 'b.wav'",
-          "part-00000.parquet")
+    fails(
+        capsys, evaluate(str(root), gt), "part-00001.parquet", "duplicate clip 'b.wav'", "part-00000.parquet"
+    )
 
 
 def test_duplicate_clip_within_a_shard(capsys, tmp_path, gt):
@@ -310,9 +318,11 @@ def test_null_filename(capsys, tmp_path, gt):
     root = tmp_path / "scores"
     rows = good_rows()
     table = pa.table(
-        {"filename": pa.array(["a.wav", None, "c.wav"], pa.string()),
-         "n_frames": pa.array([10, 10, 10], pa.int32()),
-         **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES}},
+        {
+            "filename": pa.array(["a.wav", None, "c.wav"], pa.string()),
+            "n_frames": pa.array([10, 10, 10], pa.int32()),
+            **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES},
+        },
     ).replace_schema_metadata(_schema(CLASSES, HOP).metadata)
     root.mkdir()
     pq.write_table(table, root / "part-00000.parquet")
@@ -324,8 +334,9 @@ def test_corrupt_parquet(capsys, tmp_path, gt, damage):
     root = Path(write_set(tmp_path / "scores"))
     path = root / "part-00000.parquet"
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not parquet at all\n" * 20,
-                      "empty": b""}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"not parquet at all\n" * 20, "empty": b""}[damage]
+    )
     fails(capsys, evaluate(str(root), gt), "part-00000.parquet", "not a readable Parquet file")
 
 
@@ -336,8 +347,11 @@ def test_corrupt_column_chunk(capsys, tmp_path, gt):
     root.mkdir()
     rows = good_rows()
     table = pa.table(
-        {"filename": pa.array(CLIPS), "n_frames": pa.array([10] * 3, pa.int32()),
-         **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES}},
+        {
+            "filename": pa.array(CLIPS),
+            "n_frames": pa.array([10] * 3, pa.int32()),
+            **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES},
+        },
         schema=_schema(CLASSES, HOP),
     )
     pq.write_table(table, path, compression="none")
@@ -372,9 +386,12 @@ def test_class_column_of_wrong_type(capsys, tmp_path, gt):
     root.mkdir()
     schema = _schema(CLASSES, HOP)
     table = pa.table(
-        {"filename": pa.array(CLIPS), "n_frames": pa.array([10] * 3, pa.int32()),
-         "Dog": pa.array([[0.5] * 10] * 3, pa.list_(pa.float32())),
-         "Cat": pa.array(["x"] * 3)},
+        {
+            "filename": pa.array(CLIPS),
+            "n_frames": pa.array([10] * 3, pa.int32()),
+            "Dog": pa.array([[0.5] * 10] * 3, pa.list_(pa.float32())),
+            "Cat": pa.array(["x"] * 3),
+        },
     ).replace_schema_metadata(schema.metadata)
     pq.write_table(table, root / "part-00000.parquet")
     fails(capsys, evaluate(str(root), gt), "part-00000.parquet", "'Cat'", "list<float32>")
@@ -453,8 +470,7 @@ def test_ground_truth_empty_missing_or_binary(capsys, tmp_path, scores):
         ([("a.wav", "1.0"), ("b.wav", "abc"), ("c.wav", "1.0")], ("line 3", "duration 'abc'")),
         ([("a.wav", "1.0"), ("b.wav", "0"), ("c.wav", "1.0")], ("line 3", "duration 0.0", "> 0")),
         ([("a.wav", "1.0"), ("b.wav", "-1"), ("c.wav", "1.0")], ("line 3", "duration -1.0")),
-        ([("a.wav", "1.0"), ("a.wav", "1.0"), ("c.wav", "1.0")],
-         ("line 3", "duplicate clip 'a.wav'")),
+        ([("a.wav", "1.0"), ("a.wav", "1.0"), ("c.wav", "1.0")], ("line 3", "duplicate clip 'a.wav'")),
         ([("a.wav", "1.0", "x"), ("b.wav", "1.0"), ("c.wav", "1.0")], ("line 2", "expected 2")),
         ([("a.wav", "1.0"), ("c.wav", "1.0")], ("clip 'b.wav'", "no duration")),
     ],
@@ -463,9 +479,22 @@ def test_bad_durations(capsys, tmp_path, scores, gt, rows, needles):
     dur = write_durations(tmp_path / "durations.tsv", rows)
     fails(capsys, evaluate(scores, gt, "--durations", dur), *needles)
     if "no duration" not in needles[-1]:
-        fails(capsys, ["apply", "--scores", scores, "--params",
-                       write_params(tmp_path / "p.json", GOOD_PARAMS), "--durations", dur,
-                       "--out", str(tmp_path / "o.tsv")], "durations.tsv", *needles)
+        fails(
+            capsys,
+            [
+                "apply",
+                "--scores",
+                scores,
+                "--params",
+                write_params(tmp_path / "p.json", GOOD_PARAMS),
+                "--durations",
+                dur,
+                "--out",
+                str(tmp_path / "o.tsv"),
+            ],
+            "durations.tsv",
+            *needles,
+        )
 
 
 def test_durations_wrong_header(capsys, tmp_path, scores, gt):
@@ -490,36 +519,40 @@ def _drop(obj: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 PARAM_CASES: list[tuple[str, object, tuple[str, ...]]] = [
-    ("even kernel", _with_class("Dog", median_filter_frames=4),
-     ("Dog", "median_filter_frames", "4")),
+    ("even kernel", _with_class("Dog", median_filter_frames=4), ("Dog", "median_filter_frames", "4")),
     ("kernel 0", _with_class("Cat", median_filter_frames=0), ("Cat", "median_filter_frames", "0")),
-    ("kernel not integer", _with_class("Cat", median_filter_frames=2.5),
-     ("Cat", "median_filter_frames")),
-    ("kernel string", _with_class("Cat", median_filter_frames="3"),
-     ("Cat", "median_filter_frames")),
+    ("kernel not integer", _with_class("Cat", median_filter_frames=2.5), ("Cat", "median_filter_frames")),
+    ("kernel string", _with_class("Cat", median_filter_frames="3"), ("Cat", "median_filter_frames")),
     ("threshold 0", _with_class("Dog", threshold=0), ("Dog", "threshold", "(0, 1)")),
     ("threshold 1", _with_class("Dog", threshold=1), ("Dog", "threshold", "(0, 1)")),
     ("threshold 1.2", _with_class("Cat", threshold=1.2), ("Cat", "threshold", "1.2")),
     ("threshold negative", _with_class("Cat", threshold=-0.1), ("Cat", "threshold", "-0.1")),
     ("threshold string", _with_class("Cat", threshold="0.5"), ("Cat", "threshold")),
-    ("threshold missing", {**GOOD_PARAMS, "classes": {"Dog": {"median_filter_frames": 3},
-                                                     "Cat": GOOD_PARAMS["classes"]["Cat"]}},
-     ("Dog", "threshold", "required")),
-    ("threshold_off above threshold", _with_class("Dog", threshold_off=0.7),
-     ("Dog", "threshold_off", "0.7")),
+    (
+        "threshold missing",
+        {
+            **GOOD_PARAMS,
+            "classes": {"Dog": {"median_filter_frames": 3}, "Cat": GOOD_PARAMS["classes"]["Cat"]},
+        },
+        ("Dog", "threshold", "required"),
+    ),
+    ("threshold_off above threshold", _with_class("Dog", threshold_off=0.7), ("Dog", "threshold_off", "0.7")),
     ("negative min duration", _with_class("Dog", min_duration_s=-1), ("Dog", "min_duration_s")),
     ("negative fill gap", _with_class("Dog", fill_gap_s=-0.5), ("Dog", "fill_gap_s")),
     ("unknown field", _with_class("Dog", kernel=3), ("Dog", "unknown field", "kernel")),
-    ("unknown class",
-     {**GOOD_PARAMS, "classes": {**GOOD_PARAMS["classes"], "Bird": {"threshold": 0.5}}},
-     ("unknown class 'Bird'",)),
-    ("missing class", {**GOOD_PARAMS, "classes": {"Dog": GOOD_PARAMS["classes"]["Dog"]}},
-     ("class 'Cat'",)),
+    (
+        "unknown class",
+        {**GOOD_PARAMS, "classes": {**GOOD_PARAMS["classes"], "Bird": {"threshold": 0.5}}},
+        ("unknown class 'Bird'",),
+    ),
+    ("missing class", {**GOOD_PARAMS, "classes": {"Dog": GOOD_PARAMS["classes"]["Dog"]}}, ("class 'Cat'",)),
     ("no classes", {**GOOD_PARAMS, "classes": {}}, ("classes",)),
-    ("class not an object", {**GOOD_PARAMS, "classes": {"Dog": 0.5, "Cat": {"threshold": 0.5}}},
-     ("Dog", "must be an object")),
-    ("wrong format tag", {**GOOD_PARAMS, "format": "sedtune.params/2"},
-     ("format", "sedtune.params/2")),
+    (
+        "class not an object",
+        {**GOOD_PARAMS, "classes": {"Dog": 0.5, "Cat": {"threshold": 0.5}}},
+        ("Dog", "must be an object"),
+    ),
+    ("wrong format tag", {**GOOD_PARAMS, "format": "sedtune.params/2"}, ("format", "sedtune.params/2")),
     ("no format tag", _drop(GOOD_PARAMS, "format"), ("format",)),
     ("hop mismatch", {**GOOD_PARAMS, "frame_hop_s": 0.064}, ("frame_hop_s", "0.064", "0.1")),
     ("hop zero", {**GOOD_PARAMS, "frame_hop_s": 0}, ("frame_hop_s",)),
@@ -530,8 +563,7 @@ PARAM_CASES: list[tuple[str, object, tuple[str, ...]]] = [
 
 
 @pytest.mark.parametrize("command", ["evaluate", "apply"])
-@pytest.mark.parametrize(("obj", "needles"), [c[1:] for c in PARAM_CASES],
-                         ids=[c[0] for c in PARAM_CASES])
+@pytest.mark.parametrize(("obj", "needles"), [c[1:] for c in PARAM_CASES], ids=[c[0] for c in PARAM_CASES])
 def test_invalid_parameter_file(capsys, tmp_path, scores, gt, command, obj, needles):
     params = write_params(tmp_path / "params.json", obj)
     out = tmp_path / "events.tsv"
@@ -549,16 +581,17 @@ def test_parameter_file_missing_or_a_directory(capsys, tmp_path, scores, gt, com
         if command == "evaluate":
             argv = evaluate(scores, gt, "--params", str(path))
         else:
-            argv = ["apply", "--scores", scores, "--params", str(path), "--out",
-                    str(tmp_path / "o.tsv")]
+            argv = ["apply", "--scores", scores, "--params", str(path), "--out", str(tmp_path / "o.tsv")]
         fails(capsys, argv, str(path), needle)
 
 
 @pytest.mark.parametrize(
     ("flags", "field"),
-    [(["--median-filter-frames", "4"], "median_filter_frames"),
-     (["--threshold", "1.2"], "threshold"),
-     (["--threshold", "0.5", "--threshold-off", "0.6"], "threshold_off")],
+    [
+        (["--median-filter-frames", "4"], "median_filter_frames"),
+        (["--threshold", "1.2"], "threshold"),
+        (["--threshold", "0.5", "--threshold-off", "0.6"], "threshold_off"),
+    ],
 )
 def test_invalid_command_line_parameters(capsys, scores, gt, flags, field):
     fails(capsys, evaluate(scores, gt, *flags), "command line", field)
@@ -568,8 +601,12 @@ def test_invalid_command_line_parameters(capsys, scores, gt, flags, field):
 def test_apply_output_path_unusable(capsys, tmp_path, scores, where):
     params = write_params(tmp_path / "params.json", GOOD_PARAMS)
     out = tmp_path / "no" / "events.tsv" if where == "missing directory" else tmp_path
-    fails(capsys, ["apply", "--scores", scores, "--params", params, "--out", str(out)],
-          str(out), "existing directory")
+    fails(
+        capsys,
+        ["apply", "--scores", scores, "--params", params, "--out", str(out)],
+        str(out),
+        "existing directory",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,8 +688,7 @@ def test_import_first_frame_has_no_duration(capsys, tmp_path):
 def test_import_source_missing_or_empty(capsys, tmp_path):
     fails(capsys, ["import", str(tmp_path / "none"), str(tmp_path / "out")], "none")
     (tmp_path / "emptydir").mkdir()
-    fails(capsys, ["import", str(tmp_path / "emptydir"), str(tmp_path / "out")], "emptydir",
-          "no .tsv files")
+    fails(capsys, ["import", str(tmp_path / "emptydir"), str(tmp_path / "out")], "emptydir", "no .tsv files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,8 +697,12 @@ def test_import_source_missing_or_empty(capsys, tmp_path):
 
 @pytest.mark.parametrize(
     ("bad", "rule"),
-    [(np.nan, "not finite"), (np.inf, "not finite"), (1.5, "score 1.5 is outside [0, 1]"),
-     (-0.1, "score -0.1 is outside [0, 1]")],
+    [
+        (np.nan, "not finite"),
+        (np.inf, "not finite"),
+        (1.5, "score 1.5 is outside [0, 1]"),
+        (-0.1, "score -0.1 is outside [0, 1]"),
+    ],
 )
 def test_import_npz_bad_score(capsys, tmp_path, bad, rule):
     scores = np.stack([_matrix(i) for i in range(3)])
@@ -688,21 +728,38 @@ def test_import_npz_bad_score(capsys, tmp_path, bad, rule):
     ],
 )
 def test_import_npz_malformed(capsys, tmp_path, kwargs, needles):
-    arrays: dict[str, Any] = {"scores": np.stack([_matrix(i) for i in range(3)]),
-                              "filenames": CLIPS, "classes": CLASSES, "hop": HOP}
+    arrays: dict[str, Any] = {
+        "scores": np.stack([_matrix(i) for i in range(3)]),
+        "filenames": CLIPS,
+        "classes": CLASSES,
+        "hop": HOP,
+    }
     if "frame_hop_s" in kwargs:
         arrays["hop"] = kwargs.pop("frame_hop_s")
     arrays.update(kwargs)
     path = tmp_path / "s.npz"
     if arrays["hop"] is None:
-        np.savez(path, scores=arrays["scores"], filenames=np.array(arrays["filenames"]),
-                 classes=np.array(arrays["classes"]))
+        np.savez(
+            path,
+            scores=arrays["scores"],
+            filenames=np.array(arrays["filenames"]),
+            classes=np.array(arrays["classes"]),
+        )
     elif arrays["scores"] is None:
-        np.savez(path, filenames=np.array(arrays["filenames"]), classes=np.array(arrays["classes"]),
-                 frame_hop_s=arrays["hop"])
+        np.savez(
+            path,
+            filenames=np.array(arrays["filenames"]),
+            classes=np.array(arrays["classes"]),
+            frame_hop_s=arrays["hop"],
+        )
     else:
-        np.savez(path, scores=arrays["scores"], filenames=np.array(arrays["filenames"]),
-                 classes=np.array(arrays["classes"]), frame_hop_s=arrays["hop"])
+        np.savez(
+            path,
+            scores=arrays["scores"],
+            filenames=np.array(arrays["filenames"]),
+            classes=np.array(arrays["classes"]),
+            frame_hop_s=arrays["hop"],
+        )
     fails(capsys, ["import", str(path), str(tmp_path / "out")], "s.npz", *needles)
 
 
@@ -710,8 +767,7 @@ def test_import_npz_not_a_zip(capsys, tmp_path):
     path = tmp_path / "s.npz"
     path.write_bytes(b"garbage" * 10)
     fails(capsys, ["import", str(path), str(tmp_path / "out")], "s.npz", "not a .npz file")
-    fails(capsys, ["import", str(tmp_path / "none.npz"), str(tmp_path / "out")], "none.npz",
-          "not found")
+    fails(capsys, ["import", str(tmp_path / "none.npz"), str(tmp_path / "out")], "none.npz", "not found")
     assert not (tmp_path / "out").exists()
 
 
@@ -773,8 +829,10 @@ def test_failed_import_leaves_no_half_written_set(capsys, tmp_path, gt, source):
 
 def test_writer_error_inside_context_removes_written_shards(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(SedtuneInputError, match=r"'b\.wav'"), \
-            ScoreSetWriter(str(out), CLASSES, HOP, clips_per_shard=1) as w:
+    with (
+        pytest.raises(SedtuneInputError, match=r"'b\.wav'"),
+        ScoreSetWriter(str(out), CLASSES, HOP, clips_per_shard=1) as w,
+    ):
         w.add("a.wav", _matrix(0))
         w.add("b.wav", np.full((N_FRAMES, 2), np.nan))
     assert not list(out.glob("*.parquet"))
@@ -789,6 +847,5 @@ def test_import_numpy_failing_after_some_shards_removes_them(tmp_path):
     bad = _matrix(2)
     bad[3, 0] = np.nan
     with pytest.raises(SedtuneInputError, match=r"'c\.wav'"):
-        import_numpy(str(out), [_matrix(0), _matrix(1), bad], CLIPS, CLASSES, HOP,
-                     clips_per_shard=1)
+        import_numpy(str(out), [_matrix(0), _matrix(1), bad], CLIPS, CLASSES, HOP, clips_per_shard=1)
     assert not out.exists()

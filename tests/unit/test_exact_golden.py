@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 from envs.evaluator import MetricConfig
+from envs.metrics.sed_eval_oracle import sed_eval_event_counts
 from envs.params import ClassParams
 from envs.space import SearchSpace
-from envs.metrics.sed_eval_oracle import sed_eval_event_counts
 from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext
 from service.strategies.exact import ExactStrategy

@@ -130,9 +130,7 @@ def test_segment_counts_equal_sed_eval(shared_sets, name):
     ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
     params = _mixed(ev.data.classes)
     events = {c: ev.events(c, params[c]) for c in ev.data.classes}
-    oracle, oracle_f = sed_eval_segment_counts(
-        ev.data.filenames, ev.data.classes, ev.data.refs, events
-    )
+    oracle, oracle_f = sed_eval_segment_counts(ev.data.filenames, ev.data.classes, ev.data.refs, events)
     ours = ev.evaluate_segments(params)
     for c in ev.data.classes:
         o = oracle[c]
@@ -146,9 +144,7 @@ def test_sweep_reproduces_best_per_class_threshold(shared_sets, name):
     ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
     best = {}
     for c in ev.data.classes:
-        res = sweep_class(
-            ev.levels(c, 1), ev.data.refs[c], ev.data.frame_hop_s, ev.data.durations_s
-        )
+        res = sweep_class(ev.levels(c, 1), ev.data.refs[c], ev.data.frame_hop_s, ev.data.durations_s)
         best[c] = res.best()
     macro = float(np.nanmean([f for _, f in best.values()]))
     assert round(macro, 4) == README_BEST[name]

@@ -17,8 +17,14 @@ def test_grid_sweep_equals_direct(shared_sets, kernel, gap, min_dur):
     grid = tuple(float(x) for x in np.linspace(0.01, 0.99, 23))
     for c in ev.data.classes:
         index = ev.grid_levels(c, kernel, grid)
-        res = sweep_class(index, ev.data.refs[c], ev.data.frame_hop_s, ev.data.durations_s,
-                          fill_gap_s=gap, min_duration_s=min_dur)
+        res = sweep_class(
+            index,
+            ev.data.refs[c],
+            ev.data.frame_hop_s,
+            ev.data.durations_s,
+            fill_gap_s=gap,
+            min_duration_s=min_dur,
+        )
         at = (np.arange(len(grid)) + 0.5) / (len(grid) + 1)
         pos = np.searchsorted(res.lower, at, side="right") - 1
         for j, t in enumerate(grid):

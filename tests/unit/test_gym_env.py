@@ -185,8 +185,9 @@ def test_rejects_bad_actions_and_steps_after_the_end(env: PostProcessingEnv) -> 
 
 
 def test_action_grid_adds_blocks_only_for_searched_stages() -> None:
-    space = SearchSpace(kernels=(1, 3), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9,
-                        threshold_step=0.4)
+    space = SearchSpace(
+        kernels=(1, 3), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9, threshold_step=0.4
+    )
     grid = ActionGrid.from_space(space, 2)
     assert [name for name, _ in grid.blocks] == ["median_filter_frames", "threshold", "fill_gap_s"]
     assert grid.nvec.tolist() == [2, 2, 3, 3, 2, 2]
@@ -242,6 +243,4 @@ def test_shards_are_restricted_to_the_clips_in_play(synth: SynthResult, data: Ev
     for c in data.classes:
         for i, name in enumerate(sub.filenames):
             assert np.array_equal(sub.scores(c).clip(i), data.scores(c).clip(full_index[name]))
-        assert len(sub.refs[c]) == sum(
-            int((data.refs[c].clip == full_index[n]).sum()) for n in sub.filenames
-        )
+        assert len(sub.refs[c]) == sum(int((data.refs[c].clip == full_index[n]).sum()) for n in sub.filenames)

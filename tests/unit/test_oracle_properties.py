@@ -60,9 +60,7 @@ def same_float(a: float, b: float) -> bool:
 
 def class_events(triples: Sequence[Triple]) -> ClassEvents:
     """ClassEvents from (clip, onset, offset) triples."""
-    return ClassEvents.from_lists(
-        [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
-    )
+    return ClassEvents.from_lists([t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples])
 
 
 def assert_identical(
@@ -75,9 +73,7 @@ def assert_identical(
     fast_f = []
     for label in classes:
         f, o = fast[label], o_counts[label]
-        assert (f.nref, f.nsys, f.ntp) == (o.nref, o.nsys, o.ntp), (
-            f"{label}: fast {f} != sed_eval {o}"
-        )
+        assert (f.nref, f.nsys, f.ntp) == (o.nref, o.nsys, o.ntp), f"{label}: fast {f} != sed_eval {o}"
         fm = class_f_measure(f)
         assert same_float(fm, o_f[label]), f"{label}: F fast {fm!r} != sed_eval {o_f[label]!r}"
         fast_f.append(fm)
@@ -280,9 +276,7 @@ def one_class_event(
     r, e = class_events(ref), class_events(est)
     fast = event_counts(r, e, t_collar_s, percentage_of_length)
     names = [f"c{i}.wav" for i in range(n_clips)]
-    oc, of = sed_eval_event_counts(
-        names, ["Dog"], {"Dog": r}, {"Dog": e}, t_collar_s, percentage_of_length
-    )
+    oc, of = sed_eval_event_counts(names, ["Dog"], {"Dog": r}, {"Dog": e}, t_collar_s, percentage_of_length)
     assert_identical(["Dog"], {"Dog": fast}, (oc, of))
     return fast, oc["Dog"]
 
@@ -421,9 +415,7 @@ def test_sed_eval_rejects_a_zero_collar() -> None:
 
 def test_integer_parameters_are_accepted() -> None:
     ev = {"Dog": class_events([(0, 1.0, 2.0)])}
-    counts, _ = sed_eval_event_counts(
-        ["a.wav"], ["Dog"], ev, ev, t_collar_s=5, percentage_of_length=1
-    )
+    counts, _ = sed_eval_event_counts(["a.wav"], ["Dog"], ev, ev, t_collar_s=5, percentage_of_length=1)
     assert counts["Dog"] == ClassCounts(1, 1, 1)
     counts, _ = sed_eval_segment_counts(["a.wav"], ["Dog"], ev, ev, time_resolution_s=1)
     assert counts["Dog"] == ClassCounts(1, 1, 1)
@@ -447,9 +439,7 @@ def _threshold_events(
             active = table[:, header.index(label)] > threshold
             edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
             starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-            per[label] += [
-                (i, float(on[s]), float(off[e])) for s, e in zip(starts, ends, strict=True)
-            ]
+            per[label] += [(i, float(on[s]), float(off[e])) for s, e in zip(starts, ends, strict=True)]
     return {c: class_events(v) for c, v in per.items()}
 
 

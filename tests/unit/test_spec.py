@@ -20,8 +20,11 @@ def data(tmp_path):
 def _spec(data, **over):
     spec = {
         "name": "t",
-        "data": {"scores": data.scores_uri, "ground_truth": data.ground_truth_path,
-                 "durations": data.durations_path},
+        "data": {
+            "scores": data.scores_uri,
+            "ground_truth": data.ground_truth_path,
+            "durations": data.durations_path,
+        },
         "strategies": [{"name": "exact", "budget": 22}],
     }
     for k, v in over.items():
@@ -56,7 +59,11 @@ CASES = [
     ("no strategies", {"strategies": []}, "strategies"),
     ("twice", {"strategies": [{"name": "exact"}, {"name": "exact"}]}, "strategies"),
     ("unknown field", {"colour": "red"}, "colour"),
-    ("bad option", {"strategies": [{"name": "exact", "options": {"bogus": 1}}]}, "strategies[0].options.bogus"),
+    (
+        "bad option",
+        {"strategies": [{"name": "exact", "options": {"bogus": 1}}]},
+        "strategies[0].options.bogus",
+    ),
     ("exact budget below settings", {"strategies": [{"name": "exact", "budget": 3}]}, "strategies[0].budget"),
 ]
 
@@ -85,7 +92,9 @@ def test_missing_files(tmp_path, data, capsys, monkeypatch, field):
 
 
 def test_missing_heldout_set(tmp_path, data, capsys, monkeypatch):
-    spec = _spec(data, heldout={"data": {"scores": str(tmp_path / "x"), "ground_truth": data.ground_truth_path}})
+    spec = _spec(
+        data, heldout={"data": {"scores": str(tmp_path / "x"), "ground_truth": data.ground_truth_path}}
+    )
     code, err = _run(tmp_path, spec, capsys, monkeypatch)
     assert code == 2 and "heldout.data.scores" in err
 

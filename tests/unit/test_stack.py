@@ -18,11 +18,7 @@ def _scores(clips: list[list[float]]) -> ClassScores:
     lengths = [len(c) for c in clips]
     offsets = np.zeros(len(clips) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    vals = (
-        np.concatenate([np.asarray(c, np.float32) for c in clips])
-        if clips
-        else np.zeros(0, np.float32)
-    )
+    vals = np.concatenate([np.asarray(c, np.float32) for c in clips]) if clips else np.zeros(0, np.float32)
     return ClassScores("x", vals.astype(np.float32), offsets)
 
 
@@ -71,8 +67,7 @@ def _naive_events(p: np.ndarray, params: ClassParams, hop: float, duration: floa
 
 clip_strategy = st.lists(
     st.lists(
-        st.sampled_from([0.0, 0.1, 0.25, 0.3, 0.5, 0.7, 0.75, 0.9, 1.0])
-        | st.floats(0, 1, width=32),
+        st.sampled_from([0.0, 0.1, 0.25, 0.3, 0.5, 0.7, 0.75, 0.9, 1.0]) | st.floats(0, 1, width=32),
         min_size=0,
         max_size=40,
     ),

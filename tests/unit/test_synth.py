@@ -36,9 +36,7 @@ def test_same_seed_gives_identical_files(small: SynthResult, tmp_path: Path) -> 
     assert _same_scores(small, again)
     assert Path(small.ground_truth_path).read_bytes() == Path(again.ground_truth_path).read_bytes()
     assert Path(small.durations_path).read_bytes() == Path(again.durations_path).read_bytes()
-    assert (again.n_clips, again.n_events, again.classes) == (
-        small.n_clips, small.n_events, small.classes
-    )
+    assert (again.n_clips, again.n_events, again.classes) == (small.n_clips, small.n_events, small.classes)
 
 
 def test_other_seed_gives_other_files(small: SynthResult, tmp_path: Path) -> None:
@@ -106,7 +104,7 @@ def test_scores_follow_events(small: SynthResult) -> None:
         col = ss.read_class(label)
         active = np.zeros(col.values.shape, dtype=bool)
         for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True):
-            active[col.offsets[c]: col.offsets[c + 1]] |= (centres > a) & (centres < b)
+            active[col.offsets[c] : col.offsets[c + 1]] |= (centres > a) & (centres < b)
         assert col.values[active].mean() > col.values[~active].mean() + 0.2
 
 
@@ -121,7 +119,7 @@ def test_best_threshold_differs_between_classes(small: SynthResult) -> None:
         col = ss.read_class(label)
         ref = np.zeros(col.values.shape, dtype=bool)
         for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True):
-            ref[col.offsets[c]: col.offsets[c + 1]] |= (centres > a) & (centres < b)
+            ref[col.offsets[c] : col.offsets[c + 1]] |= (centres > a) & (centres < b)
         sys_on = col.values[None, :] > grid[:, None]
         tp = (sys_on & ref).sum(axis=1)
         f1 = 2 * tp / (sys_on.sum(axis=1) + ref.sum())

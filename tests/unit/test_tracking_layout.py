@@ -27,20 +27,35 @@ def _valid_name(name: str) -> bool:
 
 def test_curve_is_on_integer_steps_keeping_the_last_point_of_each_step() -> None:
     traj: list[dict[str, float | None]] = [
-        {"evaluations": 0.25, "best_f": 0.1}, {"evaluations": 1.0, "best_f": 0.2},
-        {"evaluations": 1.5, "best_f": float("nan")}, {"evaluations": 1.75, "best_f": 0.3},
-        {"evaluations": 3.0, "best_f": 0.35}, {"evaluations": 4.0, "best_f": None}]
+        {"evaluations": 0.25, "best_f": 0.1},
+        {"evaluations": 1.0, "best_f": 0.2},
+        {"evaluations": 1.5, "best_f": float("nan")},
+        {"evaluations": 1.75, "best_f": 0.3},
+        {"evaluations": 3.0, "best_f": 0.35},
+        {"evaluations": 4.0, "best_f": None},
+    ]
     assert curve_points(traj) == [(1, 0.2), (2, 0.3), (3, 0.35)]
     assert curve_points([{"evaluations": float(i), "best_f": i / 10} for i in range(1, 6)]) == [
-        (i, i / 10) for i in range(1, 6)]
+        (i, i / 10) for i in range(1, 6)
+    ]
 
 
 def test_flatten_keys_named_lists_by_name() -> None:
-    spec = {"name": "j", "space": {"kernels": [1, 3], "threshold": {"low": 0.1}},
-            "strategies": [{"name": "random", "budget": 10.0, "options": {}}], "output": None}
-    assert flatten(spec) == {"name": "j", "space.kernels": "[1, 3]", "space.threshold.low": "0.1",
-                             "strategies.random.name": "random", "strategies.random.budget": "10.0",
-                             "strategies.random.options": "{}", "output": "null"}
+    spec = {
+        "name": "j",
+        "space": {"kernels": [1, 3], "threshold": {"low": 0.1}},
+        "strategies": [{"name": "random", "budget": 10.0, "options": {}}],
+        "output": None,
+    }
+    assert flatten(spec) == {
+        "name": "j",
+        "space.kernels": "[1, 3]",
+        "space.threshold.low": "0.1",
+        "strategies.random.name": "random",
+        "strategies.random.budget": "10.0",
+        "strategies.random.options": "{}",
+        "output": "null",
+    }
 
 
 def test_plan_layout(tmp_path: Path) -> None:
@@ -53,8 +68,14 @@ def test_plan_layout(tmp_path: Path) -> None:
     assert list(kids) == ["manual", "random", "rl"]
     for name, kid in kids.items():
         assert kid.tags["strategy"] == name
-        for tag in ("job_id", "dataset_fingerprint", "seed", "sedtune_version", "ray_version",
-                    "sed_eval_version"):
+        for tag in (
+            "job_id",
+            "dataset_fingerprint",
+            "seed",
+            "sedtune_version",
+            "ray_version",
+            "sed_eval_version",
+        ):
             assert kid.tags[tag], tag
         metrics = {k: v for k, v, s in kid.metrics if s == 0}
         assert metrics["manual_heldout_f1"] == 0.4
@@ -102,8 +123,13 @@ def test_figures_are_real_pngs(tmp_path: Path) -> None:
     d = fake_result_dir(tmp_path)
     comparison = json.loads((d / "comparison.json").read_text())
     paths = write_plots(comparison, str(d / "plots"))
-    assert set(paths) == {"f1_vs_evaluations", "class_f1", "class_f1/manual", "class_f1/random",
-                          "class_f1/rl"}
+    assert set(paths) == {
+        "f1_vs_evaluations",
+        "class_f1",
+        "class_f1/manual",
+        "class_f1/random",
+        "class_f1/rl",
+    }
     for p in paths.values():
         w, h, colors = _png_stats(Path(p))
         assert w >= 500 and h >= 400 and colors > 50 and Path(p).stat().st_size > 10_000, p
@@ -129,8 +155,9 @@ def test_unreachable_server_gives_one_line_quickly(tmp_path: Path) -> None:
     assert (d / "plots" / "f1_vs_evaluations.png").is_file()  # figures are written even so
 
 
-def test_default_uri_is_sqlite_in_the_working_directory(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_uri_is_sqlite_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,38 @@
+"""What the routes use: one :class:`Services` per app, wired by :func:`service.api.app.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from service.jobs import JobService
+from service.scheduler import Scheduler
+from service.settings import Settings
+from service.store.repo import Store
+from service.submitter import Submitter
+
+
+@dataclass
+class Services:
+    """The app's adapters and services.
+
+    Attributes:
+        settings: Configuration.
+        store: Job store.
+        submitter: Cluster port (Ray Jobs API, or a fake in unit tests).
+        jobs: Job service.
+        scheduler: Schedules.
+    """
+
+    settings: Settings
+    store: Store
+    submitter: Submitter
+    jobs: JobService
+    scheduler: Scheduler
+
+
+def services(request: Request) -> Services:
+    """The app's :class:`Services` (a FastAPI dependency)."""
+    svc: Services = request.app.state.services
+    return svc

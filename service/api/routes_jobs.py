@@ -1,0 +1,114 @@
+"""``/v1/jobs``: submit, list, inspect, cancel, result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Security
+from fastapi.responses import JSONResponse
+
+from service.api.auth import bearer_scheme
+from service.api.deps import Services, services
+from service.api.errors import field_error, http_error
+from service.api.schemas import NAME_PATTERN, ErrorOut, JobDetail, JobList, JobOut, JobResultOut, MlflowLink
+from service.jobs import ConflictError, NotFoundError
+from service.progress_file import read_status
+from service.results import ResultMissingError, read_result
+from service.spec import JobSpec
+from service.specpolicy import FieldError
+from service.store.records import SUCCEEDED, JobRecord
+from service.submitter import SubmitterError
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="job id")]
+#: The job states (service.store.records.STATES; a unit test keeps them equal).
+Status = Literal["QUEUED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Security(bearer_scheme)],
+                   responses={401: {"model": ErrorOut, "description": "missing or invalid token"}})
+
+
+def detail(job: JobRecord) -> JobDetail:
+    """A job with what its ``status.json`` and result summary say."""
+    status: dict[str, Any] = read_status(job.output_dir) or {}
+    result = job.result or {}
+    mlflow = status.get("mlflow") or result.get("mlflow")
+    return JobDetail(
+        **JobOut.of(job).model_dump(), spec=job.spec, phase=status.get("state"),
+        progress=status.get("strategies") or {},
+        best_tuning_f=status.get("best_tuning_f"),
+        best_heldout_f=result.get("heldout_f", status.get("heldout_f")),
+        recommended=result.get("recommended", status.get("recommended")),
+        mlflow=MlflowLink(**{k: mlflow.get(k) for k in MlflowLink.model_fields}) if mlflow else None,
+        tracking=status.get("tracking") or result.get("tracking"), result=job.result,
+    )
+
+
+@router.post("", status_code=201, response_model=JobDetail,
+             responses={422: {"description": "invalid spec: field paths in detail[].field"}})
+def submit_job(spec: JobSpec, svc: Annotated[Services, Depends(services)]) -> Any:
+    """Validate a job spec (same schema as the YAML/JSON spec files), store it and run it on Ray.
+
+    The Ray entrypoint is built by sedtune from the validated spec. A job whose submission Ray
+    could not take stays ``QUEUED`` and is submitted again by the reconciler.
+    """
+    try:
+        job = svc.jobs.submit(spec)
+    except FieldError as e:
+        return field_error(e)
+    return detail(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    svc: Annotated[Services, Depends(services)],
+    status: Annotated[Status | None, Query(description="only jobs in this state")] = None,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only jobs of this name")] = None,
+    schedule: Annotated[str | None, Query(pattern=ID_PATTERN, description="only jobs of this schedule id")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobList:
+    """Jobs, newest first."""
+    jobs = svc.store.list_jobs(status, name, schedule, limit, offset)
+    return JobList(jobs=[JobOut.of(j) for j in jobs], count=len(jobs))
+
+
+@router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorOut}})
+def get_job(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> JobDetail:
+    """Status, progress per strategy, best F1 so far, Ray job id, MLflow run link."""
+    try:
+        return detail(svc.jobs.get(job_id))
+    except NotFoundError as e:
+        raise http_error(404, str(e)) from None
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail,
+             responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 503: {"model": ErrorOut}})
+def cancel_job(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> JobDetail:
+    """Cancel an unfinished job (``STOPPED`` once Ray has stopped it)."""
+    try:
+        return detail(svc.jobs.cancel(job_id))
+    except NotFoundError as e:
+        raise http_error(404, str(e)) from None
+    except ConflictError as e:
+        raise http_error(409, str(e)) from None
+    except SubmitterError as e:
+        raise http_error(503, str(e)) from None
+
+
+@router.get("/{job_id}/result", response_model=JobResultOut,
+            responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
+def get_result(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> Any:
+    """The comparison table and every parameter file of a successful job."""
+    try:
+        job = svc.jobs.get(job_id)
+    except NotFoundError as e:
+        raise http_error(404, str(e)) from None
+    if job.status != SUCCEEDED:
+        return JSONResponse(status_code=409, content={
+            "detail": f"job {job_id} is {job.status}; results exist only for SUCCEEDED jobs"})
+    try:
+        res = read_result(job.output_dir)
+    except ResultMissingError as e:
+        raise http_error(404, f"job {job_id}: result files are not readable: {e}") from None
+    return JobResultOut(job_id=job.id, **res)
