@@ -22,7 +22,8 @@ def _zone(tz: str, field: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SedtuneInputError(f"{field}: unknown IANA time zone {tz!r} (e.g. 'UTC', 'Europe/Paris')") from None
+        raise SedtuneInputError(f"{field}: unknown IANA time zone {tz!r} (e.g. 'UTC', 'Europe/Paris')") \
+            from None
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ class JobService:
         if job is None:
             raise NotFoundError(f"job {job_id!r} not found")
         if job.final:
-            raise ConflictError(f"job {job_id} has already finished ({job.status}); only unfinished jobs can be cancelled")
+            raise ConflictError(f"job {job_id} has already finished ({job.status}); "
+                                "only unfinished jobs can be cancelled")
         if job.status == QUEUED:
             done = self.store.update_job(job_id, [QUEUED], status=STOPPED, finished_at=self.clock(),
                                          error="cancelled by request before Ray started it")
@@ -177,7 +178,8 @@ class JobService:
                 age = (self.clock() - job.created_at).total_seconds()
                 with self._lock:
                     last = self._attempts.get(job.id)
-                if age >= self.settings.resubmit_after_s and (last is None or now - last >= self.settings.resubmit_after_s):
+                wait = self.settings.resubmit_after_s
+                if age >= wait and (last is None or now - last >= wait):
                     changed += self.dispatch(job).status != QUEUED
                 continue
             try:

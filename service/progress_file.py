@@ -80,6 +80,17 @@ class ProgressFile:
         os.makedirs(output_dir, exist_ok=True)
         self._write(force=True)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks (with our progress closures) into its experiment
+        # state; a lock cannot be pickled, and a copy needs a lock of its own anyway.
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _write(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.min_interval_s:
@@ -134,6 +145,7 @@ class ProgressFile:
             entry["state"] = "done"
             if entry.get("budget"):
                 entry["fraction"] = 1.0
-            values = [e["best_tuning_f"] for e in self.doc["strategies"].values() if e.get("best_tuning_f") is not None]
+            values = [e["best_tuning_f"] for e in self.doc["strategies"].values()
+                      if e.get("best_tuning_f") is not None]
             self.doc["best_tuning_f"] = max(values) if values else None
             self._write(force=True)

@@ -1,7 +1,7 @@
 """Reading a finished job's result directory for the API, and its summary for the store.
 
-The layout is :func:`service.report.write_outputs`'s: ``comparison.json``, ``params/<strategy>.<selection>.json``,
-``best_params.json``, plus the job's ``status.json``.
+The layout is :func:`service.report.write_outputs`'s: ``comparison.json``,
+``params/<strategy>.<selection>.json``, ``best_params.json``, plus the job's ``status.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class ResultMissingError(Exception):
 def _read_json(path: str) -> Any:
     try:
         if os.path.getsize(path) > MAX_FILE_BYTES:
-            raise ResultMissingError(f"{path} is larger than {MAX_FILE_BYTES} bytes; read it from the output directory")
+            raise ResultMissingError(f"{path} is larger than {MAX_FILE_BYTES} bytes; "
+                                     "read it from the output directory")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:

@@ -170,12 +170,15 @@ class Scheduler:
             first = missed[MAX_MISSED_RECORDS]
             out.append(self.store.record_fire(
                 s.id, first, "cron", now,
-                skip_reason=f"missed: further fires from {first.isoformat()} until before {latest.isoformat()} "
+                skip_reason=f"missed: further fires from {first.isoformat()} until before "
+                            f"{latest.isoformat()} "
                             "were not run either (not recorded one by one)"))
         out.append(self._fire(s, latest, "missed" if missed else "cron", cs.next_after(now)))
         return out
 
-    def _fire(self, s: ScheduleRecord, fire_time: datetime, trigger: str, next_run: datetime | None) -> RunRecord:
+    def _fire(
+        self, s: ScheduleRecord, fire_time: datetime, trigger: str, next_run: datetime | None
+    ) -> RunRecord:
         sched_values: dict[str, Any] = {} if next_run is None else {"next_run_at": next_run}
         now = self.clock()
         with self._lock:
@@ -203,7 +206,8 @@ class Scheduler:
         prev = self.store.last_success_of_schedule(s.id)
         if prev is None:
             return spec, None
-        path = (prev.result or {}).get("best_params_path") or os.path.join(prev.output_dir, "best_params.json")
+        path = ((prev.result or {}).get("best_params_path")
+                or os.path.join(prev.output_dir, "best_params.json"))
         if not os.path.exists(path):
             return spec, {"job_id": prev.id, "params_path": None, "applied_to": [],
                           "note": f"the last success's parameter file {path} is not readable; no warm start"}

@@ -144,7 +144,8 @@ def _coerce(name: str, value: Any) -> Any:
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise SedtuneInputError(f"settings: {name} must be a number of seconds, but got {value!r}") from None
+            raise SedtuneInputError(f"settings: {name} must be a number of seconds, but got {value!r}") \
+                from None
     return str(value)
 
 
@@ -165,7 +166,8 @@ def load_settings(config_path: str | None = None, environ: Mapping[str, str] | N
             with open(config_path, encoding="utf-8") as f:
                 loaded = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise SedtuneInputError(f"config {config_path}: cannot read it ({e})".replace("\n", " ")) from None
+            reason = " ".join(str(e).split())
+            raise SedtuneInputError(f"config {config_path}: cannot read it ({reason})") from None
         if not isinstance(loaded, dict):
             raise SedtuneInputError(f"config {config_path}: must be a mapping, got {type(loaded).__name__}")
         unknown = sorted(set(loaded) - set(_ENV))

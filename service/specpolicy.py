@@ -119,12 +119,13 @@ def check_policy(spec: JobSpec, settings: Settings) -> None:
         _check_data(spec.heldout.data, "heldout.data", settings)
     if spec.output is not None:
         if urlparse(spec.output).scheme:
-            raise FieldError("output", f"must be a local absolute path under an output root, got {spec.output!r}")
+            raise FieldError("output", f"must be a local absolute path under an output root, "
+                                      f"got {spec.output!r}")
         _check_location(spec.output, "output", settings.output_roots, settings, "output")
     for i, s in enumerate(spec.strategies):
         where = f"strategies[{i}].options"
         if "fault_marker" in s.options:
-            raise FieldError(f"{where}.fault_marker", "is a test-only option and is not accepted by the service")
+            raise FieldError(f"{where}.fault_marker", "is a test-only option; the service does not accept it")
         warm = s.options.get("warm_start")
         if isinstance(warm, str):
             _check_location(warm, f"{where}.warm_start", settings.data_roots + settings.output_roots,

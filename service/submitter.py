@@ -50,7 +50,9 @@ class Submitter(ABC):
     """Submit, poll and stop jobs on a cluster."""
 
     @abstractmethod
-    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]) -> str:
+    def submit(
+        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+    ) -> str:
         """Start a job.
 
         Args:
@@ -121,14 +123,17 @@ class RayJobsSubmitter(Submitter):
                 try:
                     self._client = JobSubmissionClient(self.address)
                 except Exception as e:
-                    raise SubmitterError(f"cannot reach the Ray Jobs API at {self.address} ({_line(e)})") from e
+                    raise SubmitterError(f"cannot reach the Ray Jobs API at {self.address} "
+                                         f"({_line(e)})") from e
             return self._client
 
     def _reset(self) -> None:
         with self._lock:
             self._client = None
 
-    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]) -> str:
+    def submit(
+        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+    ) -> str:
         """See :meth:`Submitter.submit`."""
         client = self._get()
         try:
@@ -137,9 +142,11 @@ class RayJobsSubmitter(Submitter):
         except Exception as e:
             text = str(e)
             if "already" in text.lower() and submission_id in text:
-                raise AlreadySubmittedError(f"Ray job {submission_id} already exists at {self.address}") from e
+                raise AlreadySubmittedError(f"Ray job {submission_id} already exists at {self.address}") \
+                    from e
             self._reset()
-            raise SubmitterError(f"Ray at {self.address} did not accept job {submission_id} ({_line(e)})") from e
+            raise SubmitterError(f"Ray at {self.address} did not accept job {submission_id} "
+                                 f"({_line(e)})") from e
 
     def state(self, ray_job_id: str) -> RayJobState:
         """See :meth:`Submitter.state`."""
@@ -150,7 +157,8 @@ class RayJobsSubmitter(Submitter):
             if "does not exist" in str(e) or "404" in str(e):
                 raise UnknownJobError(f"Ray at {self.address} does not know job {ray_job_id}") from e
             self._reset()
-            raise SubmitterError(f"cannot read job {ray_job_id} from Ray at {self.address} ({_line(e)})") from e
+            raise SubmitterError(f"cannot read job {ray_job_id} from Ray at {self.address} "
+                                 f"({_line(e)})") from e
         return RayJobState(str(info.status.value), info.message or None)
 
     def stop(self, ray_job_id: str) -> bool:

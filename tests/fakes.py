@@ -31,7 +31,9 @@ class FakeSubmitter(Submitter):
         if self.down:
             raise SubmitterError("cannot reach the Ray Jobs API at fake://cluster (down)")
 
-    def submit(self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]) -> str:
+    def submit(
+        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+    ) -> str:
         """Accept a job (PENDING)."""
         self._check()
         with self._lock:

@@ -63,7 +63,8 @@ def create_app(settings: Settings, store: Store, submitter: Submitter, *, backgr
                 loop.stop()
 
     app = FastAPI(title="sedtune", version=API_VERSION, lifespan=lifespan, openapi_url=None, docs_url=None,
-                  redoc_url=None, description="Tune the post-processing of sound event detection models on Ray.")
+                  redoc_url=None,
+                  description="Tune the post-processing of sound event detection models on Ray.")
     app.state.services = svc
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_middleware(BearerAuthMiddleware, tokens=settings.tokens)
@@ -92,7 +93,8 @@ def create_app(settings: Settings, store: Store, submitter: Submitter, *, backgr
         except SubmitterError as e:
             checks["ray"] = str(e)
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(status_code=200 if ok else 503, content={"status": "ready" if ok else "not ready", **checks})
+        body = {"status": "ready" if ok else "not ready", **checks}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(request: Request) -> JSONResponse:

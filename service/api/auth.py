@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 LOG = logging.getLogger(__name__)
 
+UNAUTHORIZED = "missing or invalid bearer token: send 'Authorization: Bearer <token>'"
+
 #: Paths answered without a token.
 PUBLIC_PATHS = frozenset({"/health"})
 
@@ -68,8 +70,9 @@ class BearerAuthMiddleware:
             return
         LOG.info("401 for %s %s (%s)", scope.get("method"), scope.get("path"),
                  "no token" if header is None else "invalid token")
-        body = json.dumps({"detail": "missing or invalid bearer token: send 'Authorization: Bearer <token>'"}).encode()
+        body = json.dumps({"detail": UNAUTHORIZED}).encode()
         await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
                                 (b"www-authenticate", b'Bearer realm="sedtune"')]})
         await send({"type": "http.response.body", "body": body})

@@ -45,7 +45,8 @@ def detail(job: JobRecord) -> JobDetail:
 
 
 @router.post("", status_code=201, response_model=JobDetail,
-             responses={422: {"description": "invalid spec: field paths in detail[].field"}})
+             responses={400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
+                        422: {"description": "invalid spec: field paths in detail[].field"}})
 def submit_job(spec: JobSpec, svc: Annotated[Services, Depends(services)]) -> Any:
     """Validate a job spec (same schema as the YAML/JSON spec files), store it and run it on Ray.
 
@@ -64,7 +65,7 @@ def list_jobs(
     svc: Annotated[Services, Depends(services)],
     status: Annotated[Status | None, Query(description="only jobs in this state")] = None,
     name: Annotated[str | None, Query(pattern=NAME_PATTERN, description="only jobs of this name")] = None,
-    schedule: Annotated[str | None, Query(pattern=ID_PATTERN, description="only jobs of this schedule id")] = None,
+    schedule: Annotated[str | None, Query(pattern=ID_PATTERN, description="of this schedule")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobList:

@@ -29,7 +29,8 @@ def _run_out(svc: Services, run: RunRecord) -> RunOut:
 
 
 @router.post("", status_code=201, response_model=ScheduleOut,
-             responses={409: {"model": ErrorOut}, 422: {"description": "bad cron line, time zone or spec"}})
+             responses={400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
+                        409: {"model": ErrorOut}, 422: {"description": "bad cron line, time zone or spec"}})
 def create_schedule(body: ScheduleCreate, svc: Annotated[Services, Depends(services)]) -> Any:
     """Create a schedule: a five-field cron line read in an IANA time zone, and a job spec."""
     try:

@@ -116,7 +116,9 @@ class Store:
         with self._tx() as s:
             return [_record(JobRecord, r) for r in s.scalars(q)]
 
-    def update_job(self, job_id: str, expect_status: Sequence[str] | None = None, **values: Any) -> JobRecord | None:
+    def update_job(
+        self, job_id: str, expect_status: Sequence[str] | None = None, **values: Any
+    ) -> JobRecord | None:
         """Change fields of a job.
 
         Args:
@@ -165,7 +167,8 @@ class Store:
     def list_schedules(self) -> list[ScheduleRecord]:
         """Every schedule, by name."""
         with self._tx() as s:
-            return [_record(ScheduleRecord, r) for r in s.scalars(select(ScheduleRow).order_by(ScheduleRow.name))]
+            rows = s.scalars(select(ScheduleRow).order_by(ScheduleRow.name))
+            return [_record(ScheduleRecord, r) for r in rows]
 
     def update_schedule(self, schedule_id: str, **values: Any) -> ScheduleRecord | None:
         """Change fields of a schedule; None if it does not exist."""

@@ -3,28 +3,35 @@
 The environment (:class:`envs.gym_env.PostProcessingEnv`) shows one clip per step, takes
 every class's (kernel, threshold) for that clip and pays the clip's marginal macro F1; with
 discount 1 (the default here) an episode's return is its macro F1 exactly, which fixes the
-credit assignment of the paper's setup (a single end-of-pass reward discounted by 0.99).
+credit assignment of the paper's setup (one end-of-pass reward, discounted by 0.99 per clip).
 
 Distribution. Every EnvRunner holds ``num_envs_per_env_runner`` replicas; each replica reads
 its own Parquet shard(s), chosen round-robin from its worker and vector index
 (:func:`envs.gym_env.replica_shards`); ``env_config`` carries only URIs, shard paths, clip
-names and numbers. RLlib's new stack hands every sub-environment of an EnvRunner the same
-``EnvContext`` (``vector_index`` 0, verified in Ray 2.60's ``SingleAgentEnvRunner.make_env``),
-so :func:`make_replica_env` numbers the replicas of its process itself.
+names and numbers, never scores. RLlib's new stack hands every sub-environment of an
+EnvRunner the same ``EnvContext`` (``vector_index`` 0: Ray 2.60's
+``SingleAgentEnvRunner.make_env`` registers ``lambda: creator(env_ctx)`` with
+``gym.make_vec``), so :func:`make_replica_env` numbers the replicas of its process itself.
 
-Budget. An env step is one clip, so ``steps / N`` full-set evaluations for N tuning clips;
-every read-out of the greedy policy's static table on the tuning clips costs one more
-(``count_readouts``). Training stops before an iteration would exceed the budget.
+Budget. An env step is one clip: ``steps / N`` full-set evaluations for N tuning clips.
+Read-outs evaluate per-class settings on the tuning clips, ``1 / C`` evaluation each (each
+setting once; ``count_readouts``). Training stops before the next iteration and its read-out
+could exceed the budget.
 
 Read-outs (both produced):
 
-- *static table*: per class the (kernel, threshold) the greedy policy picks most often over
-  the tuning clips; evaluated after every iteration (the trajectory), the best one is
-  ``naive``. ``candidates``: every per-class setting a read-out table used or the kept policy
-  chose on some tuning clip, with per-fold counts, for robust selection.
-- *clip-adaptive policy* (``result.adaptive``): :class:`AdaptivePolicy`, the kept policy
-  applied clip by clip; plain torch, saved as ``policy.pt`` + ``policy.json`` in the work
-  directory (``result.artifacts["policy"]``), so ``sedtune apply --policy`` runs without Ray.
+- *static table* (what the other strategies produce): after every iteration the greedy
+  policy acts on every tuning clip; per class, of the ``static_top_k`` settings it picks most
+  often, the one with the best tuning F (:func:`static_table`; ``static_top_k = 1`` is the
+  plain mode). The best table over the iterations is ``naive``; every evaluated per-class
+  setting is a ``candidate`` (with per-fold counts) for robust selection; the first
+  iteration's table, that of the untrained policy, is ``info["untrained_params"]``.
+- *clip-adaptive policy* (``result.adaptive``): :class:`AdaptivePolicy`, the policy of the
+  best iteration applied clip by clip; plain torch, saved as ``policy.pt`` + ``policy.json``
+  in the work directory (``result.artifacts["policy"]``), so inference needs no Ray.
+
+The networks see a compact view of the clip (per class, quantiles and mean of its frames,
+:class:`ClipFeatures`); the actor and critic are separate MLPs.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,9 +61,6 @@ from envs.space import SearchSpace
 from envs.stack import apply_stack
 from service.problem import DataRef, TuningProblem, macro_from_counts
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
-
-if TYPE_CHECKING:
-    from ray.rllib.algorithms.algorithm import Algorithm
 
 LOG = logging.getLogger(__name__)
 
@@ -100,26 +104,26 @@ class RLOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(3e-3, gt=0)
-    episode_clips: int = Field(32, ge=1)
-    num_env_runners: int = Field(2, ge=0)
-    num_envs_per_env_runner: int = Field(2, ge=1)
-    num_cpus_per_env_runner: float = Field(0.5, ge=0)
+    lr: float = Field(default=3e-3, gt=0)
+    episode_clips: int = Field(default=32, ge=1)
+    num_env_runners: int = Field(default=2, ge=0)
+    num_envs_per_env_runner: int = Field(default=2, ge=1)
+    num_cpus_per_env_runner: float = Field(default=0.5, ge=0)
     hidden: tuple[int, ...] = (64, 64)
-    quantiles: int = Field(16, ge=2)
-    train_batch_size: int = Field(1024, ge=1)
-    minibatch_size: int = Field(256, ge=1)
-    num_epochs: int = Field(8, ge=1)
-    gamma: float = Field(1.0, gt=0, le=1)
-    lambda_: float = Field(1.0, ge=0, le=1)
-    entropy_coeff: float = Field(0.0, ge=0)
-    clip_param: float = Field(0.2, gt=0)
-    static_top_k: int = Field(3, ge=1)
+    quantiles: int = Field(default=16, ge=2)
+    train_batch_size: int = Field(default=1024, ge=1)
+    minibatch_size: int = Field(default=256, ge=1)
+    num_epochs: int = Field(default=8, ge=1)
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    lambda_: float = Field(default=1.0, ge=0, le=1)
+    entropy_coeff: float = Field(default=0.0, ge=0)
+    clip_param: float = Field(default=0.2, gt=0)
+    static_top_k: int = Field(default=3, ge=1)
     count_readouts: bool = True
-    default_budget: float = Field(100.0, gt=0)
-    max_iterations: int | None = Field(None, ge=1)
-    sample_timeout_s: float = Field(120.0, gt=0)
-    learner_threads: int = Field(1, ge=1)
+    default_budget: float = Field(default=100.0, gt=0)
+    max_iterations: int | None = Field(default=None, ge=1)
+    sample_timeout_s: float = Field(default=120.0, gt=0)
+    learner_threads: int = Field(default=1, ge=1)
 
 
 # --------------------------------------------------------------------------- plain torch
@@ -267,12 +271,17 @@ class AdaptivePolicy:
             ValueError: If the set's classes differ from the policy's.
         """
         if list(evalset.classes) != self.classes:
-            raise ValueError(f"the policy was trained on classes {self.classes}, but the set has {evalset.classes}")
+            raise ValueError(
+                f"the policy was trained on classes {self.classes}, but the set has {evalset.classes}"
+            )
         scores = {c: evalset.scores(c) for c in self.classes}
         return self.events_from_scores(scores, evalset.frame_hop_s, evalset.durations_s)
 
     def events_from_scores(
-        self, scores: Mapping[str, ClassScores], frame_hop_s: float, durations_s: npt.NDArray[np.float64] | None
+        self,
+        scores: Mapping[str, ClassScores],
+        frame_hop_s: float,
+        durations_s: npt.NDArray[np.float64] | None,
     ) -> dict[str, ClassEvents]:
         """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``)."""
         ordered = [scores[c] for c in self.classes]
@@ -311,7 +320,9 @@ class AdaptivePolicy:
         with open(_meta_path(path), encoding="utf-8") as f:
             meta = json.load(f)
         if meta.get("format") != POLICY_FORMAT:
-            raise ValueError(f"{_meta_path(path)}: format must be {POLICY_FORMAT!r}, but got {meta.get('format')!r}")
+            raise ValueError(
+                f"{_meta_path(path)}: format must be {POLICY_FORMAT!r}, but got {meta.get('format')!r}"
+            )
         grid = ActionGrid(
             len(meta["classes"]),
             tuple(int(k) for k in meta["kernels"]),
@@ -354,7 +365,9 @@ def _per_clip_events(
     return ClassEvents(clip[order], on[order], off[order])
 
 
-def ranked_choices(actions: I64, grid: ActionGrid, classes: Sequence[str], top_k: int) -> dict[str, list[ClassParams]]:
+def ranked_choices(
+    actions: I64, grid: ActionGrid, classes: Sequence[str], top_k: int
+) -> dict[str, list[ClassParams]]:
     """Per class, the ``top_k`` settings the actions pick most often (most frequent first).
 
     Args:
@@ -516,12 +529,16 @@ def _policy_rl_module_class() -> type:
         """PolicyNet (actor) and ValueNet (critic) for PPO; the actor is what gets exported."""
 
         def setup(self) -> None:
-            cfg = self.model_config
-            n_classes = int(self.observation_space.shape[1])
-            nvec = [int(n) for n in self.action_space.nvec]
+            cfg: Any = self.model_config
+            obs_space: Any = self.observation_space
+            act_space: Any = self.action_space
+            n_classes = int(obs_space.shape[1])
+            nvec = [int(n) for n in act_space.nvec]
             self.pi = PolicyNet(n_classes, nvec, cfg["hidden"], cfg["quantiles"])
             self.vf = ValueNet(n_classes, cfg["hidden"], cfg["quantiles"])
-            self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(input_lens=nvec)
+            # One categorical per action dimension (RLlib's own choice for MultiDiscrete).
+            dist: Any = TorchMultiCategorical
+            self.action_dist_cls = dist.get_partial_dist_cls(input_lens=nvec)
 
         def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             return {Columns.ACTION_DIST_INPUTS: self.pi(batch[Columns.OBS])}
@@ -576,7 +593,8 @@ class RLStrategy(Strategy):
         threads = torch.get_num_threads()
         torch.set_num_threads(opts.learner_threads)
         try:
-            return _Run(problem, opts, seed, ctx).train(budget if budget is not None else opts.default_budget, t0)
+            run = _Run(problem, opts, seed, ctx)
+            return run.train(budget if budget is not None else opts.default_budget, t0)
         finally:
             torch.set_num_threads(threads)
             if started_ray:
@@ -594,7 +612,9 @@ class _Run:
         scores = [problem.tuning.scores(c) for c in self.classes]
         self.n_frames_max = int(max(np.diff(cs.offsets).max() for cs in scores))
         self.grid = ActionGrid.from_space(problem.space, len(self.classes))
-        self.policy = AdaptivePolicy.create(self.grid, self.classes, self.n_frames_max, opts.hidden, opts.quantiles)
+        self.policy = AdaptivePolicy.create(
+            self.grid, self.classes, self.n_frames_max, opts.hidden, opts.quantiles
+        )
         self.obs = observations(scores, self.n_frames_max)
         self.cache = CountCache(problem)
         self.trajectory = Trajectory()
@@ -609,7 +629,7 @@ class _Run:
     def train(self, budget: float, t0: float) -> StrategyResult:
         """Iterate until the next iteration (and its read-out) would exceed the budget."""
         opts = self.opts
-        algo = _build(self.problem, opts, self.seed, self.n_frames_max, self.grid)
+        algo: Any = _build(self.problem, opts, self.seed, self.n_frames_max, self.grid)
         # A read-out evaluates at most top_k new settings per class: top_k full-set evaluations.
         readout_cost = float(opts.static_top_k) if opts.count_readouts else 0.0
         last = opts.train_batch_size
@@ -627,7 +647,7 @@ class _Run:
             algo.stop()
         return self.result(t0)
 
-    def read_out(self, algo: Algorithm) -> None:
+    def read_out(self, algo: Any) -> None:
         """Evaluate the current greedy policy's static table; record a trajectory point."""
         self.policy.load_rllib_state(_module_state(algo))
         actions = self.policy.actions_from_obs(self.obs)
@@ -671,8 +691,8 @@ class _Run:
         )
 
 
-def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int, grid: ActionGrid) -> Algorithm:
-    """The PPO algorithm on replicas of the environment (Ray must be initialised)."""
+def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int, grid: ActionGrid) -> Any:
+    """The PPO ``Algorithm`` on replicas of the environment (Ray must be initialised)."""
     import gymnasium as gym
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -680,9 +700,9 @@ def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int
 
     register_env(ENV_NAME, make_replica_env)
     n_classes = len(problem.classes)
+    config: Any = PPOConfig()  # type: ignore[no-untyped-call]
     config = (
-        PPOConfig()
-        .environment(
+        config.environment(
             env=ENV_NAME,
             env_config=env_config(problem, opts, n_frames_max),
             # Given here so that the driver never builds an environment (it holds no shard).
@@ -715,10 +735,12 @@ def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int
     return config.build_algo()
 
 
-def _module_state(algo: Algorithm) -> Mapping[str, Any]:
+def _module_state(algo: Any) -> Mapping[str, Any]:
+    """The learner's module weights (numpy arrays by parameter name)."""
     from ray.rllib.core import DEFAULT_MODULE_ID
 
-    return algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]  # type: ignore[no-any-return]
+    state: Mapping[str, Any] = algo.learner_group.get_weights([DEFAULT_MODULE_ID])[DEFAULT_MODULE_ID]
+    return state
 
 
 def _env_steps(result: Mapping[str, Any]) -> int:

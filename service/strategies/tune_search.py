@@ -245,13 +245,15 @@ def _fail_once(marker: str | None) -> None:
 
 def _trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one full-set evaluation, reported once."""
+    import ray
     from ray import tune
 
     _fail_once(setup.fault_marker)
     t0 = time.perf_counter()
     out = evaluate_config(setup, config)
-    # Diagnostics: seconds spent evaluating and the worker process (shows actor reuse).
-    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid())
+    # Diagnostics: seconds spent evaluating, the worker process (shows actor reuse) and node.
+    node = ray.get_runtime_context().get_node_id()
+    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid(), node=node)
     tune.report(out)
 
 
@@ -266,6 +268,7 @@ class _TrialRecord:
     f: float | None = None
     counts: list[list[list[int]]] | None = None
     error: str | None = None
+    node: str = ""
     done_at: float = math.inf  # perf_counter() when the driver got the result or the failure
 
 
@@ -321,6 +324,7 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
             rec = self._record(trials, trial)
             if "f" in result and rec.f is None:
                 rec.f, rec.counts, rec.error = float(result["f"]), result["counts"], None
+                rec.node = str(result.get("node", ""))
                 rec.done_at = time.perf_counter()
                 self._finish()
 
@@ -580,6 +584,7 @@ class _TuneStrategy(Strategy):
                 "failed_trials": n_failed,
                 "retried_trials": trials.retries,
                 "trials_detail": detail,
+                "nodes": sorted({r.node for r in trials.records.values() if r.node}),
             },
         )
 

@@ -1,0 +1,112 @@
+"""Shared helpers of the API unit tests: an app on a fake cluster, a fake clock and fake results."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.settings import Settings
+from service.store.repo import Store
+from tests.fakes import FakeClock, FakeSubmitter
+
+TOKEN = "unit-test-token-1"
+OTHER_TOKEN = "unit-test-token-2"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Api:
+    """An app on a fake cluster and clock, with its client and parts."""
+
+    client: TestClient
+    submitter: FakeSubmitter
+    clock: FakeClock
+    store: Store
+    settings: Settings
+    root: Path
+
+    @property
+    def svc(self) -> Any:
+        """The app's services."""
+        return self.client.app.state.services  # type: ignore[attr-defined]
+
+    def spec(self, **over: Any) -> dict[str, Any]:
+        """A valid job spec over the data root."""
+        d = self.root / "data" / "set"
+        spec: dict[str, Any] = {
+            "name": "unit",
+            "data": {"scores": str(d / "scores"), "ground_truth": str(d / "ground_truth.tsv"),
+                     "durations": str(d / "durations.tsv")},
+            "strategies": [{"name": "manual"}, {"name": "exact", "budget": 30},
+                           {"name": "bayes", "budget": 4}],
+        }
+        spec.update(over)
+        return spec
+
+    def reopen(self) -> Api:
+        """A new app over the same database (a restarted service)."""
+        return make_api(self.root, self.settings, self.submitter, self.clock)
+
+
+def make_settings(root: Path, **over: Any) -> Settings:
+    """Settings with a data root and an output root under ``root``."""
+    s = Settings(data_dir=str(root / "svc"), tokens=frozenset({TOKEN, OTHER_TOKEN}),
+                 data_roots=(str(root / "data"),), output_roots=(str(root / "out"),),
+                 allowed_schemes=("s3", "gs"), check_data=False, tracking_uri="http://mlflow.test:5000")
+    return replace(s, **over).resolved()
+
+
+def make_api(root: Path, settings: Settings | None = None, submitter: FakeSubmitter | None = None,
+             clock: FakeClock | None = None) -> Api:
+    """An app (no background loops) over a fresh or existing store in ``root``."""
+    settings = settings or make_settings(root)
+    submitter = submitter or FakeSubmitter()
+    clock = clock or FakeClock()
+    store = Store(settings.db_url)
+    app = create_app(settings, store, submitter, background=False, clock=clock)
+    return Api(TestClient(app), submitter, clock, store, settings, root)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    """An app on a fake cluster, with a tiny generated set under its data root."""
+    from envs.synth import SynthConfig, generate
+
+    generate(str(tmp_path / "data" / "set"), SynthConfig(n_clips=12, n_classes=2, seed=0))
+    return make_api(tmp_path)
+
+
+def write_fake_result(output_dir: str, job_id: str, threshold: float, heldout_f: float) -> None:
+    """What a successful job leaves in its output directory (the layout of write_outputs)."""
+    os.makedirs(os.path.join(output_dir, "params"), exist_ok=True)
+    params = {"format": "sedtune.params/1", "frame_hop_s": 0.064, "classes": {
+        "Dog": {"median_filter_frames": 7, "threshold": threshold, "threshold_off": None, "fill_gap_s": 0.0,
+                "min_duration_s": 0.0},
+        "Cat": {"median_filter_frames": 3, "threshold": 0.5, "threshold_off": None, "fill_gap_s": 0.0,
+                "min_duration_s": 0.0}}}
+    row = {"strategy": "bayes", "selection": "robust", "tuning_f": {"mean": heldout_f + 0.05, "std": 0.0},
+           "heldout_f": {"mean": heldout_f, "std": 0.0},
+           "gain_over_manual": {"mean": 0.01, "ci95": [-0.01, 0.03], "significant": False},
+           "evaluations": 4.0, "params": params["classes"]}
+    comparison = {"job": "unit", "job_id": job_id, "recommended": "bayes/robust", "message": "fake",
+                  "classes": ["Dog", "Cat"], "frame_hop_s": 0.064, "rows": [row]}
+    for name, doc in (("comparison.json", comparison), ("best_params.json", params),
+                      ("params/bayes.robust.json", params)):
+        with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+    status = {"format": "sedtune.status/1", "job_id": job_id, "state": "succeeded",
+              "strategies": {"bayes": {"state": "done", "evaluations": 4.0, "budget": 4.0, "fraction": 1.0,
+                                       "best_tuning_f": heldout_f + 0.05}},
+              "best_tuning_f": heldout_f + 0.05, "recommended": "bayes/robust", "heldout_f": heldout_f,
+              "mlflow": {"uri": "http://mlflow.test:5000", "experiment": "unit", "experiment_id": "3",
+                         "run_id": f"run-{job_id}", "url": f"http://mlflow.test:5000/#/experiments/3/runs/run-{job_id}"},
+              "tracking": "tracked", "error": None}
+    with open(os.path.join(output_dir, "status.json"), "w", encoding="utf-8") as f:
+        json.dump(status, f)
