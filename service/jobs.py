@@ -133,7 +133,16 @@ class JobService:
                                         submitted_at=self.clock(), error=None)
         if updated is not None:
             LOG.info("job %s submitted to Ray as %s", job.id, ray_id)
-        return updated or self.store.get_job(job.id) or job
+            return updated
+        current = self.store.get_job(job.id) or job
+        if current.status == STOPPED and current.ray_job_id is None:
+            # cancelled while being submitted: Ray must not run it either
+            LOG.info("job %s was cancelled during its submission; stopping Ray job %s", job.id, ray_id)
+            try:
+                self.submitter.stop(ray_id)
+            except SubmitterError as e:
+                LOG.warning("job %s: cannot stop Ray job %s: %s", job.id, ray_id, e)
+        return current
 
     # ------------------------------------------------------------------ cancel
 

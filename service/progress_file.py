@@ -121,18 +121,19 @@ class ProgressFile:
         name, _, rest = label.partition(" ")
         split = rest.strip("()").removeprefix("split ") or None
         with self._lock:
-            entry = self.doc["strategies"].setdefault(
-                name, {"budget": total, "best_tuning_f": None})
+            entry = self.doc["strategies"].setdefault(name, {"budget": total, "best_tuning_f": None})
             entry.update(state="running", split=split, evaluations=0.0, fraction=0.0)
             self._write(force=True)
 
-        def update(done: float) -> None:
-            with self._lock:
-                entry["evaluations"] = _num(done)
-                entry["fraction"] = _num(min(1.0, done / total)) if total else None
-                self._write()
+        return _Tick(self, name, total)
 
-        return update
+    def tick(self, name: str, total: float | None, done: float) -> None:
+        """Record ``done`` evaluations of strategy ``name`` (throttled write)."""
+        with self._lock:
+            entry = self.doc["strategies"][name]
+            entry["evaluations"] = _num(done)
+            entry["fraction"] = _num(min(1.0, done / total)) if total else None
+            self._write()
 
     def strategy_done(self, name: str, best_tuning_f: float | None) -> None:
         """Record a strategy's end and its best tuning macro F (split-wise maximum kept)."""
@@ -149,3 +150,16 @@ class ProgressFile:
                       if e.get("best_tuning_f") is not None]
             self.doc["best_tuning_f"] = max(values) if values else None
             self._write(force=True)
+
+
+class _Tick:
+    """The progress callback of one strategy (a class, not a closure: Ray Tune pickles it)."""
+
+    def __init__(self, progress: ProgressFile, name: str, total: float | None) -> None:
+        self.progress = progress
+        self.name = name
+        self.total = total
+
+    def __call__(self, done: float) -> None:
+        """Called by the strategy with the evaluations spent so far."""
+        self.progress.tick(self.name, self.total, done)

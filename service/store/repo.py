@@ -14,7 +14,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -130,14 +130,15 @@ class Store:
         Returns:
             The job after the change, or None if it does not exist or was not in ``expect_status``.
         """
+        q = update(JobRow).where(JobRow.id == job_id)
+        if expect_status is not None:
+            q = q.where(JobRow.status.in_(list(expect_status)))
         with self._tx() as s:
-            row = s.get(JobRow, job_id, with_for_update=True)
-            if row is None or (expect_status is not None and row.status not in expect_status):
+            # One UPDATE ... WHERE status IN (...): atomic on SQLite and PostgreSQL alike.
+            if s.execute(q.values(**values)).rowcount != 1:  # type: ignore[attr-defined]
                 return None
-            for k, v in values.items():
-                setattr(row, k, v)
-            s.flush()
-            return _record(JobRecord, row)
+            row = s.get(JobRow, job_id, populate_existing=True)
+            return None if row is None else _record(JobRecord, row)
 
     def count_jobs(self) -> int:
         """Number of stored jobs."""

@@ -88,7 +88,7 @@ class RLOptions(BaseModel):
         minibatch_size: SGD minibatch size (env steps).
         num_epochs: Passes over each training batch.
         gamma: Discount; 1 makes the return the episode's macro F1.
-        lambda_: GAE lambda (1: Monte-Carlo returns).
+        lambda_: GAE lambda (1: Monte-Carlo returns, 0: one-step).
         entropy_coeff: Entropy bonus.
         clip_param: PPO ratio clip.
         static_top_k: Static read-out: per class, the best of the settings the greedy policy
@@ -104,21 +104,21 @@ class RLOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(default=3e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
     episode_clips: int = Field(default=32, ge=1)
     num_env_runners: int = Field(default=2, ge=0)
     num_envs_per_env_runner: int = Field(default=2, ge=1)
     num_cpus_per_env_runner: float = Field(default=0.5, ge=0)
     hidden: tuple[int, ...] = (64, 64)
     quantiles: int = Field(default=16, ge=2)
-    train_batch_size: int = Field(default=1024, ge=1)
-    minibatch_size: int = Field(default=256, ge=1)
+    train_batch_size: int = Field(default=2048, ge=1)
+    minibatch_size: int = Field(default=512, ge=1)
     num_epochs: int = Field(default=8, ge=1)
     gamma: float = Field(default=1.0, gt=0, le=1)
-    lambda_: float = Field(default=1.0, ge=0, le=1)
+    lambda_: float = Field(default=0.5, ge=0, le=1)
     entropy_coeff: float = Field(default=0.0, ge=0)
     clip_param: float = Field(default=0.2, gt=0)
-    static_top_k: int = Field(default=3, ge=1)
+    static_top_k: int = Field(default=5, ge=1)
     count_readouts: bool = True
     default_budget: float = Field(default=100.0, gt=0)
     max_iterations: int | None = Field(default=None, ge=1)

@@ -107,7 +107,8 @@ def submit_concurrently(url: str, root: str) -> list[str]:
         answers = list(pool.map(one, range(SUBMISSIONS)))
     wall = time.perf_counter() - t0
     bad = [a for a in answers if a[0] != 201]
-    print(f"submissions: {SUBMISSIONS} concurrent POST /v1/jobs in {wall:.2f} s, {len(bad)} not 201 {bad[:3]}")
+    print(f"submissions: {SUBMISSIONS} concurrent POST /v1/jobs in {wall:.2f} s, "
+          f"{len(bad)} not 201 {bad[:3]}")
     return [a[1] for a in answers if a[0] == 201]
 
 
@@ -189,12 +190,15 @@ def main() -> int:
         print("server: uvicorn on loopback, SQLite store, fake (no-op) submitter, data checks off")
 
         ids = submit_concurrently(url, root)
-        stored = requests.get(f"{url}/v1/jobs", params={"limit": 1000}, headers=AUTH, timeout=30).json()["jobs"]
+        stored = requests.get(f"{url}/v1/jobs", params={"limit": 1000}, headers=AUTH,
+                              timeout=30).json()["jobs"]
         sent = requests.get(f"{url}/bench/submitted", headers=AUTH, timeout=30).json()["ids"]
         stored_ids = [j["id"] for j in stored]
-        good_a = (len(ids) == SUBMISSIONS and len(set(ids)) == SUBMISSIONS and sorted(stored_ids) == sorted(ids)
+        good_a = (len(ids) == SUBMISSIONS and len(set(ids)) == SUBMISSIONS
+                  and sorted(stored_ids) == sorted(ids)
                   and sorted(sent) == sorted(ids) and len({j["name"] for j in stored}) == SUBMISSIONS)
-        print(f"(a) stored {len(stored_ids)} jobs ({len(set(stored_ids))} distinct), answered {len(set(ids))} "
+        print(f"(a) stored {len(stored_ids)} jobs ({len(set(stored_ids))} distinct), "
+              f"answered {len(set(ids))} "
               f"distinct ids, submitted to the cluster port {len(sent)} times ({len(set(sent))} distinct): "
               f"{'OK' if good_a else 'FAIL'} (goal: {SUBMISSIONS}, none lost, none duplicated)")
         ok &= good_a
@@ -203,7 +207,8 @@ def main() -> int:
         p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
         good_b = p99 < P99_GOAL_MS and errors == 0
         print(f"(b) {len(lat)} GET /v1/jobs/{{id}} at {achieved:.1f} req/s (target {args.rate:g}): "
-              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms, mean {statistics.mean(lat):.1f} ms, "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms, "
+              f"mean {statistics.mean(lat):.1f} ms, "
               f"{errors} errors: {'OK' if good_b else 'FAIL'} (goal: p99 < {P99_GOAL_MS:g} ms)")
         ok &= good_b
         print(json.dumps({"submissions": SUBMISSIONS, "stored": len(stored_ids), "p50_ms": round(p50, 2),

@@ -38,7 +38,7 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _kill_group(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], timeout_s: float = 8.0) -> None:
     if proc.poll() is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -221,7 +221,7 @@ class Service:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL."""
         if self.proc is not None:
-            _kill_group(self.proc, 15)
+            _kill_group(self.proc)
             self.proc = None
 
     def log_tail(self) -> str:

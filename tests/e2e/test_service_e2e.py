@@ -1,6 +1,6 @@
 """End to end on loopback: a real 2-node Ray cluster, a real ``mlflow server`` and ``sedtune serve``.
 
-One module-scoped stack serves three tests, in order:
+One module-scoped stack serves four tests, in order:
 
 1. a job submitted by the CLI and one by HTTP both reach SUCCEEDED through the Ray Jobs API;
    their results are fetched through the API and their runs are found in MLflow (REST);
@@ -8,7 +8,8 @@ One module-scoped stack serves three tests, in order:
    from the first with drift reported, and a fire while a run is going is skipped and recorded;
 3. ``sedtune serve`` is killed (SIGKILL) in the middle of a job and restarted after Ray has
    finished it: the job and the schedule are still there and the job's final state is
-   reconciled from Ray.
+   reconciled from Ray; meanwhile ``sedtune submit --ray-address`` runs a job without the service;
+4. a cancelled job is STOPPED on Ray.
 
 Every process is started here (``RAY_AUTH_MODE=disabled``, own ports, own temp directories) and
 stopped by PID / process group, never with ``ray stop``.
@@ -17,6 +18,7 @@ stopped by PID / process group, never with ``ray stop``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -82,7 +84,9 @@ class Stack:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    def wait(self, job_id: str, states: tuple[str, ...] = FINAL, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, states: tuple[str, ...] = FINAL, timeout_s: float = JOB_TIMEOUT_S
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             job = self.job(job_id)
@@ -131,6 +135,7 @@ def stack() -> Iterator[Stack]:
             service.stop()
         cluster.stop(started)
         mlflow.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _submitted(stack: Stack, job: dict[str, Any]) -> str:
@@ -173,7 +178,8 @@ def test_jobs_by_cli_and_http_succeed_on_ray(stack: Stack) -> None:
     p = stack.cli("jobs", "list", "--status", "SUCCEEDED")
     assert cli_id in p.stdout and http_id in p.stdout
     p = stack.cli("jobs", "show", "j-does-not-exist")
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "404" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "404" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def _history(stack: Stack, sid: str) -> list[dict[str, Any]]:
@@ -185,8 +191,8 @@ def _history(stack: Stack, sid: str) -> list[dict[str, Any]]:
 def test_schedule_runs_twice_warm_started_with_drift_and_skips_overlap(stack: Stack) -> None:
     spec_path = stack.root / "nightly.yaml"
     spec_path.write_text(yaml.safe_dump(stack.spec("e2e-nightly", bayes=True)))
-    p = stack.cli("schedules", "create", "nightly", str(spec_path), "--cron", "* * * * *", "--tz", "Europe/Paris",
-                  "--json")
+    p = stack.cli("schedules", "create", "nightly", str(spec_path), "--cron", "* * * * *",
+                  "--tz", "Europe/Paris", "--json")
     assert p.returncode == 0, p.stderr
     sid = json.loads(p.stdout)["id"]
 
@@ -203,7 +209,8 @@ def test_schedule_runs_twice_warm_started_with_drift_and_skips_overlap(stack: St
     p = stack.cli("schedules", "run", sid)
     assert p.returncode == 1 and "skipped: overlap" in p.stdout, (p.stdout, p.stderr)
     skipped = [r for r in _history(stack, sid) if r["skip_reason"]]
-    assert skipped and skipped[0]["skip_reason"].startswith(f"overlap: the previous run's job {first['job_id']}")
+    assert skipped
+    assert skipped[0]["skip_reason"].startswith(f"overlap: the previous run's job {first['job_id']}")
 
     job1 = stack.wait(first["job_id"])
     assert job1["status"] == "SUCCEEDED", stack.ray_logs(first["job_id"])
@@ -243,6 +250,16 @@ def test_restart_in_the_middle_of_a_job_loses_nothing(stack: Stack) -> None:
     history_before = _history(stack, schedules_before[0]["id"])
 
     stack.service.kill()  # SIGKILL: no shutdown handler runs
+    # meanwhile, a job submitted straight to the cluster's Jobs API, without the service
+    spec_path = stack.root / "direct.yaml"
+    direct = {**stack.spec("e2e-direct"), "output": str(stack.root / "out" / "direct"),
+              "tracking": {"enabled": False}}
+    spec_path.write_text(yaml.safe_dump(direct))
+    p = stack.cli("submit", str(spec_path), "--ray-address", stack.cluster.dashboard_url, "--python",
+                  str(Path(SEDTUNE).with_name("python")), "--json")
+    assert p.returncode == 0, p.stderr
+    direct_id = json.loads(p.stdout)["ray_job_id"]
+    stack.started_jobs.append(direct_id)
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while (status := stack.ray_status(job_id)) not in FINAL:  # Ray goes on without the service
         assert time.monotonic() < deadline
@@ -256,4 +273,23 @@ def test_restart_in_the_middle_of_a_job_loses_nothing(stack: Stack) -> None:
     assert stack.api("GET", "/v1/schedules").json()["schedules"] == schedules_before
     assert [x["id"] for x in _history(stack, schedules_before[0]["id"])] == [x["id"] for x in history_before]
     ids = {j["id"] for j in stack.api("GET", "/v1/jobs", params={"limit": 1000}).json()["jobs"]}
-    assert set(stack.started_jobs) <= ids
+    assert set(stack.started_jobs) - {direct_id} <= ids
+
+    while (status := stack.ray_status(direct_id)) not in FINAL:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert status == "SUCCEEDED", stack.ray_logs(direct_id)
+    assert (stack.root / "out" / "direct" / "comparison.json").exists()
+
+
+def test_cancel_stops_the_ray_job(stack: Stack) -> None:
+    r = stack.api("POST", "/v1/jobs", json=stack.spec("e2e-cancel"))
+    assert r.status_code == 201, r.text
+    job_id = _submitted(stack, r.json())
+    p = stack.cli("jobs", "cancel", job_id)
+    assert p.returncode == 0, p.stderr
+    job = stack.wait(job_id, timeout_s=60)
+    assert job["status"] == "STOPPED" and job["error"] == "cancelled by request"
+    assert stack.ray_status(job_id) == "STOPPED"
+    p = stack.cli("jobs", "cancel", job_id)
+    assert p.returncode == 2 and "409" in p.stderr and p.stderr.count("\n") == 1

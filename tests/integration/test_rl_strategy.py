@@ -7,15 +7,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from envs.evaluator import MetricConfig
-from envs.gym_env import replica_shards
+from envs.gym_env import ActionGrid
 from envs.metrics.fscore import class_f_measure
 from envs.params import ClassParams, ParamFile, load_params
 from envs.space import SearchSpace
@@ -23,7 +26,7 @@ from envs.stack import apply_stack
 from envs.synth import SynthConfig, SynthResult, generate
 from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
-from service.strategies.rl import AdaptivePolicy, RLOptions, RLStrategy, _build, env_config
+from service.strategies.rl import AdaptivePolicy, RLOptions, RLStrategy, _build, _env_steps, env_config
 from tests.contract.strategy_contract import StrategyContract
 
 pytestmark = pytest.mark.ray
@@ -184,25 +187,42 @@ print(json.dumps(actions.tolist()))
     assert np.array_equal(reloaded, expected)
 
 
-def test_replicas_read_their_own_shards(problem: TuningProblem) -> None:
-    opts = RLOptions(num_env_runners=2, num_envs_per_env_runner=2, train_batch_size=64, minibatch_size=64)
-    grid_cfg = env_config(problem, opts, 157)
-    assert len(grid_cfg["shards"]) == 4 and "scores" in grid_cfg
-    from envs.gym_env import ActionGrid
+def _replica_clips(algo: Any) -> list[tuple[int, int, list[list[str]]]]:
+    """(worker index, pid, sorted clip names of each replica) of every remote EnvRunner."""
 
+    def clips(er: Any) -> tuple[int, int, list[list[str]]]:
+        names = [sorted(e.unwrapped.data.filenames) for e in er.env.unwrapped.envs]
+        return er.worker_index, os.getpid(), names
+
+    return algo.env_runner_group.foreach_env_runner(clips, local_env_runner=False)  # type: ignore[no-any-return]
+
+
+def test_replicas_read_their_own_shards_also_after_a_runner_dies(problem: TuningProblem) -> None:
+    opts = RLOptions(num_env_runners=2, num_envs_per_env_runner=2, train_batch_size=256, minibatch_size=128,
+                     num_epochs=1)
+    cfg = env_config(problem, opts, 157)
+    assert cfg["shards"] == [0, 1, 2, 3] and "scores" in cfg
+    assert all(isinstance(v, str | int | float | list | dict | None) for v in cfg.values())
     algo = _build(problem, opts, 0, 157, ActionGrid.from_space(SPACE, len(problem.classes)))
     try:
-        names = algo.env_runner_group.foreach_env_runner(
-            lambda er: [sorted(e.unwrapped.data.filenames) for e in er.env.unwrapped.envs],
-            local_env_runner=False,
-        )
+        before = sorted(_replica_clips(algo))
+        replicas = [set(clips) for _, _, runner in before for clips in runner]
+        assert len(replicas) == 4
+        assert all(a.isdisjoint(b) for i, a in enumerate(replicas) for b in replicas[i + 1 :])
+        assert set().union(*replicas) == set(problem.tuning.filenames)
+        steps = _env_steps(algo.train())
+        os.kill(before[0][1], signal.SIGKILL)  # an EnvRunner this test started
+        for _ in range(8):
+            now = _env_steps(algo.train())
+            assert now > steps
+            steps = now
+            if algo.env_runner_group.num_healthy_remote_workers() == 2:
+                break
+        after = sorted(_replica_clips(algo))
     finally:
         algo.stop()
-    replicas = [set(n) for runner in names for n in runner]
-    assert len(replicas) == 4
-    assert all(a.isdisjoint(b) for i, a in enumerate(replicas) for b in replicas[i + 1 :])
-    assert set().union(*replicas) == set(problem.tuning.filenames)
-    assert [replica_shards(4, w, v, 2, 2) for w in (1, 2) for v in (0, 1)] == [[0], [1], [2], [3]]
+    assert after[0][1] != before[0][1], "the killed EnvRunner was not replaced"
+    assert [(w, c) for w, _, c in after] == [(w, c) for w, _, c in before]
 
 
 _CONTRACT_RESULTS: dict[str, StrategyResult] = {}

@@ -74,8 +74,8 @@ def make_api(root: Path, settings: Settings | None = None, submitter: FakeSubmit
     return Api(TestClient(app), submitter, clock, store, settings, root)
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Api:
+@pytest.fixture(name="api")
+def api_fixture(tmp_path: Path) -> Api:
     """An app on a fake cluster, with a tiny generated set under its data root."""
     from envs.synth import SynthConfig, generate
 

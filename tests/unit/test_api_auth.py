@@ -10,7 +10,13 @@ from starlette.routing import Route
 
 from service.api.auth import token_ok
 from service.settings import load_settings
-from tests.unit.api_support import AUTH, OTHER_TOKEN, TOKEN, Api, api  # noqa: F401  (fixture)
+from tests.unit.api_support import (
+    AUTH,
+    OTHER_TOKEN,
+    TOKEN,
+    Api,
+    api_fixture,  # noqa: F401  (the `api` fixture)
+)
 
 
 def _flat(routes) -> list[Route]:

@@ -11,7 +11,13 @@ import pytest
 
 from service.api.routes_jobs import Status
 from service.store.records import STATES
-from tests.unit.api_support import AUTH, Api, api, make_api, write_fake_result  # noqa: F401  (fixture)
+from tests.unit.api_support import (
+    AUTH,
+    Api,
+    api_fixture,  # noqa: F401  (the `api` fixture)
+    make_api,
+    write_fake_result,
+)
 
 
 def _submit(api: Api, **over) -> dict:
@@ -124,6 +130,19 @@ def test_ray_down_keeps_the_job_queued_and_the_reconciler_submits_it_later(api: 
     assert len(api.submitter.submitted) == 1
 
 
+def test_cancel_while_submitting_stops_the_ray_job_too(api: Api) -> None:
+    job = api.svc.jobs.new_job(_spec_model(api))
+    api.store.add_job(job)
+
+    def cancel_meanwhile(submission_id: str, entrypoint: str) -> None:
+        api.svc.jobs.cancel(submission_id)
+
+    api.submitter.on_submit = cancel_meanwhile
+    after = api.svc.jobs.dispatch(job)
+    assert after.status == "STOPPED" and api.submitter.stopped == [job.id]
+    assert api.submitter.jobs[job.id].status == "STOPPED"
+
+
 def test_a_queued_job_that_ray_already_has_is_not_run_twice(api: Api) -> None:
     # the service died after Ray accepted the job but before it recorded that
     job = api.svc.jobs.new_job(_spec_model(api))
@@ -199,7 +218,8 @@ def test_non_finite_numbers_are_refused(api: Api) -> None:
     ({"surprise": 1}, "surprise", "Extra inputs"),
     ({"strategies": [{"name": "bayes", "options": {"n_startup_trials": -3}}]},
      "strategies[0].options.n_startup_trials", "greater than or equal to 0"),
-    ({"strategies": [{"name": "random", "options": {"nope": 1}}]}, "strategies[0].options.nope", "Extra inputs"),
+    ({"strategies": [{"name": "random", "options": {"nope": 1}}]}, "strategies[0].options.nope",
+     "Extra inputs"),
 ])
 def test_bad_specs_get_422_with_field_paths(api: Api, over, field, text) -> None:
     _refused(api, api.spec(**over), field, text)
@@ -211,16 +231,19 @@ def test_missing_required_fields(api: Api) -> None:
 
 
 def test_malformed_json(api: Api) -> None:
-    r = api.client.post("/v1/jobs", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = api.client.post("/v1/jobs", content=b"{not json", headers=headers)
     assert r.status_code == 422 and not api.store.list_jobs()
 
 
 @pytest.mark.parametrize(("mutate", "field", "text"), [
     (lambda s, r: s["data"].update(scores="/etc"), "data.scores", "outside the allowed data roots"),
     (lambda s, r: s["data"].update(ground_truth="/etc/passwd"), "data.ground_truth", "outside"),
-    (lambda s, r: s["data"].update(durations=str(r / "data" / ".." / "secret.tsv")), "data.durations", "outside"),
+    (lambda s, r: s["data"].update(durations=str(r / "data" / ".." / "secret.tsv")), "data.durations",
+     "outside"),
     (lambda s, r: s["data"].update(scores="relative/scores"), "data.scores", "must be absolute"),
-    (lambda s, r: s["data"].update(scores="http://evil.example/x"), "data.scores", "scheme 'http' is not allowed"),
+    (lambda s, r: s["data"].update(scores="http://evil.example/x"), "data.scores",
+     "scheme 'http' is not allowed"),
     (lambda s, r: s["data"].update(scores="file:///etc"), "data.scores", "outside"),
     (lambda s, r: s.update(heldout={"data": {"scores": "/root", "ground_truth": str(r / "data" / "g.tsv")}}),
      "heldout.data.scores", "outside"),
@@ -228,9 +251,11 @@ def test_malformed_json(api: Api) -> None:
     (lambda s, r: s.update(output="s3://bucket/out"), "output", "local absolute path"),
     (lambda s, r: s.update(strategies=[{"name": "bayes", "options": {"warm_start": "/etc/params.json"}}]),
      "strategies[0].options.warm_start", "outside"),
-    (lambda s, r: s.update(strategies=[{"name": "random", "options": {"fault_marker": str(r / "out" / "m")}}]),
+    (lambda s, r: s.update(strategies=[{"name": "random",
+                                        "options": {"fault_marker": str(r / "out" / "m")}}]),
      "strategies[0].options.fault_marker", "test-only"),
-    (lambda s, r: s.update(tracking={"uri": "sqlite:////tmp/anywhere.db"}), "tracking.uri", "must be omitted"),
+    (lambda s, r: s.update(tracking={"uri": "sqlite:////tmp/anywhere.db"}), "tracking.uri",
+     "must be omitted"),
 ])
 def test_paths_outside_the_roots_are_refused(api: Api, mutate, field, text) -> None:
     spec = api.spec()

@@ -1,4 +1,5 @@
-"""The schedules API on a fake cluster and a fake clock: cron fires, overlap, warm start, drift, missed runs."""
+"""The schedules API on a fake cluster and a fake clock: cron fires, overlap, warm start, drift,
+missed runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.unit.api_support import AUTH, Api, api, write_fake_result  # noqa: F401  (fixture)
+from tests.unit.api_support import (
+    AUTH,
+    Api,
+    api_fixture,  # noqa: F401  (the `api` fixture)
+    write_fake_result,
+)
 
 
 def _create(api: Api, cron: str = "* * * * *", tz: str = "UTC", name: str = "nightly", **spec_over) -> dict:
@@ -50,7 +56,8 @@ def test_cron_fires_twice_second_run_warm_started_with_drift_and_overlap_skipped
 
     api.clock.advance(60)  # 12:02:05: run 1 still going -> skipped and recorded
     (skip,) = api.svc.scheduler.tick()
-    assert skip.job_id is None and skip.skip_reason.startswith(f"overlap: the previous run's job {run1.job_id}")
+    assert skip.job_id is None
+    assert skip.skip_reason.startswith(f"overlap: the previous run's job {run1.job_id}")
     _succeed(api, run1.job_id, 0.40, 0.50)
 
     api.clock.advance(60)  # 12:03:05
@@ -97,7 +104,8 @@ def test_missed_fires_after_downtime_run_once(api: Api) -> None:
     assert runs[-1].trigger == "missed" and runs[-1].job_id is not None
     assert runs[-1].fire_time == datetime(2026, 1, 5, 12, 10, tzinfo=UTC)
     assert len(again.submitter.submitted) == 1
-    assert again.client.get(f"/v1/schedules/{s['id']}", headers=AUTH).json()["next_run_at"] == "2026-01-05T12:11:00Z"
+    got = again.client.get(f"/v1/schedules/{s['id']}", headers=AUTH).json()
+    assert got["next_run_at"] == "2026-01-05T12:11:00Z"
 
 
 def test_long_downtime_records_a_bounded_number_of_misses(api: Api) -> None:

@@ -20,13 +20,17 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.unit.api_support import AUTH, Api, api  # noqa: F401  (fixture)
+from tests.unit.api_support import (
+    AUTH,
+    Api,
+    api_fixture,  # noqa: F401  (the `api` fixture)
+)
 
 MAX_EXAMPLES = 25
 
 
 @pytest.fixture
-def api_schema(api: Api):  # noqa: F811
+def api_schema(api: Api):
     # a job and a schedule exist, so that some generated requests hit real records
     assert api.client.post("/v1/jobs", json=api.spec(), headers=AUTH).status_code == 201
     r = api.client.post("/v1/schedules", json={"name": "prop", "cron": "0 3 * * *", "spec": api.spec()},
