@@ -43,7 +43,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from envs.errors import SedtuneInputError
 from envs.evaluator import EvalSet, MetricConfig
 from envs.events import ClassEvents
 from envs.gym_env import ActionGrid, PostProcessingEnv, observations, replica_shards
@@ -69,7 +70,7 @@ F32 = npt.NDArray[np.float32]
 
 ENV_NAME = "sedtune-postprocessing"
 POLICY_FORMAT = "sedtune.rl_policy/1"
-#: Clips per forward pass when the driver runs the policy over a whole set.
+#: Clips per forward pass when a policy acts on a whole set.
 INFERENCE_CHUNK = 1024
 
 
@@ -109,7 +110,7 @@ class RLOptions(BaseModel):
     num_env_runners: int = Field(default=2, ge=0)
     num_envs_per_env_runner: int = Field(default=2, ge=1)
     num_cpus_per_env_runner: float = Field(default=0.5, ge=0)
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] = Field(default=(64, 64), min_length=1)
     quantiles: int = Field(default=16, ge=2)
     train_batch_size: int = Field(default=2048, ge=1)
     minibatch_size: int = Field(default=512, ge=1)
@@ -247,22 +248,20 @@ class AdaptivePolicy:
         self.net.load_state_dict(sd)
 
     def actions(self, scores: Sequence[ClassScores]) -> I64:
-        """Greedy action of every clip, (n_clips, len(nvec)).
+        """Greedy action of every clip, (n_clips, len(nvec)), computed chunk by chunk.
 
         Args:
             scores: Every class's scores in :attr:`classes` order.
         """
-        obs = observations(scores, self.n_frames_max)
-        return self.actions_from_obs(obs)
-
-    def actions_from_obs(self, obs: F32) -> I64:
-        """Greedy actions of a batch of observations (n, frames, C)."""
+        n = len(scores[0].offsets) - 1
+        out = [np.zeros((0, len(self.grid.nvec)), np.int64)]
         self.net.eval()
-        out = [
-            self.net.greedy(torch.from_numpy(obs[i : i + INFERENCE_CHUNK])).numpy()
-            for i in range(0, len(obs), INFERENCE_CHUNK)
-        ]
-        return np.concatenate(out).astype(np.int64) if out else np.zeros((0, len(self.grid.nvec)), np.int64)
+        for lo in range(0, n, INFERENCE_CHUNK):
+            # Observations of one chunk at a time: a whole set's would be clips x frames x C.
+            idx = np.arange(lo, min(n, lo + INFERENCE_CHUNK), dtype=np.int64)
+            obs = observations([cs.take(idx) for cs in scores], self.n_frames_max)
+            out.append(self.net.greedy(torch.from_numpy(obs)).numpy().astype(np.int64))
+        return np.concatenate(out)
 
     def events(self, evalset: EvalSet) -> dict[str, ClassEvents]:
         """Per class, the events over ``evalset``'s clips, each clip with its own action.
@@ -460,13 +459,13 @@ def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
     worker = int(getattr(ctx, "worker_index", 0))
     num_workers = int(getattr(ctx, "num_workers", 0) or 0)
     num_envs = int(ctx["num_envs_per_env_runner"])
-    vector = int(getattr(ctx, "vector_index", 0))
-    if vector == 0 and num_envs > 1:
-        # RLlib's new stack gives every sub-env the same context (vector_index 0) and gym's
-        # sync vectorization builds them in order, num_envs at a time: count them instead.
-        made = _REPLICAS_MADE.get(worker, 0)
-        _REPLICAS_MADE[worker] = made + 1
-        vector = made % num_envs
+    # RLlib 2.60's new stack gives every sub-env of an EnvRunner the same context
+    # (vector_index 0), and gym's sync vectorization builds them in index order, num_envs at
+    # a time; counting the replicas made in this process recovers the vector index (and
+    # would agree with a context that carried it).
+    made = _REPLICAS_MADE.get(worker, 0)
+    _REPLICAS_MADE[worker] = made + 1
+    vector = made % num_envs
     eligible: list[int] = list(ctx["shards"])
     mine = [eligible[i] for i in replica_shards(len(eligible), worker, vector, num_workers, num_envs)]
     LOG.info("env replica worker %d vector %d reads shards %s", worker, vector, mine)
@@ -615,23 +614,33 @@ class _Run:
         self.policy = AdaptivePolicy.create(
             self.grid, self.classes, self.n_frames_max, opts.hidden, opts.quantiles
         )
-        self.obs = observations(scores, self.n_frames_max)
+        self.scores = scores
         self.cache = CountCache(problem)
         self.trajectory = Trajectory()
         self.readouts: list[_Readout] = []
         self.steps = 0
         self.iteration = 0
+        self.top_k = opts.static_top_k
 
     def spent(self) -> float:
         """Full-set evaluations so far: env steps / N, plus read-outs if counted."""
         return self.steps / self.n_clips + (self.cache.evaluations if self.opts.count_readouts else 0.0)
 
     def train(self, budget: float, t0: float) -> StrategyResult:
-        """Iterate until the next iteration (and its read-out) would exceed the budget."""
+        """Iterate until the next iteration (and its read-out) would exceed the budget.
+
+        Raises:
+            SedtuneInputError: If the budget does not cover one read-out.
+        """
         opts = self.opts
-        algo: Any = _build(self.problem, opts, self.seed, self.n_frames_max, self.grid)
+        if opts.count_readouts and budget < 1:
+            raise SedtuneInputError(
+                f"rl: the budget must cover one static read-out (1 full-set evaluation), but got {budget=}"
+            )
         # A read-out evaluates at most top_k new settings per class: top_k full-set evaluations.
-        readout_cost = float(opts.static_top_k) if opts.count_readouts else 0.0
+        self.top_k = min(opts.static_top_k, int(budget)) if opts.count_readouts else opts.static_top_k
+        readout_cost = float(self.top_k) if opts.count_readouts else 0.0
+        algo: Any = _build(self.problem, opts, self.seed, self.n_frames_max, self.grid)
         last = opts.train_batch_size
         try:
             self.read_out(algo)  # the untrained policy
@@ -650,8 +659,8 @@ class _Run:
     def read_out(self, algo: Any) -> None:
         """Evaluate the current greedy policy's static table; record a trajectory point."""
         self.policy.load_rllib_state(_module_state(algo))
-        actions = self.policy.actions_from_obs(self.obs)
-        params, f, mode_f = static_table(actions, self.grid, self.classes, self.cache, self.opts.static_top_k)
+        actions = self.policy.actions(self.scores)
+        params, f, mode_f = static_table(actions, self.grid, self.classes, self.cache, self.top_k)
         weights = {k: v.clone() for k, v in self.policy.net.state_dict().items()}
         evaluations = self.spent()
         self.readouts.append(_Readout(self.iteration, self.steps, evaluations, f, mode_f, params, weights))
