@@ -346,8 +346,10 @@ class PostProcessingEnv(gym.Env[F32, npt.NDArray[np.integer[Any]]]):
     **Reward.** The increase of the episode's running event-based macro F1 when this clip's
     events are added: with ``N_ref, N_sys, N_tp`` of every class summed over the episode's
     clips so far (sed_eval semantics, per-clip matching), ``F_t`` the macro F of those
-    totals (class F with ``zero_score``; classes without reference events so far drop out;
-    a NaN macro counts as 0) and ``F_0 = 0``, the reward of step t is ``F_t - F_{t-1}``.
+    totals (class F with ``zero_score``; classes without reference events so far drop out,
+    so a false alarm before a class's first reference event is charged when that event
+    arrives; a NaN macro counts as 0) and ``F_0 = 0``, the reward of step t is
+    ``F_t - F_{t-1}``.
     With discount 1 the return telescopes to the episode's macro F1 exactly, and each
     clip's action is credited with its own marginal effect. (The paper's code paid
     ``n_clips * F`` at the last step only, discounted by 0.99 per step, so early clips got

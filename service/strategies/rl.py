@@ -225,6 +225,8 @@ class AdaptivePolicy:
         n_frames_max: Observation frames.
         hidden: Hidden sizes (to rebuild the network).
         quantiles: Feature quantiles (to rebuild the network).
+        frame_hop_s: Frame hop (seconds) of the scores it was trained on, once known; the
+            kernels are in frames, so scores with another hop are refused.
     """
 
     net: PolicyNet
@@ -233,6 +235,7 @@ class AdaptivePolicy:
     n_frames_max: int
     hidden: tuple[int, ...]
     quantiles: int
+    frame_hop_s: float | None = None
 
     @staticmethod
     def create(
@@ -282,7 +285,18 @@ class AdaptivePolicy:
         frame_hop_s: float,
         durations_s: npt.NDArray[np.float64] | None,
     ) -> dict[str, ClassEvents]:
-        """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``)."""
+        """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``).
+
+        Raises:
+            ValueError: If a class is missing or the hop differs from the training scores'.
+        """
+        if self.frame_hop_s is not None and not math.isclose(frame_hop_s, self.frame_hop_s, rel_tol=1e-9):
+            raise ValueError(
+                f"the policy's kernels are for frame_hop_s {self.frame_hop_s}, but got {frame_hop_s}"
+            )
+        missing = [c for c in self.classes if c not in scores]
+        if missing:
+            raise ValueError(f"no scores for class {missing[0]!r}; the policy needs {self.classes}")
         ordered = [scores[c] for c in self.classes]
         setting, thr = self.grid.split(self.actions(ordered))
         return {
@@ -292,6 +306,7 @@ class AdaptivePolicy:
 
     def save(self, path: str, frame_hop_s: float) -> None:
         """Write the weights to ``path`` (``.pt``) and the description beside it (``.json``)."""
+        self.frame_hop_s = frame_hop_s
         torch.save(self.net.state_dict(), path)
         meta = {
             "format": POLICY_FORMAT,
@@ -332,6 +347,7 @@ class AdaptivePolicy:
         policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_frames_max"]), meta["hidden"],
                                        int(meta["quantiles"]))
         policy.net.load_state_dict(torch.load(path, weights_only=True))
+        policy.frame_hop_s = float(meta["frame_hop_s"])
         return policy
 
 

@@ -185,6 +185,11 @@ print(json.dumps(actions.tolist()))
     data = problem.tuning
     expected = trained.adaptive.actions([data.scores(c) for c in trained.adaptive.classes])
     assert np.array_equal(reloaded, expected)
+    # Kernels are in frames: the policy refuses scores with another hop.
+    policy = AdaptivePolicy.load(path)
+    assert policy.frame_hop_s == data.frame_hop_s
+    with pytest.raises(ValueError, match="frame_hop_s"):
+        policy.events_from_scores({c: data.scores(c) for c in policy.classes}, 0.02, None)
 
 
 def _replica_clips(algo: Any) -> list[tuple[int, int, list[list[str]]]]:
