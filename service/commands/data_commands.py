@@ -49,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run_evaluate)
 
-    p = sub.add_parser("apply", help="turn scores into a DCASE event TSV with a parameter file")
+    p = sub.add_parser("apply", help="turn scores into a DCASE event TSV with a parameter file or RL policy")
     p.add_argument("--scores", required=True, help="score-set directory or URI")
-    p.add_argument("--params", required=True, help="parameter file (JSON)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params", help="parameter file (JSON)")
+    src.add_argument("--policy", help="clip-adaptive RL policy (policy.pt from an rl strategy run)")
     p.add_argument("--durations", help="durations TSV (clip offsets to the clip end)")
     p.add_argument("--out", required=True, help="output TSV (filename onset offset event_label)")
     p.set_defaults(handler=run_apply)
@@ -184,12 +186,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_policy(scores_uri: str, policy_path: str, out: str, durations_uri: str | None) -> int:
+    """Decode with the clip-adaptive policy: each clip gets the policy's own per-class setting."""
+    import numpy as np
+
+    from envs.apply import write_events_tsv
+    from envs.groundtruth import read_durations
+    from envs.scoreset import ScoreSet
+
+    if not os.path.exists(policy_path):
+        raise SedtuneInputError(f"{policy_path}: policy file not found")
+    from service.strategies.rl import AdaptivePolicy
+
+    try:
+        policy = AdaptivePolicy.load(policy_path)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise SedtuneInputError(f"{policy_path}: not a sedtune RL policy ({type(e).__name__}: {e})") from None
+    scores = ScoreSet.open(scores_uri)
+    durations = read_durations(durations_uri) if durations_uri else None
+    names = scores.filenames
+    dur = np.array([durations.get(n, np.nan) for n in names]) if durations else None
+    unknown = [c for c in policy.classes if c not in scores.classes]
+    if unknown:
+        raise SedtuneInputError(f"{policy_path}: policy class {unknown[0]!r} is not in {scores_uri}")
+    cols = {c: scores.read_class(c) for c in policy.classes}
+    try:
+        events = policy.events_from_scores(cols, scores.frame_hop_s, dur)
+    except ValueError as e:
+        raise SedtuneInputError(f"{policy_path}: {e}") from None
+    return write_events_tsv(out, names, events)
+
+
 def _fmt(x: float | None) -> str:
     return f"{'nan':>7s}" if x is None else f"{x:7.4f}"
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    """``sedtune apply``: scores + parameter file -> DCASE event TSV."""
+    """``sedtune apply``: scores + parameter file (or RL policy) -> DCASE event TSV."""
+    if args.policy:
+        n = _apply_policy(args.scores, args.policy, args.out, args.durations)
+        print(f"wrote {n} events to {args.out}")
+        return 0
     from envs.apply import apply_to_tsv
 
     n = apply_to_tsv(args.scores, args.params, args.out, args.durations)

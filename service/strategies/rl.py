@@ -668,6 +668,7 @@ class _Run:
                 now = _env_steps(result)
                 last, self.steps = max(now - self.steps, 1), now
                 self.read_out(algo)
+            self.nodes = _runner_nodes(algo)
         finally:
             algo.stop()
         return self.result(t0)
@@ -705,6 +706,7 @@ class _Run:
             adaptive=policy,
             info={
                 "untrained_f": first.f,
+                "nodes": getattr(self, "nodes", []),
                 "untrained_params": dict(first.params),
                 "best_iteration": best.iteration,
                 "iterations": last.iteration,
@@ -714,6 +716,21 @@ class _Run:
                 "options": self.opts.model_dump(),
             },
         )
+
+
+def _runner_nodes(algo: Any) -> list[str]:
+    """Ray node ids of the remote EnvRunners (where the environment replicas ran)."""
+    import ray
+
+    def node(_: Any) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    try:
+        ids = algo.env_runner_group.foreach_env_runner(node, local_env_runner=False)
+    except Exception:  # diagnostics only: never fail a run over it
+        LOG.warning("rl: could not read the env runners' nodes", exc_info=True)
+        return []
+    return sorted(set(ids))
 
 
 def _build(problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int, grid: ActionGrid) -> Any:

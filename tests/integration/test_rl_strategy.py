@@ -249,3 +249,28 @@ class TestRLContract(StrategyContract):
         if "r" not in _CONTRACT_RESULTS:
             _CONTRACT_RESULTS["r"] = self._run(problem, tmp_path)
         return _CONTRACT_RESULTS["r"]
+
+
+def test_apply_with_the_policy_equals_the_adaptive_readout(
+    synth_set: SynthResult, problem: TuningProblem, trained: StrategyResult, tmp_path: Any, capsys: Any
+) -> None:
+    """`sedtune apply --policy` decodes each clip with its own action, like the read-out."""
+    import csv
+
+    from service.cli import main
+
+    out = tmp_path / "events.tsv"
+    code = main(["apply", "--scores", synth_set.scores_uri, "--policy", trained.artifacts["policy"],
+                 "--durations", synth_set.durations_path, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out, encoding="utf-8") as f:
+        rows = sorted((r["filename"], r["event_label"], float(r["onset"]), float(r["offset"]))
+                      for r in csv.DictReader(f, delimiter="\t"))
+    expected = []
+    events = trained.adaptive.events(problem.tuning)
+    for label, ev in events.items():
+        expected += [(problem.tuning.filenames[int(c)], label, float(a), float(b))
+                     for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)]
+    assert rows == sorted(expected)
+    assert main(["apply", "--scores", synth_set.scores_uri, "--policy", str(tmp_path / "nope.pt"),
+                 "--out", str(out)]) == 2

@@ -42,7 +42,7 @@ MANUAL = ClassParams(median_filter_frames=7, threshold=0.5)
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
