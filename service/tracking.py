@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 10.0  # a refused connection fails at once; a loaded live server may be slow
 MAX_LINE_REASON = 300
 # MLflow's HTTP defaults retry for minutes; while logging, fail within about a minute instead
 # (only where the user has not set these).

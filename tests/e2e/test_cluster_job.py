@@ -78,7 +78,9 @@ def test_work_lands_on_both_nodes(cluster, dataset, tmp_path):
     strategies = [
         {"name": "manual"},
         {"name": "exact", "budget": 40},
-        {"name": "random", "budget": 8, "options": {"max_concurrent_trials": 2}},
+        # Enough trials that the second node's trial actor is up before the search ends (a
+        # reused actor on one node could otherwise finish a short search alone).
+        {"name": "random", "budget": 30, "options": {"max_concurrent_trials": 2}},
     ]
     if _rl_available():
         strategies.append(

@@ -11,8 +11,10 @@ One module-scoped stack serves four tests, in order:
    reconciled from Ray; meanwhile ``sedtune submit --ray-address`` runs a job without the service;
 4. a cancelled job is STOPPED on Ray.
 
-Every process is started here (``RAY_AUTH_MODE=disabled``, own ports, own temp directories) and
-stopped by PID / process group, never with ``ray stop``.
+Every process is started here through ``deploy/entrypoint.sh ROLE``, the script the image,
+docker-compose.yml and the Kubernetes manifests run (Ray token auth on, own ports, own temp
+directories; see :mod:`tests.e2e.cluster_support`), and stopped by PID / process group, never with
+``ray stop``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ import pytest
 import requests
 import yaml
 
-from tests.e2e.cluster_support import SEDTUNE, RayCluster, Service, base_env, short_tmp
-from tests.integration.mlflow_support import MlflowServer, Rest, free_port, start_server, tags
+from tests.e2e.cluster_support import (
+    SEDTUNE,
+    RayCluster,
+    Service,
+    base_env,
+    ray_headers,
+    short_tmp,
+    start_mlflow,
+)
+from tests.integration.mlflow_support import MlflowServer, Rest, free_port, tags
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -97,12 +107,13 @@ class Stack:
                              f"{self.service.log_tail()}")
 
     def ray_status(self, job_id: str) -> str:
-        r = requests.get(f"{self.cluster.dashboard_url}/api/jobs/{job_id}", timeout=10)
+        r = requests.get(f"{self.cluster.dashboard_url}/api/jobs/{job_id}", headers=ray_headers(), timeout=10)
         assert r.status_code == 200, r.text
         return str(r.json()["status"])
 
     def ray_logs(self, job_id: str) -> str:
-        r = requests.get(f"{self.cluster.dashboard_url}/api/jobs/{job_id}/logs", timeout=10)
+        r = requests.get(f"{self.cluster.dashboard_url}/api/jobs/{job_id}/logs", headers=ray_headers(),
+                         timeout=10)
         return str(r.json().get("logs", ""))[-3000:] if r.status_code == 200 else r.text
 
 
@@ -111,13 +122,13 @@ def stack() -> Iterator[Stack]:
     root = short_tmp("sdt-e2e-")
     mlflow_root = root / "mlflow"
     mlflow_root.mkdir()
-    mlflow = start_server(mlflow_root)
+    mlflow = start_mlflow(mlflow_root)
     cluster = RayCluster(root / "ray")
     service = None
     started: list[str] = []
     try:
         cluster.start()
-        mlflow.wait_ready()
+        mlflow.wait_healthy()
         data = root / "data" / "set"
         subprocess.run([SEDTUNE, "synth", str(data), "--clips", "60", "--classes", "3", "--duration-s", "5",
                         "--seed", "3"], check=True, capture_output=True, env=base_env(), timeout=120)

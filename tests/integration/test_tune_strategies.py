@@ -99,7 +99,11 @@ class _TuneContract(StrategyContract):
 
     def test_candidates_cover_every_trial(self, problem, result):
         n = int(result.evaluations)
-        assert result.info == {"trials": n, "failed_trials": 0, "retried_trials": 0}
+        assert {k: result.info[k] for k in ("trials", "failed_trials", "retried_trials")} == {
+            "trials": n, "failed_trials": 0, "retried_trials": 0,
+        }
+        assert [d["index"] for d in result.info["trials_detail"]] == list(range(n))
+        assert result.info["nodes"]
         for c in problem.classes:
             assert len(result.candidates[c]) == n
             for cand in result.candidates[c]:
