@@ -41,7 +41,7 @@ def dataset(tmp_path_factory):
     from envs.synth import SynthConfig, generate
 
     out = tmp_path_factory.mktemp("cluster-data")
-    return generate(str(out), SynthConfig(n_clips=120, n_classes=3, seed=1, clips_per_shard=30))
+    return generate(str(out), SynthConfig(n_clips=240, n_classes=3, seed=1, clips_per_shard=60))
 
 
 def _spec(dataset, out, strategies):
@@ -80,7 +80,7 @@ def test_work_lands_on_both_nodes(cluster, dataset, tmp_path):
         {"name": "exact", "budget": 40},
         # Enough trials that the second node's trial actor is up before the search ends (a
         # reused actor on one node could otherwise finish a short search alone).
-        {"name": "random", "budget": 30, "options": {"max_concurrent_trials": 2}},
+        {"name": "random", "budget": 60, "options": {"max_concurrent_trials": 2}},
     ]
     if _rl_available():
         strategies.append(

@@ -34,7 +34,8 @@ K8S = ROOT / "deploy" / "k8s"
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
 K8S_VERSION = "1.32.0"  # the kubectl/kustomize of these machines
 BUILDS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
-PROJECT_IMAGE = {"base": "sedtune:0.1.0", "dev": "sedtune:0.1.0", "prod": "registry.example.com/sedtune:0.1.0"}
+PROJECT_IMAGE = {"base": "sedtune:0.1.0", "dev": "sedtune:0.1.0",
+                 "prod": "registry.example.com/sedtune:0.1.0"}
 EXTERNAL_SECRETS = {"prod": {"sedtune-secrets", "sedtune-ray-auth"}}  # created by hand (README)
 LONG_RUNNING = ("Deployment", "StatefulSet", "RayCluster")
 Doc = dict[str, Any]
@@ -57,7 +58,8 @@ def render(build: str) -> tuple[Doc, ...]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not on PATH: the kustomize builds cannot be rendered here")
-    p = subprocess.run([kubectl, "kustomize", str(BUILDS[build])], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([kubectl, "kustomize", str(BUILDS[build])], capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0, f"kubectl kustomize {BUILDS[build]} failed:\n{p.stderr}"
     return tuple(d for d in yaml.safe_load_all(p.stdout) if d)
 
@@ -152,9 +154,11 @@ def test_core_objects_validate_against_the_kubernetes_schemas(build: str) -> Non
     for d in (*docs, *embedded_manifests(docs)):
         name = f"{d['kind']}/{d['metadata'].get('name') or d['metadata'].get('generateName')}"
         if is_ray(d):  # the core parts of custom resources: metadata and Pod templates
-            kv.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": d["metadata"]}, K8S_VERSION, True)
+            meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": d["metadata"]}
+            kv.validate(meta, K8S_VERSION, strict=True)
             for where, tmpl in pod_templates(d):
-                wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": tmpl}
+                wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                           "template": tmpl}
                 try:
                     kv.validate(wrapped, K8S_VERSION, strict=True)
                 except kv.ValidationError as e:
@@ -278,7 +282,8 @@ def test_every_reference_resolves(build: str) -> None:
                 if "configMap" in v:
                     assert v["configMap"]["name"] in names.get("ConfigMap", set()), (where, v)
                 if "persistentVolumeClaim" in v:
-                    assert v["persistentVolumeClaim"]["claimName"] in names["PersistentVolumeClaim"], (where, v)
+                    claim = v["persistentVolumeClaim"]["claimName"]
+                    assert claim in names["PersistentVolumeClaim"], (where, v)
                 if "secret" in v:
                     assert v["secret"]["secretName"] in secrets, (where, v)
             mounts = {m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
@@ -329,7 +334,8 @@ def test_ray_jobs_run_a_spec_file_through_the_entrypoint(build: str) -> None:
 
 def test_the_nightly_raycronjob_and_the_cronjob_fallback_run_the_same_job() -> None:
     cron = yaml.safe_load((K8S / "components" / "nightly-raycronjob" / "raycronjob.yaml").read_text())
-    job = yaml.safe_load((K8S / "components" / "nightly-cronjob" / "files" / "nightly-rayjob.yaml").read_text())
+    job_file = K8S / "components" / "nightly-cronjob" / "files" / "nightly-rayjob.yaml"
+    job = yaml.safe_load(job_file.read_text())
     assert job["kind"] == "RayJob" and job["metadata"]["generateName"]
     assert cron["spec"]["jobTemplate"] == job["spec"]
     fallback = next(d for d in render("dev") if d["kind"] == "CronJob")
@@ -368,10 +374,12 @@ def test_overlays_differ_as_intended() -> None:
         rc = docs["RayCluster"]["spec"]
         assert rc["enableInTreeAutoscaling"] is True and rc["rayVersion"] == ray_version.group(1), b
         assert rc["authOptions"]["mode"] == "token"
-        api = next(d for d in render(b) if d["kind"] == "Deployment" and d["metadata"]["name"] == "sedtune-api")
+        api = next(d for d in render(b)
+                   if d["kind"] == "Deployment" and d["metadata"]["name"] == "sedtune-api")
         assert api["spec"]["replicas"] == 1 and api["spec"]["strategy"]["type"] == "Recreate"  # one scheduler
     dev, prod = by_kind["dev"]["RayCluster"]["spec"], by_kind["prod"]["RayCluster"]["spec"]
-    assert [(g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in dev["workerGroupSpecs"]] == [(1, 1, 1)]
+    groups = [(g["replicas"], g["minReplicas"], g["maxReplicas"]) for g in dev["workerGroupSpecs"]]
+    assert groups == [(1, 1, 1)]
     assert prod["workerGroupSpecs"][0]["maxReplicas"] > 1
     cpu = [rc["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
            for rc in (dev, prod)]
