@@ -224,12 +224,12 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-# The role this container was started with: the argument after this script in PID 1's command
-# line (tini -g -- .../entrypoint.sh ROLE), or $SEDTUNE_ROLE.
+# The role this container was started with: $SEDTUNE_ROLE, else the argument after this script in
+# PID 1's command line (tini -g -- .../entrypoint.sh ROLE; SEDTUNE_INIT_CMDLINE names another file).
 container_role() {
   if [[ -n ${SEDTUNE_ROLE:-} ]]; then echo "$SEDTUNE_ROLE"; return; fi
-  local args=() a next=0
-  [[ -r /proc/1/cmdline ]] && mapfile -d '' args < /proc/1/cmdline
+  local args=() a next=0 cmdline=${SEDTUNE_INIT_CMDLINE:-/proc/1/cmdline}
+  [[ -r $cmdline ]] && mapfile -d '' args < "$cmdline"
   for a in "${args[@]}"; do
     if [[ $next == 1 ]]; then echo "$a"; return; fi
     [[ $a == */entrypoint.sh ]] && next=1
@@ -242,8 +242,8 @@ healthcheck() {
   case $role in
     ray-head)
       http_ok "http://$(probe_host "${RAY_DASHBOARD_HOST:-}"):${RAY_DASHBOARD_PORT:-8265}/api/gcs_healthz" success ;;
-    ray-worker)
-      http_ok "http://$(probe_host "${RAY_NODE_IP:-}"):${RAY_DASHBOARD_AGENT_LISTEN_PORT:-52365}/api/local_raylet_healthz" success ;;
+    ray-worker)  # the dashboard agent listens on the node's IP and on loopback
+      http_ok "http://127.0.0.1:${RAY_DASHBOARD_AGENT_LISTEN_PORT:-52365}/api/local_raylet_healthz" success ;;
     mlflow)
       http_ok "http://$(probe_host "${MLFLOW_HOST:-}"):${MLFLOW_PORT:-5000}/health" ;;
     api)

@@ -258,11 +258,15 @@ def test_healthcheck_probes_each_roles_endpoint(tmp_path: Path, http_port: int) 
     env = clean_env(tmp_path)
     # each role reads its port from the same variables that start it; 0.0.0.0 is probed on loopback
     assert _health({**env, "RAY_DASHBOARD_PORT": port}, "ray-head") == 0
-    worker = {**env, "RAY_DASHBOARD_AGENT_LISTEN_PORT": port, "RAY_NODE_IP": "127.0.0.1"}
+    worker = {**env, "RAY_DASHBOARD_AGENT_LISTEN_PORT": port, "RAY_NODE_IP": "10.9.9.9"}
     assert _health(worker, "ray-worker") == 0
     assert _health({**env, "MLFLOW_PORT": port, "MLFLOW_HOST": "0.0.0.0"}, "mlflow") == 0
     assert _health({**env, "SEDTUNE_PORT": port}, "api") == 0
     assert _health({**env, "SEDTUNE_PORT": port, "SEDTUNE_ROLE": "api"}) == 0  # role of the container
+    init = tmp_path / "cmdline"  # or the role in PID 1's command line, as the image's HEALTHCHECK finds it
+    init.write_bytes(b"\0".join([b"/usr/bin/tini", b"-g", b"--", IMAGE_SCRIPT.encode(), b"api", b""]))
+    assert _health({**env, "SEDTUNE_PORT": port, "SEDTUNE_INIT_CMDLINE": str(init)}) == 0
+    assert _health({**env, "SEDTUNE_PORT": "1", "SEDTUNE_INIT_CMDLINE": str(init)}) == 1
     assert _health(env, "job") == 0  # nothing to probe
     _Handler.bodies["/api/gcs_healthz"] = "failed"
     try:

@@ -114,7 +114,7 @@ def embedded_manifests(docs: tuple[Doc, ...]) -> list[Doc]:
 
 def pod_templates(doc: Doc) -> Iterator[tuple[str, Doc]]:
     """(where, Pod template) of a workload, core or ray.io."""
-    kind, spec = doc["kind"], doc.get("spec") or {}
+    kind, spec = doc["kind"], dict(doc.get("spec") or {})
     if kind in ("Deployment", "StatefulSet", "Job"):
         yield kind, spec["template"]
     elif kind == "CronJob":
@@ -124,7 +124,7 @@ def pod_templates(doc: Doc) -> Iterator[tuple[str, Doc]]:
         for g in spec.get("workerGroupSpecs", []):
             yield f"worker group {g['groupName']}", g["template"]
     elif kind in ("RayJob", "RayCronJob"):
-        job = spec.get("jobTemplate", spec) if kind == "RayCronJob" else spec
+        job: Doc = spec["jobTemplate"] if kind == "RayCronJob" else spec
         if "submitterPodTemplate" in job:
             yield "submitter", job["submitterPodTemplate"]
         if "rayClusterSpec" in job:
