@@ -65,14 +65,13 @@ def run(job_id: str, spec: JobSpec) -> int:
     """Run one job; see the module docstring for exit codes.
 
     Args:
-        job_id: The job's id (also ``$SEDTUNE_JOB_ID`` for the runner).
+        job_id: The job's id (passed to the runner; the process environment is not changed).
         spec: The validated, effective spec.
     """
     from service.jobcheck import check_job
     from service.report import write_outputs
     from service.runner import run_job
 
-    os.environ["SEDTUNE_JOB_ID"] = job_id
     status = ProgressFile(spec.output_dir, job_id, [(s.name, s.budget) for s in spec.strategies])
     try:
         status.set(state="validating")
