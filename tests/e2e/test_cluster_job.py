@@ -70,27 +70,46 @@ def _rl_available() -> bool:
     return importlib.util.find_spec("service.strategies.rl") is not None
 
 
-def test_work_lands_on_both_nodes(cluster, dataset, tmp_path):
-    import ray
+_DRIVER = """
+import json, sys
+from service.runner import run_job
+from service.spec import parse_spec
+spec = parse_spec(json.loads(sys.argv[2]))
+result = run_job(spec, address=sys.argv[1])
+print("NODES " + json.dumps({k: v[0].info.get("nodes", []) for k, v in result.results.items()}))
+"""
 
-    from service.runner import run_job
+
+def test_work_lands_on_both_nodes(cluster, dataset, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import ray
 
     strategies = [
         {"name": "manual"},
         {"name": "exact", "budget": 40},
-        # Enough trials that the second node's trial actor is up before the search ends (a
-        # reused actor on one node could otherwise finish a short search alone).
+        # Enough trials that the second node's trial actor is up before the search ends.
         {"name": "random", "budget": 60, "options": {"max_concurrent_trials": 2}},
     ]
     if _rl_available():
         strategies.append(
             {"name": "rl", "budget": 4, "options": {"num_env_runners": 2, "num_cpus_per_env_runner": 1}}
         )
-    result = run_job(_spec(dataset, tmp_path / "out", strategies), address=cluster.address)
+    spec = _spec(dataset, tmp_path / "out", strategies)
+    # The job runs in its own driver process attached to the cluster, as `sedtune tune
+    # --address` does for a user (the test process's earlier Ray sessions stay out of it).
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER, cluster.address, json.dumps(spec.model_dump(mode="json"))],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("NODES "))
+    used_by = json.loads(line[len("NODES "):])
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     for name in ("exact", "random") + (("rl",) if _rl_available() else ()):
-        used = set(result.results[name][0].info.get("nodes", []))
-        assert used == nodes, (name, used, nodes)
+        assert set(used_by[name]) == nodes, (name, used_by[name], nodes)
 
 
 def _job_workers() -> list[psutil.Process]:
