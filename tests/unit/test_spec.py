@@ -112,3 +112,24 @@ def test_malformed_yaml_and_missing_spec(tmp_path, capsys):
 def test_json_spec_accepted_structurally(tmp_path, data, capsys, monkeypatch):
     code, err = _run(tmp_path, _spec(data, strategies=[{"name": "genetic"}]), capsys, monkeypatch, ".json")
     assert code == 2 and "strategies[0].name" in err
+
+
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    """Ray workers (Tune trials) run in other directories: local paths must be absolute."""
+    from service.commands.tune_commands import absolute_paths
+    from service.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec({
+        "name": "rel",
+        "data": {"scores": "d/scores", "ground_truth": "d/gt.tsv", "durations": None},
+        "heldout": {"data": {"scores": "s3://bucket/held", "ground_truth": "h/gt.tsv"}},
+        "strategies": [{"name": "manual"}],
+    })
+    out = absolute_paths(spec)
+    assert out.data.scores == str(tmp_path / "d/scores")
+    assert out.data.ground_truth == str(tmp_path / "d/gt.tsv")
+    assert out.data.durations is None
+    assert out.heldout.data.scores == "s3://bucket/held"
+    assert out.heldout.data.ground_truth == str(tmp_path / "h/gt.tsv")
+    assert out.output == str(tmp_path / "sedtune-out" / "rel")
