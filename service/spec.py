@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
@@ -183,14 +184,20 @@ class JobSpec(_Model):
         return self.output or os.path.join("sedtune-out", self.name)
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: Sequence[object], empty: str = "spec") -> str:
+    """A pydantic error location as a field path: ``strategies[1].budget``.
+
+    Args:
+        loc: The location parts (names and list indices).
+        empty: What an empty location is called.
+    """
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out or "spec"
+    return out or empty
 
 
 def validation_message(err: ValidationError, source: str) -> str:
@@ -198,7 +205,7 @@ def validation_message(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     msg = first["msg"].removeprefix("Value error, ")
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {_path(tuple(first['loc']))}: {msg}{extra}"
+    return f"{source}: {field_path(first['loc'])}: {msg}{extra}"
 
 
 def parse_spec(obj: object, source: str = "spec") -> JobSpec:

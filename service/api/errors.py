@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.spec import field_path
 from service.specpolicy import FieldError
 
 
@@ -21,13 +22,7 @@ def _field(loc: list[Any] | tuple[Any, ...]) -> str:
     parts = list(loc)
     if parts and parts[0] == "body":
         parts = parts[1:]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-    return out or "body"
+    return field_path(parts, empty="body")
 
 
 def _loc(field: str) -> list[str | int]:
@@ -56,8 +51,10 @@ def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     errors = _clean(errors)
     first = errors[0] if errors else {"field": "body", "msg": "invalid request"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return JSONResponse(status_code=422, content=jsonable_encoder(
-        {"detail": errors, "message": f"{first['field']}: {first['msg']}{more}"}))
+    return JSONResponse(
+        status_code=422,
+        content=jsonable_encoder({"detail": errors, "message": f"{first['field']}: {first['msg']}{more}"}),
+    )
 
 
 def field_error(e: FieldError, prefix: str = "") -> JSONResponse:
@@ -73,8 +70,14 @@ async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
     for err in errors:
         loc = list(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        out.append({"loc": [p if isinstance(p, (int, str)) else str(p) for p in loc], "field": _field(loc),
-                    "msg": " ".join(msg.split()), "type": str(err.get("type", "value_error"))})
+        out.append(
+            {
+                "loc": [p if isinstance(p, (int, str)) else str(p) for p in loc],
+                "field": _field(loc),
+                "msg": " ".join(msg.split()),
+                "type": str(err.get("type", "value_error")),
+            }
+        )
     return unprocessable(out)
 
 
