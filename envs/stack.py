@@ -20,6 +20,7 @@ Comparisons against thresholds are made in float64 (the float32 probability wide
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,14 +55,27 @@ def median_filter_values(values: npt.NDArray[Any], offsets: I64, kernel_frames: 
     if kernel_frames == 1:
         return values
     out = np.empty_like(values)
+    for idx in equal_length_blocks(offsets):
+        out[idx] = _scipy_median(values[idx], size=(1, int(kernel_frames)), mode="reflect")
+    return out
+
+
+def equal_length_blocks(offsets: I64) -> Iterator[I64]:
+    """Frame indices of the clips, grouped by length (empty clips skipped).
+
+    Args:
+        offsets: Clip boundaries in frames (``n_clips + 1`` values).
+
+    Yields:
+        Per distinct length, an index array of shape (clips of that length, length); each
+        row holds one clip's frame indices, in order.
+    """
     lengths = np.diff(offsets)
     for length in np.unique(lengths):
         if length == 0:
             continue
         clips = np.flatnonzero(lengths == length)
-        idx = offsets[clips][:, None] + np.arange(length)[None, :]
-        out[idx] = _scipy_median(values[idx], size=(1, int(kernel_frames)), mode="reflect")
-    return out
+        yield offsets[clips][:, None] + np.arange(length)[None, :]
 
 
 def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int) -> I64:
@@ -79,12 +93,8 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
     # Small alphabets fit in one byte: a quarter of the memory traffic of int32.
     small = np.int8 if n_levels <= 127 else np.int32
     out = np.zeros_like(q)
-    lengths = np.diff(offsets)
-    for length in np.unique(lengths):
-        if length == 0:
-            continue
-        clips = np.flatnonzero(lengths == length)
-        idx = offsets[clips][:, None] + np.arange(length)[None, :]
+    for idx in equal_length_blocks(offsets):
+        n_clips, length = idx.shape
         if length <= half:
             # Reflections of clips shorter than the half window differ between numpy's
             # padding and scipy's; such clips are rare, so scipy filters them.
@@ -92,7 +102,7 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
             continue
         # numpy's "symmetric" padding is scipy's "reflect" (d c b a | a b c d | d c b a).
         block = np.pad(q[idx].astype(small), ((0, 0), (half, half)), mode="symmetric")
-        acc = np.zeros((len(clips), length), dtype=small)
+        acc = np.zeros((n_clips, length), dtype=small)
         lo, hi = block.min(axis=1), block.max(axis=1)
         for j in range(1, n_levels):
             # Clips entirely at or above level j stay there; clips entirely below never reach
