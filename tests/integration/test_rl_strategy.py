@@ -17,19 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from envs.evaluator import MetricConfig
 from envs.gym_env import ActionGrid
 from envs.metrics.fscore import class_f_measure
 from envs.params import ClassParams, ParamFile, load_params
 from envs.space import SearchSpace
 from envs.stack import apply_stack
 from envs.synth import SynthConfig, SynthResult, generate
-from service.problem import DataRef, TuningProblem
+from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
 from service.strategies.rl import AdaptivePolicy, RLOptions, RLStrategy, _build, _env_steps, env_config
 from tests.contract.strategy_contract import StrategyContract
+from tests.integration.conftest import synth_problem
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 LOG = logging.getLogger(__name__)
 
@@ -50,15 +50,6 @@ FAST = RLOptions(
 BUDGET = 320.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray = pytest.importorskip("ray")
-    # address="local": a private instance even if another Ray runs on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def synth_set(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
     # 4 shards of 20 clips, so replicas read different shards.
@@ -68,9 +59,7 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
 
 @pytest.fixture(scope="module")
 def problem(synth_set: SynthResult) -> TuningProblem:
-    ref = DataRef(synth_set.scores_uri, synth_set.ground_truth_path, synth_set.durations_path, clips=None)
-    manual = {c: MANUAL for c in synth_set.classes}
-    return TuningProblem(ref, ref.load(), SPACE, MetricConfig(), manual, n_folds=3, seed=0)
+    return synth_problem(synth_set, SPACE, MANUAL)
 
 
 @pytest.fixture(scope="module")

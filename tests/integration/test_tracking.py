@@ -91,19 +91,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One local Ray for the jobs of this module (each job would otherwise start its own)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def write_spec(root: Path, data: Path, out: Path, uri: str, experiment: str) -> Path:
     spec = {
         "name": "trk",

@@ -19,7 +19,7 @@ from envs.evaluator import MetricConfig
 from envs.params import ClassParams, ParamFile
 from envs.space import SearchSpace
 from envs.synth import SynthConfig, SynthResult, generate
-from service.problem import DataRef, TuningProblem
+from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
 from service.strategies.tune_search import (
     BayesOptions,
@@ -32,19 +32,12 @@ from service.strategies.tune_search import (
     trial_budget,
 )
 from tests.contract.strategy_contract import StrategyContract
+from tests.integration.conftest import synth_problem
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 SPACE = SearchSpace(kernels=(1, 3, 5, 7), threshold_low=0.05, threshold_high=0.95)
 MANUAL = ClassParams(median_filter_frames=7, threshold=0.5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +47,7 @@ def synth_set(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
 
 @pytest.fixture(scope="module")
 def problem(synth_set: SynthResult) -> TuningProblem:
-    ref = DataRef(synth_set.scores_uri, synth_set.ground_truth_path, synth_set.durations_path, clips=None)
-    manual = {c: MANUAL for c in synth_set.classes}
-    return TuningProblem(ref, ref.load(), SPACE, MetricConfig(), manual, n_folds=3, seed=0)
+    return synth_problem(synth_set, SPACE, MANUAL)
 
 
 def _run(
