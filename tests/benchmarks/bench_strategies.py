@@ -105,11 +105,14 @@ def main() -> int:
     ap.add_argument("--strategies", default="manual,exact,random,bayes,rl")
     ap.add_argument("--sets", default="student,2020")
     ap.add_argument("--no-ray", action="store_true", help="in-process (manual and exact only)")
+    ap.add_argument("--out", default=None, help="keep the job outputs in this folder")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     args = ap.parse_args()
     shared = Path(args.shared) / "desed-validation"
     bars: list[tuple[str, bool]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = args.out or tmp_dir
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for key in args.sets.split(","):
             name = SETS[key]
             scores = f"{tmp}/{name}"
@@ -121,7 +124,7 @@ def main() -> int:
                 f"\n## {name}: {args.splits} splits, budget {args.budget:g}, "
                 f"{time.perf_counter() - t0:.0f} s\n"
             )
-            print(comparison_markdown(result).split("## Per-class")[0])
+            print(comparison_markdown(result).split("## Per-class")[0], flush=True)
             bars += check_bars(name, result)
     print("\n## Bars and goals\n")
     for text, ok in bars:
