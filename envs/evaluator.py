@@ -291,6 +291,13 @@ class Evaluator:
             self._levels.put(key, hit)
         return hit
 
+    def drop_levels(self) -> None:
+        """Forget the cached level indexes (:meth:`levels`); scores and ranks stay cached.
+
+        A worker that sweeps many (class, kernel) pairs, each once, frees each index after use.
+        """
+        self._levels.clear()
+
     def filtered_ranks(self, label: str, kernel_frames: int) -> I64:
         """Every frame's rank among :meth:`ranked` values after median filtering (not cached)."""
         _, rank = self.ranked(label)

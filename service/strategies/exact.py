@@ -121,7 +121,7 @@ def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
         n_groups=task.n_folds,
     )
     # Free the level index: a worker sweeps many (class, kernel) pairs.
-    ev._levels.clear()
+    ev.drop_levels()
     # counts[i, f] = [nref_f, nsys_f(i), ntp_f(i)] at threshold interval i.
     counts = np.empty((len(res.thresholds), task.n_folds, 3), np.int64)
     counts[:, :, 0] = res.group_nref[None, :]

@@ -30,3 +30,17 @@ def test_grid_sweep_equals_direct(shared_sets, kernel, gap, min_dur):
         for j, t in enumerate(grid):
             p = ClassParams(median_filter_frames=kernel, threshold=t, fill_gap_s=gap, min_duration_s=min_dur)
             assert ev.class_counts(c, p) == res.counts(int(pos[j])), (c, t)
+
+
+def test_drop_levels_frees_indexes_and_keeps_results(shared_sets):
+    s = shared_sets["dcase2023-eval-sample"]
+    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    c = ev.data.classes[0]
+    p = ClassParams(median_filter_frames=7, threshold=0.4)
+    before = ev.class_counts(c, p)
+    first = ev.levels(c, 7)
+    assert ev.levels(c, 7) is first  # cached
+    ev.drop_levels()
+    again = ev.levels(c, 7)
+    assert again is not first
+    assert np.array_equal(again.rank, first.rank) and ev.class_counts(c, p) == before
