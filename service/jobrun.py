@@ -72,6 +72,7 @@ def run(job_id: str, spec: JobSpec) -> int:
     from service.report import write_outputs
     from service.runner import run_job
 
+    spec = spec.with_absolute_paths()  # relative paths: against this job's working directory
     status = ProgressFile(spec.output_dir, job_id, [(s.name, s.budget) for s in spec.strategies])
     try:
         status.set(state="validating")

@@ -183,6 +183,31 @@ class JobSpec(_Model):
         """Where results go."""
         return self.output or os.path.join("sedtune-out", self.name)
 
+    def with_absolute_paths(self) -> JobSpec:
+        """The spec with local data and output paths absolute (URIs unchanged).
+
+        Ray workers do not share the driver's working directory (Tune trials run in their
+        trial directories), so a relative path that works in the driver would not be found
+        there; every path is resolved against the driver's working directory once.
+        """
+
+        def data(d: DataSpec | None) -> DataSpec | None:
+            if d is None:
+                return None
+            paths = ("scores", "ground_truth", "durations")
+            return d.model_copy(update={k: _absolute(getattr(d, k)) for k in paths})
+
+        heldout = self.heldout.model_copy(update={"data": data(self.heldout.data)})
+        update = {"data": data(self.data), "heldout": heldout, "output": _absolute(self.output_dir)}
+        return self.model_copy(update=update)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute; URIs (``scheme://…``) and None unchanged."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(path)
+
 
 def field_path(loc: Sequence[object], empty: str = "spec") -> str:
     """A pydantic error location as a field path: ``strategies[1].budget``.

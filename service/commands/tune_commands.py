@@ -56,7 +56,7 @@ def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> in
     from service.report import comparison_json, comparison_markdown, write_outputs
     from service.runner import run_job
 
-    spec = absolute_paths(spec)
+    spec = spec.with_absolute_paths()
     resolved = check_job(spec)  # refuses bad specs before any Ray work
     result = run_job(spec, address=address, progress=_progress, resolved=resolved)
     paths = write_outputs(result)
@@ -72,29 +72,6 @@ def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> in
     if tracking_line:
         print(tracking_line, file=sys.stderr if tracking_line.startswith("tracking failed") else sys.stdout)
     return 0
-
-
-def _abs(path: str | None) -> str | None:
-    """A local path made absolute (URIs unchanged)."""
-    if path is None or "://" in path:
-        return path
-    return os.path.abspath(path)
-
-
-def absolute_paths(spec: Any) -> Any:
-    """The spec with local data and output paths absolute.
-
-    Ray workers do not share the driver's working directory (Tune trials run in their trial
-    directories), so a relative path that works here would not be found there.
-    """
-    def data(d: Any) -> Any:
-        if d is None:
-            return None
-        return d.model_copy(update={k: _abs(getattr(d, k)) for k in ("scores", "ground_truth", "durations")})
-
-    heldout = spec.heldout.model_copy(update={"data": data(spec.heldout.data)})
-    update = {"data": data(spec.data), "heldout": heldout, "output": _abs(spec.output_dir)}
-    return spec.model_copy(update=update)
 
 
 def _track(result: Any) -> str:

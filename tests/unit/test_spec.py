@@ -116,7 +116,6 @@ def test_json_spec_accepted_structurally(tmp_path, data, capsys, monkeypatch):
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     """Ray workers (Tune trials) run in other directories: local paths must be absolute."""
-    from service.commands.tune_commands import absolute_paths
     from service.spec import parse_spec
 
     monkeypatch.chdir(tmp_path)
@@ -126,7 +125,7 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
         "heldout": {"data": {"scores": "s3://bucket/held", "ground_truth": "h/gt.tsv"}},
         "strategies": [{"name": "manual"}],
     })
-    out = absolute_paths(spec)
+    out = spec.with_absolute_paths()
     assert out.data.scores == str(tmp_path / "d/scores")
     assert out.data.ground_truth == str(tmp_path / "d/gt.tsv")
     assert out.data.durations is None
