@@ -196,7 +196,7 @@ def _apply_policy(scores_uri: str, policy_path: str, out: str, durations_uri: st
 
     if not os.path.exists(policy_path):
         raise SedtuneInputError(f"{policy_path}: policy file not found")
-    from service.strategies.rl import AdaptivePolicy
+    from service.strategies.rl_policy import AdaptivePolicy
 
     try:
         policy = AdaptivePolicy.load(policy_path)

@@ -26,19 +26,18 @@ Read-outs (both produced):
   plain mode). The best table over the iterations is ``naive``; every evaluated per-class
   setting is a ``candidate`` (with per-fold counts) for robust selection; the first
   iteration's table, that of the untrained policy, is ``info["untrained_params"]``.
-- *clip-adaptive policy* (``result.adaptive``): :class:`AdaptivePolicy`, the policy of the
-  best iteration applied clip by clip; plain torch, saved as ``policy.pt`` + ``policy.json``
-  in the work directory (``result.artifacts["policy"]``), so inference needs no Ray.
+- *clip-adaptive policy* (``result.adaptive``): :class:`~service.strategies.rl_policy.AdaptivePolicy`,
+  the policy of the best iteration applied clip by clip; plain torch (``rl_policy.py``),
+  saved as ``policy.pt`` + ``policy.json`` in the work directory
+  (``result.artifacts["policy"]``), so inference needs no Ray.
 
 The networks see a compact view of the clip (per class, quantiles and mean of its frames,
-:class:`ClipFeatures`); the actor and critic are separate MLPs.
+:class:`~service.strategies.rl_policy.ClipFeatures`); the actor and critic are separate MLPs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -49,19 +48,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from envs.errors import SedtuneInputError
-from envs.evaluator import EvalSet, MetricConfig
-from envs.events import ClassEvents
-from envs.gym_env import ActionGrid, PostProcessingEnv, observations, replica_shards
+from envs.evaluator import MetricConfig
+from envs.gym_env import ActionGrid, PostProcessingEnv, replica_shards
 from envs.params import ClassParams
-from envs.scoreset import ClassScores, ScoreSet
+from envs.scoreset import ScoreSet
 from envs.selection import Candidate
 from envs.space import SearchSpace
-from envs.stack import apply_stack
 from service.problem import DataRef, TuningProblem, macro_from_counts
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.rl_policy import AdaptivePolicy, PolicyNet, ValueNet
 
 LOG = logging.getLogger(__name__)
 
@@ -69,9 +66,6 @@ I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 
 ENV_NAME = "sedtune-postprocessing"
-POLICY_FORMAT = "sedtune.rl_policy/1"
-#: Clips per forward pass when a policy acts on a whole set.
-INFERENCE_CHUNK = 1024
 
 
 class RLOptions(BaseModel):
@@ -127,257 +121,7 @@ class RLOptions(BaseModel):
     learner_threads: int = Field(default=1, ge=1)
 
 
-# --------------------------------------------------------------------------- plain torch
-
-
-def _mlp(n_in: int, hidden: Sequence[int], n_out: int, out_std: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        lin = nn.Linear(n_in, h)
-        nn.init.orthogonal_(lin.weight, math.sqrt(2))
-        nn.init.zeros_(lin.bias)
-        layers += [lin, nn.Tanh()]
-        n_in = h
-    out = nn.Linear(n_in, n_out)
-    # A small last layer starts the policy near uniform (cleanrl's ppo.py does the same).
-    nn.init.orthogonal_(out.weight, out_std)
-    nn.init.zeros_(out.bias)
-    layers.append(out)
-    return nn.Sequential(*layers)
-
-
-class ClipFeatures(nn.Module):
-    """A compact view of the observation: per class, quantiles and mean of the frames.
-
-    Quantiles of a class's probabilities say how much of the clip lies above any
-    threshold, which is what the threshold choice depends on; they do not depend on where
-    in the clip the frames are.
-
-    Args:
-        quantiles: Number of evenly spaced quantiles (including min and max).
-    """
-
-    def __init__(self, quantiles: int) -> None:
-        super().__init__()
-        self.quantiles = quantiles
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B, C * (quantiles + 1))."""
-        n_frames = obs.shape[1]
-        pos = torch.linspace(0, n_frames - 1, self.quantiles, device=obs.device).round().long()
-        q = torch.sort(obs, dim=1).values[:, pos, :]
-        feats = torch.cat([q, obs.mean(dim=1, keepdim=True)], dim=1)
-        return feats.transpose(1, 2).reshape(obs.shape[0], -1)
-
-    def size(self, n_classes: int) -> int:
-        """Feature count for C classes."""
-        return n_classes * (self.quantiles + 1)
-
-
-class PolicyNet(nn.Module):
-    """Observation -> logits of every action dimension (concatenated), plain torch.
-
-    Args:
-        n_classes: Classes C (columns of the observation).
-        nvec: Choices per action dimension.
-        hidden: Hidden layer sizes.
-        quantiles: Quantiles per class in the features.
-    """
-
-    def __init__(self, n_classes: int, nvec: Sequence[int], hidden: Sequence[int], quantiles: int) -> None:
-        super().__init__()
-        self.nvec = [int(n) for n in nvec]
-        self.features = ClipFeatures(quantiles)
-        self.mlp = _mlp(self.features.size(n_classes), hidden, sum(self.nvec), 0.01)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B, sum(nvec)) logits."""
-        return self.mlp(self.features(obs))  # type: ignore[no-any-return]
-
-    @torch.no_grad()
-    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """Argmax action of every dimension, (B, len(nvec)) int64."""
-        parts = torch.split(self.forward(obs), self.nvec, dim=-1)
-        return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1)
-
-
-class ValueNet(nn.Module):
-    """Observation -> value estimate (the PPO critic; not needed for inference)."""
-
-    def __init__(self, n_classes: int, hidden: Sequence[int], quantiles: int) -> None:
-        super().__init__()
-        self.features = ClipFeatures(quantiles)
-        self.mlp = _mlp(self.features.size(n_classes), hidden, 1, 1.0)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B,)."""
-        return self.mlp(self.features(obs)).squeeze(-1)  # type: ignore[no-any-return]
-
-
-@dataclass
-class AdaptivePolicy:
-    """The clip-adaptive read-out: the policy picks every class's parameters per clip.
-
-    Attributes:
-        net: The policy network.
-        grid: The action grid (kernels, thresholds, ...).
-        classes: Class order of observations and actions.
-        n_frames_max: Observation frames.
-        hidden: Hidden sizes (to rebuild the network).
-        quantiles: Feature quantiles (to rebuild the network).
-        frame_hop_s: Frame hop (seconds) of the scores it was trained on, once known; the
-            kernels are in frames, so scores with another hop are refused.
-    """
-
-    net: PolicyNet
-    grid: ActionGrid
-    classes: list[str]
-    n_frames_max: int
-    hidden: tuple[int, ...]
-    quantiles: int
-    frame_hop_s: float | None = None
-
-    @staticmethod
-    def create(
-        grid: ActionGrid, classes: Sequence[str], n_frames_max: int, hidden: Sequence[int], quantiles: int
-    ) -> AdaptivePolicy:
-        """A policy with fresh weights."""
-        net = PolicyNet(len(classes), grid.nvec.tolist(), hidden, quantiles)
-        return AdaptivePolicy(net, grid, list(classes), n_frames_max, tuple(hidden), quantiles)
-
-    def load_rllib_state(self, state: Mapping[str, Any]) -> None:
-        """Take the policy weights from an RLlib module state (keys ``pi.*``)."""
-        sd = {k[3:]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith("pi.")}
-        self.net.load_state_dict(sd)
-
-    def actions(self, scores: Sequence[ClassScores]) -> I64:
-        """Greedy action of every clip, (n_clips, len(nvec)), computed chunk by chunk.
-
-        Args:
-            scores: Every class's scores in :attr:`classes` order.
-        """
-        n = len(scores[0].offsets) - 1
-        out = [np.zeros((0, len(self.grid.nvec)), np.int64)]
-        self.net.eval()
-        for lo in range(0, n, INFERENCE_CHUNK):
-            # Observations of one chunk at a time: a whole set's would be clips x frames x C.
-            idx = np.arange(lo, min(n, lo + INFERENCE_CHUNK), dtype=np.int64)
-            obs = observations([cs.take(idx) for cs in scores], self.n_frames_max)
-            out.append(self.net.greedy(torch.from_numpy(obs)).numpy().astype(np.int64))
-        return np.concatenate(out)
-
-    def events(self, evalset: EvalSet) -> dict[str, ClassEvents]:
-        """Per class, the events over ``evalset``'s clips, each clip with its own action.
-
-        Raises:
-            ValueError: If the set's classes differ from the policy's.
-        """
-        if list(evalset.classes) != self.classes:
-            raise ValueError(
-                f"the policy was trained on classes {self.classes}, but the set has {evalset.classes}"
-            )
-        scores = {c: evalset.scores(c) for c in self.classes}
-        return self.events_from_scores(scores, evalset.frame_hop_s, evalset.durations_s)
-
-    def events_from_scores(
-        self,
-        scores: Mapping[str, ClassScores],
-        frame_hop_s: float,
-        durations_s: npt.NDArray[np.float64] | None,
-    ) -> dict[str, ClassEvents]:
-        """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``).
-
-        Raises:
-            ValueError: If a class is missing or the hop differs from the training scores'.
-        """
-        if self.frame_hop_s is not None and not math.isclose(frame_hop_s, self.frame_hop_s, rel_tol=1e-9):
-            raise ValueError(
-                f"the policy's kernels are for frame_hop_s {self.frame_hop_s}, but got {frame_hop_s}"
-            )
-        missing = [c for c in self.classes if c not in scores]
-        if missing:
-            raise ValueError(f"no scores for class {missing[0]!r}; the policy needs {self.classes}")
-        ordered = [scores[c] for c in self.classes]
-        setting, thr = self.grid.split(self.actions(ordered))
-        return {
-            c: _per_clip_events(ordered[j], setting[:, j], thr[:, j], self.grid, frame_hop_s, durations_s)
-            for j, c in enumerate(self.classes)
-        }
-
-    def save(self, path: str, frame_hop_s: float) -> None:
-        """Write the weights to ``path`` (``.pt``) and the description beside it (``.json``)."""
-        self.frame_hop_s = frame_hop_s
-        torch.save(self.net.state_dict(), path)
-        meta = {
-            "format": POLICY_FORMAT,
-            "frame_hop_s": frame_hop_s,
-            "classes": self.classes,
-            "n_frames_max": self.n_frames_max,
-            "kernels": list(self.grid.kernels),
-            "thresholds": list(self.grid.thresholds),
-            "fill_gap_s": list(self.grid.fill_gap_s),
-            "min_duration_s": list(self.grid.min_duration_s),
-            "hidden": list(self.hidden),
-            "quantiles": self.quantiles,
-        }
-        with open(_meta_path(path), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-
-    @staticmethod
-    def load(path: str) -> AdaptivePolicy:
-        """Read a policy saved by :meth:`save` (no Ray needed).
-
-        Raises:
-            ValueError: If the description has another format.
-        """
-        with open(_meta_path(path), encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format") != POLICY_FORMAT:
-            raise ValueError(
-                f"{_meta_path(path)}: format must be {POLICY_FORMAT!r}, but got {meta.get('format')!r}"
-            )
-        grid = ActionGrid(
-            len(meta["classes"]),
-            tuple(int(k) for k in meta["kernels"]),
-            tuple(float(t) for t in meta["thresholds"]),
-            tuple(float(g) for g in meta["fill_gap_s"]),
-            tuple(float(d) for d in meta["min_duration_s"]),
-        )
-        policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_frames_max"]), meta["hidden"],
-                                       int(meta["quantiles"]))
-        policy.net.load_state_dict(torch.load(path, weights_only=True))
-        policy.frame_hop_s = float(meta["frame_hop_s"])
-        return policy
-
-
-def _meta_path(path: str) -> str:
-    return os.path.splitext(path)[0] + ".json"
-
-
-def _per_clip_events(
-    scores: ClassScores,
-    setting: I64,
-    thr: I64,
-    grid: ActionGrid,
-    frame_hop_s: float,
-    durations_s: npt.NDArray[np.float64] | None,
-) -> ClassEvents:
-    """One class's events when clip i uses (setting[i], thr[i]): one stack run per distinct pair."""
-    parts: list[ClassEvents] = []
-    pairs = np.stack([setting, thr], axis=1)
-    for s, t in np.unique(pairs, axis=0):
-        clips = np.flatnonzero((setting == s) & (thr == t)).astype(np.int64)
-        dur = None if durations_s is None else durations_s[clips]
-        ev = apply_stack(scores.take(clips), grid.class_params(int(s), int(t)), frame_hop_s, dur)
-        parts.append(ClassEvents(clips[ev.clip], ev.onset_s, ev.offset_s))
-    if not parts:
-        return ClassEvents.empty()
-    clip = np.concatenate([p.clip for p in parts])
-    on = np.concatenate([p.onset_s for p in parts])
-    off = np.concatenate([p.offset_s for p in parts])
-    order = np.lexsort((off, on, clip))
-    return ClassEvents(clip[order], on[order], off[order])
+# --------------------------------------------------------------------------- read-outs
 
 
 def ranked_choices(

@@ -25,7 +25,8 @@ from envs.stack import apply_stack
 from envs.synth import SynthConfig, SynthResult, generate
 from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
-from service.strategies.rl import AdaptivePolicy, RLOptions, RLStrategy, _build, _env_steps, env_config
+from service.strategies.rl import RLOptions, RLStrategy, _build, _env_steps, env_config
+from service.strategies.rl_policy import AdaptivePolicy
 from tests.contract.strategy_contract import StrategyContract
 from tests.integration.conftest import synth_problem
 
@@ -159,7 +160,7 @@ def test_saved_policy_reloads_without_ray_and_acts_the_same(
     code = f"""
 import json, sys
 from service.problem import DataRef
-from service.strategies.rl import AdaptivePolicy
+from service.strategies.rl_policy import AdaptivePolicy
 policy = AdaptivePolicy.load({path!r})
 ref = DataRef({synth_set.scores_uri!r}, {synth_set.ground_truth_path!r}, {synth_set.durations_path!r})
 data = ref.load()
