@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +57,20 @@ def shared_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SharedSet
             str(SHARED_DATA / gt / "durations.tsv"),
         )
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL server for the session (tests/pg_support.py).
+
+    Skipped where PostgreSQL is not installed, unless $SEDTUNE_REQUIRE_POSTGRES is set (CI
+    sets it: there a missing server is a failure).
+    """
+    from tests.pg_support import REQUIRE_ENV, pg_bin, pg_server
+
+    if pg_bin() is None:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"PostgreSQL is not installed but ${REQUIRE_ENV} is set")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    with pg_server() as server:
+        yield server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,26 @@ def make_api(root: Path, settings: Settings | None = None, submitter: FakeSubmit
     return Api(TestClient(app), submitter, clock, store, settings, root)
 
 
-@pytest.fixture(name="api")
-def api_fixture(tmp_path: Path) -> Api:
-    """An app on a fake cluster, with a tiny generated set under its data root."""
+@pytest.fixture(name="api", params=["sqlite", "postgresql"])
+def api_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """An app on a fake cluster, with a tiny generated set under its data root.
+
+    Once per store: the embedded SQLite, and a fresh database on a real PostgreSQL server
+    (the ``postgres`` fixture; the deployments' store).
+    """
     from envs.synth import SynthConfig, generate
 
     generate(str(tmp_path / "data" / "set"), SynthConfig(n_clips=12, n_classes=2, seed=0))
-    return make_api(tmp_path)
+    if request.param == "sqlite":
+        yield make_api(tmp_path)
+        return
+    server = request.getfixturevalue("postgres")
+    with server.database() as url:
+        api = make_api(tmp_path, make_settings(tmp_path, db_url=url))
+        try:
+            yield api
+        finally:
+            api.store.close()
 
 
 def write_fake_result(output_dir: str, job_id: str, threshold: float, heldout_f: float) -> None:
