@@ -142,6 +142,28 @@ class ActionGrid:
             min_duration_s=d,
         )
 
+    def nearest_action(self, params: Sequence[ClassParams]) -> I64:
+        """The action closest to per-class parameters: per block, the nearest grid value.
+
+        Args:
+            params: One :class:`ClassParams` per class, in class order.
+
+        Returns:
+            ``len(nvec)`` integers (hysteresis ``threshold_off`` is ignored).
+
+        Raises:
+            ValueError: If ``params`` does not have one entry per class.
+        """
+        if len(params) != self.n_classes:
+            raise ValueError(f"need {self.n_classes} class parameters, but got {len(params)}")
+        values = {"median_filter_frames": self.kernels, "threshold": self.thresholds,
+                  "fill_gap_s": self.fill_gap_s, "min_duration_s": self.min_duration_s}
+        out = []
+        for name, _ in self.blocks:
+            grid = np.asarray(values[name], np.float64)
+            out += [int(np.argmin(np.abs(grid - float(getattr(p, name))))) for p in params]
+        return np.asarray(out, np.int64)
+
     def params(self, action: npt.ArrayLike, classes: Sequence[str]) -> dict[str, ClassParams]:
         """Per class, the parameters one action picks."""
         setting, thr = self.split(action)

@@ -4,7 +4,8 @@ For every seeded split of the clips into tuning and held-out parts (or a separat
 set), every strategy of the job searches the tuning clips; its evaluated candidates become
 two recommendations, ``naive`` (best tuning F) and ``robust`` (:mod:`envs.selection`), and
 both are scored on the held-out clips with a paired bootstrap interval of the gain over the
-manual setting. The RL strategy adds its clip-adaptive policy and its untrained policy. The
+manual setting. The RL strategy adds its clip-adaptive policy and, as references, the
+untrained policy's static table (``untrained``) and clip-adaptive read-out. The
 recommendation is the row with the best mean held-out F among the job's selection mode,
 with a plain statement when no strategy beats manual significantly.
 """
@@ -252,13 +253,15 @@ def _score(
                 res.trajectory,
             )
         )
-    if res.adaptive is not None:
-        tuning_counts = clip_counts_of_events(problem.evaluator, res.adaptive.events(problem.tuning))
-        hc = clip_counts_of_events(held_ev, res.adaptive.events(held_ev.data))
+    for selection, policy in (("adaptive", res.adaptive), ("untrained_adaptive", res.adaptive_untrained)):
+        if policy is None:
+            continue
+        tuning_counts = clip_counts_of_events(problem.evaluator, policy.events(problem.tuning))
+        hc = clip_counts_of_events(held_ev, policy.events(held_ev.data))
         out.append(
             Outcome(
                 res.strategy,
-                "adaptive",
+                selection,
                 None,
                 macro_f(tuning_counts),
                 macro_f(hc),

@@ -91,6 +91,7 @@ class StrategyResult:
         artifacts: Named files the strategy produced (e.g. ``policy``: a checkpoint directory).
         adaptive: Optional clip-adaptive read-out (RL): per class, events from a policy; used
             by the runner to score the policy itself on held-out clips.
+        adaptive_untrained: The same read-out of the untrained policy (RL), its reference.
         info: Free-form details (e.g. settings swept, trials, episodes).
     """
 
@@ -102,6 +103,7 @@ class StrategyResult:
     wall_s: float
     artifacts: dict[str, str] = field(default_factory=dict)
     adaptive: Any = None
+    adaptive_untrained: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

@@ -100,6 +100,22 @@ class PolicyNet(nn.Module):
         return self.mlp(self.features(obs))  # type: ignore[no-any-return]
 
     @torch.no_grad()
+    def favour(self, action: Sequence[int], logit: float) -> None:
+        """Add ``logit`` to the output bias of ``action``'s choice in every dimension.
+
+        The last layer starts with small weights and zero bias, so afterwards the greedy
+        action is ``action`` on every observation while sampling stays broad (a logit of 1
+        over 18 choices gives the favoured one 14 % instead of 6 %).
+        """
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        bias = last.bias
+        start = 0
+        for n, a in zip(self.nvec, action, strict=True):
+            bias[start + int(a)] += logit
+            start += n
+
+    @torch.no_grad()
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         """Argmax action of every dimension, (B, len(nvec)) int64."""
         parts = torch.split(self.forward(obs), self.nvec, dim=-1)

@@ -8,9 +8,12 @@ for manual, exact, random, bayes and rl (static table and clip-adaptive, plus it
 policy), each with naive selection (best tuning F1) and the default robust selection.
 
 Bars (issue 3): every robust strategy at or above manual on mean held-out F1; rl above its
-own untrained policy; robust exact above naive exact on held-out F1 on both sets. Goal
-(recorded either way): robust exact's mean held-out gain over manual >= +1.8 points on
-dcase2021-baseline-student and >= +3.1 on dcase2020-baseline.
+own untrained policy, read out the same way (static table: ``rl/naive`` above
+``rl/untrained``; clip-adaptive: ``rl/adaptive`` above ``rl/untrained_adaptive``); robust
+exact above naive exact on held-out F1 on both sets. Goal (recorded either way): robust
+exact's mean held-out gain over manual >= +1.8 points on dcase2021-baseline-student and
+>= +3.1 on dcase2020-baseline. Reported, not bars (INFO): the clip-adaptive read-out against
+manual and against the untrained static table.
 
 Run: python tests/benchmarks/bench_strategies.py [--splits 5] [--budget 200]
      [--strategies manual,exact,random,bayes,rl] [--sets student,2020] [--no-ray]
@@ -75,14 +78,25 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
                 rl_static.heldout_f_mean > rl_untrained.heldout_f_mean,
             )
         )
-    rl_ad = _row(result, "rl", "adaptive")
-    if rl_ad and rl_untrained:
+    rl_ad, rl_ad0 = _row(result, "rl", "adaptive"), _row(result, "rl", "untrained_adaptive")
+    if rl_ad and rl_ad0:
         out.append(
             (
-                f"{name}: rl/adaptive held-out > rl/untrained",
-                rl_ad.heldout_f_mean > rl_untrained.heldout_f_mean,
+                f"{name}: rl/adaptive held-out > rl/untrained_adaptive",
+                rl_ad.heldout_f_mean > rl_ad0.heldout_f_mean,
             )
         )
+    if rl_ad:
+        # Reported, not a bar: the clip-adaptive read-out against the fixed references.
+        for ref_row in (manual, rl_untrained):
+            if ref_row is not None:
+                out.append(
+                    (
+                        f"{name}: INFO rl/adaptive held-out {rl_ad.heldout_f_mean:.4f} vs "
+                        f"{ref_row.key} {ref_row.heldout_f_mean:.4f}",
+                        rl_ad.heldout_f_mean >= ref_row.heldout_f_mean,
+                    )
+                )
     naive, robust = _row(result, "exact", "naive"), _row(result, "exact", "robust")
     if naive and robust:
         out.append(
@@ -128,8 +142,9 @@ def main() -> int:
             bars += check_bars(name, result)
     print("\n## Bars and goals\n")
     for text, ok in bars:
-        print(f"- {'PASS' if ok else 'FAIL'}: {text}")
-    hard = [ok for text, ok in bars if "GOAL" not in text]
+        kind = ("met" if ok else "missed") if "GOAL" in text or "INFO" in text else ("PASS" if ok else "FAIL")
+        print(f"- {kind}: {text}")
+    hard = [ok for text, ok in bars if "GOAL" not in text and "INFO" not in text]
     return 0 if all(hard) and not any(math.isnan(0.0) for _ in hard) else 1
 
 

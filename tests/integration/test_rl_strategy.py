@@ -99,6 +99,39 @@ def test_static_table_rises_to_within_2_percent_of_the_optimum(
     assert trained.info["untrained_f"] == best[0]
 
 
+def test_warm_start_untrained_policy_is_the_manual_table_on_the_grid(
+    problem: TuningProblem, tmp_path: Path
+) -> None:
+    opts = FAST.model_copy(update={"prior_logit": 1.0, "max_iterations": 1})
+    res = RLStrategy(opts).run(problem, 40.0, 0, RunContext(str(tmp_path)))
+    grid = ActionGrid.from_space(SPACE, len(problem.classes))
+    prior = grid.params(grid.nearest_action([MANUAL] * len(problem.classes)), problem.classes)
+    assert res.info["untrained_params"] == prior
+    # ... on every clip: before training, the clip-adaptive read-out scores the same.
+    adaptive = {int(i): f for i, f in res.info["adaptive_f"]}
+    f_prior, _ = evaluate_joint(problem, prior)
+    assert adaptive[0] == pytest.approx(f_prior, abs=1e-12)
+    assert res.info["iterations"] == 1 and 1 in adaptive
+
+
+def test_adaptive_readout_is_its_best_scored_iteration(
+    problem: TuningProblem, trained: StrategyResult
+) -> None:
+    from service.heldout import clip_counts_of_events, macro_f
+
+    scored = {int(i): f for i, f in trained.info["adaptive_f"]}
+    assert 0 in scored and trained.info["iterations"] in scored
+    best = trained.info["adaptive_iteration"]
+    assert scored[best] == max(scored.values())
+    assert scored[best] > scored[0], f"the clip-adaptive policy did not improve on its start: {scored}"
+    policy: AdaptivePolicy = trained.adaptive
+    f = macro_f(clip_counts_of_events(problem.evaluator, policy.events(problem.tuning)))
+    assert f == pytest.approx(scored[best], abs=1e-12)
+    start: AdaptivePolicy = trained.adaptive_untrained
+    f0 = macro_f(clip_counts_of_events(problem.evaluator, start.events(problem.tuning)))
+    assert f0 == pytest.approx(scored[0], abs=1e-12)
+
+
 def test_params_are_valid_for_every_class(
     problem: TuningProblem, trained: StrategyResult, tmp_path: Path
 ) -> None:

@@ -196,6 +196,22 @@ def test_action_grid_adds_blocks_only_for_searched_stages() -> None:
     assert params["b"] == ClassParams(median_filter_frames=1, threshold=0.5, fill_gap_s=0.0)
 
 
+def test_nearest_action_round_trips_grid_points_and_snaps_others() -> None:
+    space = SearchSpace(
+        kernels=(1, 3, 7), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9, threshold_step=0.4
+    )
+    grid = ActionGrid.from_space(space, 2)
+    for action in ([2, 0, 1, 2, 1, 0], [0, 1, 0, 0, 0, 1]):
+        params = grid.params(np.array(action), ["a", "b"])
+        assert grid.nearest_action([params["a"], params["b"]]).tolist() == action
+    off_grid = [ClassParams(median_filter_frames=5, threshold=0.62, fill_gap_s=0.15),
+                ClassParams(median_filter_frames=9, threshold=0.05)]
+    # kernel 5 -> 3 (first of the nearest), 9 -> 7; thresholds 0.62 -> 0.5, 0.05 -> 0.1; gaps 0.2, 0.0
+    assert grid.nearest_action(off_grid).tolist() == [1, 2, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="need 2 class parameters"):
+        grid.nearest_action(off_grid[:1])
+
+
 @pytest.mark.parametrize(
     ("n_shards", "num_workers", "num_envs"),
     [(4, 2, 2), (8, 2, 2), (3, 2, 2), (5, 0, 1), (2, 1, 3)],
