@@ -90,8 +90,9 @@ def test_work_lands_on_both_nodes(cluster, dataset, tmp_path):
     strategies = [
         {"name": "manual"},
         {"name": "exact", "budget": 40},
-        # Enough trials that the second node's trial actor is up before the search ends.
-        {"name": "random", "budget": 60, "options": {"max_concurrent_trials": 2}},
+        # A fresh worker per trial: the first two start together, one per 1-CPU node (with
+        # reused workers, one node's worker could finish every trial before the other's is up).
+        {"name": "random", "budget": 12, "options": {"max_concurrent_trials": 2, "reuse_actors": False}},
     ]
     if _rl_available():
         strategies.append(
