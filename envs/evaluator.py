@@ -139,6 +139,18 @@ class EvalSet:
                 self._scores.popitem(last=False)
         return scores
 
+    def restricted(self, classes: Sequence[str]) -> EvalSet:
+        """The same clips evaluated on a subset of the classes, in the given order."""
+        return EvalSet(
+            self.filenames,
+            list(classes),
+            self.frame_hop_s,
+            self.durations_s,
+            {c: self.refs[c] for c in classes},
+            self.scores,
+            self.max_cached_classes,
+        )
+
     def subset(self, clip_indices: Sequence[int] | I64) -> EvalSet:
         """The same data restricted to some clips (in the given order)."""
         idx = np.asarray(clip_indices, dtype=np.int64)

@@ -255,6 +255,9 @@ class DataRefLike(Protocol):
     @property
     def clips(self) -> tuple[str, ...] | None: ...
 
+    @property
+    def classes(self) -> tuple[str, ...] | None: ...
+
 
 def replica_shards(
     n_shards: int, worker_index: int, vector_index: int, num_workers: int, num_envs: int
@@ -306,7 +309,8 @@ def load_shards(
             headers are read; otherwise every shard's clip names are listed first).
 
     Returns:
-        The chosen shards' clips that are in ``data.clips`` (all if None), in shard order.
+        The chosen shards' clips that are in ``data.clips`` (all if None), in shard order,
+        evaluated on ``data.classes`` (all of the score set's if None).
 
     Raises:
         SedtuneInputError: No such shard, no clip in play, or shards that do not match the
@@ -344,6 +348,8 @@ def load_shards(
     keep = np.array([i for i, n in enumerate(names) if wanted is None or n in wanted], np.int64)
     if len(keep) == 0:
         raise SedtuneInputError(f"{data.scores}: shards {list(shard_indices)} hold none of the clips in play")
+    if data.classes is not None:
+        aligned = aligned.restricted(data.classes)
     return aligned if len(keep) == len(names) else aligned.subset(keep)
 
 

@@ -68,19 +68,6 @@ def _open(data: DataSpec, where: str) -> EvalSet:
         raise SedtuneInputError(f"{where}: {e}") from None
 
 
-def restrict_classes(data: EvalSet, classes: list[str]) -> EvalSet:
-    """The same set evaluated on a subset of classes."""
-    return EvalSet(
-        data.filenames,
-        classes,
-        data.frame_hop_s,
-        data.durations_s,
-        {c: data.refs[c] for c in classes},
-        data.scores,
-        data.max_cached_classes,
-    )
-
-
 def check_job(spec: JobSpec) -> ResolvedJob:
     """Validate everything a job needs; raise with the field path of the first problem.
 
@@ -97,7 +84,7 @@ def check_job(spec: JobSpec) -> ResolvedJob:
                     f"data.classes[{i}]: unknown class {c!r}; score classes: {data.classes}"
                 )
         classes = list(dict.fromkeys(spec.data.classes))
-        data = restrict_classes(data, classes)
+        data = data.restricted(classes)
     heldout = None
     if spec.heldout.data is not None:
         heldout = _open(spec.heldout.data, "heldout.data")
@@ -109,7 +96,7 @@ def check_job(spec: JobSpec) -> ResolvedJob:
                 f"heldout.data: frame_hop_s {heldout.frame_hop_s} differs from the tuning set's "
                 f"{data.frame_hop_s}"
             )
-        heldout = restrict_classes(heldout, classes)
+        heldout = heldout.restricted(classes)
     elif len(data) < 4:
         raise SedtuneInputError(
             f"data: {len(data)} clips are too few to split into tuning and held-out parts"

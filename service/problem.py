@@ -61,10 +61,8 @@ def _load_cached(ref: DataRef, max_cached_classes: int | None) -> EvalSet:
     durations = read_durations(ref.durations) if ref.durations else None
     full = align(scores, truth, durations, f"{ref.scores} vs {ref.ground_truth}")
     if ref.classes is not None:
-        from service.jobcheck import restrict_classes
-
         full.max_cached_classes = 0  # the restricted view below keeps the columns
-        full = restrict_classes(full, list(ref.classes))
+        full = full.restricted(ref.classes)
     if ref.clips is None:
         full.max_cached_classes = max_cached_classes
         return full

@@ -242,7 +242,8 @@ def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
     mine = [eligible[i] for i in replica_shards(len(eligible), worker, vector, num_workers, num_envs)]
     LOG.info("env replica worker %d vector %d reads shards %s", worker, vector, mine)
     data = DataRef(ctx["scores"], ctx["ground_truth"], ctx["durations"],
-                   None if ctx["clips"] is None else tuple(ctx["clips"]))
+                   None if ctx["clips"] is None else tuple(ctx["clips"]),
+                   None if ctx["classes"] is None else tuple(ctx["classes"]))
     return PostProcessingEnv.from_shards(
         data,
         mine,
@@ -267,6 +268,7 @@ def env_config(problem: TuningProblem, opts: RLOptions, n_frames_max: int) -> di
         "ground_truth": ref.ground_truth,
         "durations": ref.durations,
         "clips": list(problem.tuning.filenames),
+        "classes": None if ref.classes is None else list(ref.classes),
         "shard_paths": [s.path for s in scores.shards],
         "shards": eligible,
         "space": {

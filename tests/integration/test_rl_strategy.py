@@ -114,6 +114,19 @@ def test_warm_start_untrained_policy_is_the_manual_table_on_the_grid(
     assert res.info["iterations"] == 1 and 1 in adaptive
 
 
+def test_a_job_restricted_to_some_classes_trains_on_those(synth_set: SynthResult, tmp_path: Path) -> None:
+    from envs.evaluator import MetricConfig
+    from service.problem import DataRef
+
+    picked = (synth_set.classes[2], synth_set.classes[0])
+    ref = DataRef(synth_set.scores_uri, synth_set.ground_truth_path, synth_set.durations_path, None, picked)
+    problem = TuningProblem(ref, ref.load(), SPACE, MetricConfig(), {c: MANUAL for c in picked}, 3, 0)
+    opts = FAST.model_copy(update={"max_iterations": 1})
+    res = RLStrategy(opts).run(problem, 40.0, 0, RunContext(str(tmp_path)))
+    assert res.info["iterations"] == 1
+    assert list(res.naive) == list(picked) and res.adaptive.classes == list(picked)
+
+
 def test_adaptive_readout_is_its_best_scored_iteration(
     problem: TuningProblem, trained: StrategyResult
 ) -> None:

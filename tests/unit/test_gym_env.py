@@ -260,3 +260,15 @@ def test_shards_are_restricted_to_the_clips_in_play(synth: SynthResult, data: Ev
         for i, name in enumerate(sub.filenames):
             assert np.array_equal(sub.scores(c).clip(i), data.scores(c).clip(full_index[name]))
         assert len(sub.refs[c]) == sum(int((data.refs[c].clip == full_index[n]).sum()) for n in sub.filenames)
+
+
+def test_replicas_see_only_the_jobs_classes_in_its_order(synth: SynthResult, data: EvalSet) -> None:
+    picked = (data.classes[2], data.classes[0])
+    ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path, classes=picked)
+    env = PostProcessingEnv.from_shards(ref, [0, 1], SPACE, episode_clips=4)
+    assert env.data.classes == list(picked)
+    assert env.observation_space.shape == (env.n_frames_max, 2)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    clip = data.filenames.index(env.data.filenames[int(env.clip_order[0])])
+    assert np.array_equal(obs[: len(data.scores(picked[0]).clip(clip)), 0], data.scores(picked[0]).clip(clip))
