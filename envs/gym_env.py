@@ -40,9 +40,6 @@ I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 F32 = npt.NDArray[np.float32]
 
-#: Order of the per-class count triples in tables and ``info``.
-COUNT_FIELDS = ("nref", "nsys", "ntp")
-
 
 @dataclass(frozen=True)
 class ActionGrid:
@@ -94,11 +91,6 @@ class ActionGrid:
     def nvec(self) -> I64:
         """Number of choices of every action dimension (MultiDiscrete ``nvec``)."""
         return np.repeat(np.array([n for _, n in self.blocks], np.int64), self.n_classes)
-
-    @property
-    def n_settings(self) -> int:
-        """Number of discrete settings (kernel, gap, min duration) per class."""
-        return len(self.kernels) * len(self.fill_gap_s) * len(self.min_duration_s)
 
     def settings(self) -> list[tuple[int, float, float]]:
         """(kernel, gap, min duration) of every setting index, as ``SearchSpace.settings``."""

@@ -14,7 +14,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -139,11 +139,6 @@ class Store:
                 return None
             row = s.get(JobRow, job_id, populate_existing=True)
             return None if row is None else _record(JobRecord, row)
-
-    def count_jobs(self) -> int:
-        """Number of stored jobs."""
-        with self._tx() as s:
-            return int(s.scalar(select(func.count()).select_from(JobRow)) or 0)
 
     # ------------------------------------------------------------------ schedules
 

@@ -343,11 +343,9 @@ class _Readout:
 
     iteration: int
     env_steps: int
-    evaluations: float
     f: float
     mode_f: float
     params: dict[str, ClassParams]
-    weights: dict[str, torch.Tensor] = field(repr=False)
 
 
 @dataclass
@@ -471,11 +469,10 @@ class _Run:
         self.policy.load_rllib_state(_module_state(algo))
         actions = self.policy.actions(self.scores)
         params, f, mode_f = static_table(actions, self.grid, self.classes, self.cache, self.top_k)
-        weights = {k: v.clone() for k, v in self.policy.net.state_dict().items()}
         if self.adaptive_due(self.iteration):
             self.read_out_adaptive()
         evaluations = self.spent()
-        self.readouts.append(_Readout(self.iteration, self.steps, evaluations, f, mode_f, params, weights))
+        self.readouts.append(_Readout(self.iteration, self.steps, f, mode_f, params))
         self.trajectory.add(evaluations, f)
         self.ctx.progress(evaluations)
         LOG.info("rl iteration %d: %d clips, %.2f evaluations, static-table tuning F %.4f (mode table %.4f)",
