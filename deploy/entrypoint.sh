@@ -206,7 +206,7 @@ probe_host() {
 
 # GET a URL; succeed on 200 (and, with $2, when the body contains it).
 http_ok() {
-  python - "$1" "${2:-}" <<'PY'
+  python3 - "$1" "${2:-}" <<'PY'
 import sys
 import urllib.request
 
