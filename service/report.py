@@ -149,8 +149,9 @@ def write_outputs(result: JobResult) -> dict[str, str]:
         ).save(best)
         paths["best_params"] = best
     cj = os.path.join(out, "comparison.json")
+    comparison = comparison_json(result)
     with open(cj, "w", encoding="utf-8") as f:
-        json.dump(comparison_json(result), f, indent=2)
+        json.dump(comparison, f, indent=2)
     md = os.path.join(out, "comparison.md")
     with open(md, "w", encoding="utf-8") as f:
         f.write(comparison_markdown(result))
@@ -170,7 +171,7 @@ def write_outputs(result: JobResult) -> dict[str, str]:
     try:
         from service.plots import write_plots
 
-        for name, path in write_plots(comparison_json(result), os.path.join(out, "plots")).items():
+        for name, path in write_plots(comparison, os.path.join(out, "plots")).items():
             paths[f"plots/{name}"] = path
     except ImportError:  # matplotlib is optional for the data commands, not for jobs
         pass

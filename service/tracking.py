@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from service.tracking_layout import MAX_TAG_LEN, ResultFiles, RunPlan, load_result_dir, plan_job
+from service.tracking_layout import (
+    MAX_TAG_LEN,
+    ResultFiles,
+    RunPlan,
+    load_result_dir,
+    local_artifact,
+    plan_job,
+)
 
 if TYPE_CHECKING:
     from service.runner import JobResult
@@ -225,7 +232,15 @@ def ensure_experiment(tracking_uri: str | None, name: str) -> str:
 
 
 def _write_plots(files: ResultFiles, stack: contextlib.ExitStack) -> dict[str, str]:
-    """The figures (into ``<dir>/plots``, or a temporary directory if that is read-only); {} on failure."""
+    """The figures: those the job drew (``artifacts.json``), else drawn now into ``<dir>/plots``
+    (or a temporary directory if that is read-only); {} on failure."""
+    drawn = {
+        key.removeprefix("plots/"): found
+        for key, path in files.artifacts.items()
+        if key.startswith("plots/") and (found := local_artifact(files, path)) is not None
+    }
+    if drawn:
+        return drawn
     from service.plots import write_plots
 
     try:
