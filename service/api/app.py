@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.auth import BearerAuthMiddleware, bearer_scheme
 from service.api.deps import Services
-from service.api.errors import validation_handler
+from service.api.errors import add_service_error_handlers, validation_handler
 from service.background import Loop
 from service.jobs import Clock, JobService, utcnow
 from service.scheduler import Scheduler
@@ -67,6 +67,7 @@ def create_app(settings: Settings, store: Store, submitter: Submitter, *, backgr
                   description="Tune the post-processing of sound event detection models on Ray.")
     app.state.services = svc
     app.add_exception_handler(RequestValidationError, validation_handler)
+    add_service_error_handlers(app)
     app.add_middleware(BearerAuthMiddleware, tokens=settings.tokens)
 
     from service.api import routes_jobs, routes_schedules

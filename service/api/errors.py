@@ -1,5 +1,8 @@
 """Error responses: one line for 401/404/409/503; field paths for 422.
 
+Routes let the services' exceptions propagate; :func:`add_service_error_handlers` answers
+them the same way everywhere.
+
 A 422 body is ``{"detail": [{"loc": [...], "field": "data.scores", "msg": "...", "type": "..."}],
 "message": "data.scores: ..."}`` both for FastAPI's own validation and for sedtune's checks
 (path policy, strategy options, the data), so a client reads the field path the same way.
@@ -9,13 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.jobs import ConflictError, NotFoundError
 from service.spec import field_path
 from service.specpolicy import FieldError
+from service.submitter import SubmitterError
 
 
 def _field(loc: list[Any] | tuple[Any, ...]) -> str:
@@ -57,10 +62,29 @@ def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     )
 
 
-def field_error(e: FieldError, prefix: str = "") -> JSONResponse:
+def field_error(e: FieldError) -> JSONResponse:
     """A 422 response for a sedtune check."""
-    field = f"{prefix}{e.field}" if e.field != "spec" or not prefix else prefix.rstrip(".")
-    return unprocessable([{"loc": _loc(field), "field": field, "msg": e.rule, "type": "value_error"}])
+    return unprocessable([{"loc": _loc(e.field), "field": e.field, "msg": e.rule, "type": "value_error"}])
+
+
+#: Service exceptions and the status each answers with (body ``{"detail": one line}``).
+STATUS_OF: dict[type[Exception], int] = {NotFoundError: 404, ConflictError: 409, SubmitterError: 503}
+
+
+def add_service_error_handlers(app: FastAPI) -> None:
+    """Answer the services' exceptions in every route: :data:`STATUS_OF`, and 422 for a FieldError."""
+
+    async def one_line(request: Request, exc: Exception) -> JSONResponse:
+        status = next(code for cls, code in STATUS_OF.items() if isinstance(exc, cls))
+        return JSONResponse(status_code=status, content={"detail": " ".join(str(exc).split())})
+
+    async def field(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FieldError)
+        return field_error(exc)
+
+    for cls in STATUS_OF:
+        app.add_exception_handler(cls, one_line)
+    app.add_exception_handler(FieldError, field)
 
 
 async def validation_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -9,15 +9,12 @@ from fastapi.responses import JSONResponse
 
 from service.api.auth import bearer_scheme
 from service.api.deps import Services, services
-from service.api.errors import field_error, http_error
+from service.api.errors import http_error
 from service.api.schemas import NAME_PATTERN, ErrorOut, JobDetail, JobList, JobOut, JobResultOut, MlflowLink
-from service.jobs import ConflictError, NotFoundError
 from service.progress_file import read_status
 from service.results import ResultMissingError, read_result
 from service.spec import JobSpec
-from service.specpolicy import FieldError
 from service.store.records import SUCCEEDED, JobRecord
-from service.submitter import SubmitterError
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="job id")]
@@ -53,10 +50,7 @@ def submit_job(spec: JobSpec, svc: Annotated[Services, Depends(services)]) -> An
     The Ray entrypoint is built by sedtune from the validated spec. A job whose submission Ray
     could not take stays ``QUEUED`` and is submitted again by the reconciler.
     """
-    try:
-        job = svc.jobs.submit(spec)
-    except FieldError as e:
-        return field_error(e)
+    job = svc.jobs.submit(spec)
     return detail(job)
 
 
@@ -77,34 +71,21 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorOut}})
 def get_job(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> JobDetail:
     """Status, progress per strategy, best F1 so far, Ray job id, MLflow run link."""
-    try:
-        return detail(svc.jobs.get(job_id))
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    return detail(svc.jobs.get(job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail,
              responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 503: {"model": ErrorOut}})
 def cancel_job(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> JobDetail:
     """Cancel an unfinished job (``STOPPED`` once Ray has stopped it)."""
-    try:
-        return detail(svc.jobs.cancel(job_id))
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
-    except ConflictError as e:
-        raise http_error(409, str(e)) from None
-    except SubmitterError as e:
-        raise http_error(503, str(e)) from None
+    return detail(svc.jobs.cancel(job_id))
 
 
 @router.get("/{job_id}/result", response_model=JobResultOut,
             responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
 def get_result(job_id: JobId, svc: Annotated[Services, Depends(services)]) -> Any:
     """The comparison table and every parameter file of a successful job."""
-    try:
-        job = svc.jobs.get(job_id)
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    job = svc.jobs.get(job_id)
     if job.status != SUCCEEDED:
         return JSONResponse(status_code=409, content={
             "detail": f"job {job_id} is {job.status}; results exist only for SUCCEEDED jobs"})

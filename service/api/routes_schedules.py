@@ -9,11 +9,8 @@ from fastapi.responses import JSONResponse
 
 from service.api.auth import bearer_scheme
 from service.api.deps import Services, services
-from service.api.errors import field_error, http_error
 from service.api.routes_jobs import ID_PATTERN
 from service.api.schemas import ErrorOut, RunList, RunOut, ScheduleCreate, ScheduleList, ScheduleOut
-from service.jobs import ConflictError, NotFoundError
-from service.specpolicy import FieldError
 from service.store.records import RunRecord
 
 ScheduleId = Annotated[str, Path(pattern=ID_PATTERN, description="schedule id")]
@@ -33,12 +30,7 @@ def _run_out(svc: Services, run: RunRecord) -> RunOut:
                         409: {"model": ErrorOut}, 422: {"description": "bad cron line, time zone or spec"}})
 def create_schedule(body: ScheduleCreate, svc: Annotated[Services, Depends(services)]) -> Any:
     """Create a schedule: a five-field cron line read in an IANA time zone, and a job spec."""
-    try:
-        s = svc.scheduler.create(body.name, body.cron, body.timezone, body.spec)
-    except FieldError as e:
-        return field_error(e)
-    except ConflictError as e:
-        raise http_error(409, str(e)) from None
+    s = svc.scheduler.create(body.name, body.cron, body.timezone, body.spec)
     return ScheduleOut.of(s)
 
 
@@ -51,37 +43,25 @@ def list_schedules(svc: Annotated[Services, Depends(services)]) -> ScheduleList:
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=NOT_FOUND)
 def get_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> ScheduleOut:
     """One schedule."""
-    try:
-        return ScheduleOut.of(svc.scheduler.get(schedule_id))
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    return ScheduleOut.of(svc.scheduler.get(schedule_id))
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut, responses=NOT_FOUND)
 def pause_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> ScheduleOut:
     """Stop firing (``run now`` still works)."""
-    try:
-        return ScheduleOut.of(svc.scheduler.pause(schedule_id))
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    return ScheduleOut.of(svc.scheduler.pause(schedule_id))
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleOut, responses=NOT_FOUND)
 def resume_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> ScheduleOut:
     """Fire again from the next cron time after now (fires while paused are not caught up)."""
-    try:
-        return ScheduleOut.of(svc.scheduler.resume(schedule_id))
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    return ScheduleOut.of(svc.scheduler.resume(schedule_id))
 
 
 @router.delete("/{schedule_id}", status_code=204, responses=NOT_FOUND)
 def delete_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> Response:
     """Delete a schedule and its run history (its jobs stay)."""
-    try:
-        svc.scheduler.delete(schedule_id)
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    svc.scheduler.delete(schedule_id)
     return Response(status_code=204)
 
 
@@ -90,10 +70,7 @@ def delete_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(se
 def run_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> Any:
     """Fire now. If the previous run is still going, nothing starts: the skipped run is recorded and
     returned with status 409."""
-    try:
-        run = svc.scheduler.run_now(schedule_id)
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    run = svc.scheduler.run_now(schedule_id)
     out = _run_out(svc, run)
     if run.job_id is None:
         return JSONResponse(status_code=409, content=out.model_dump(mode="json"))
@@ -107,8 +84,5 @@ def schedule_history(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> RunList:
     """Runs newest first: fire time, trigger, job (and its state) or skip reason, warm-start source, drift."""
-    try:
-        svc.scheduler.get(schedule_id)
-    except NotFoundError as e:
-        raise http_error(404, str(e)) from None
+    svc.scheduler.get(schedule_id)
     return RunList(runs=[_run_out(svc, r) for r in svc.store.runs(schedule_id, limit, offset)])
