@@ -154,9 +154,7 @@ class JobService:
             ConflictError: The job has already finished.
             SubmitterError: Ray cannot be reached.
         """
-        job = self.store.get_job(job_id)
-        if job is None:
-            raise NotFoundError(f"job {job_id!r} not found")
+        job = self.get(job_id)
         if job.final:
             raise ConflictError(f"job {job_id} has already finished ({job.status}); "
                                 "only unfinished jobs can be cancelled")

@@ -103,7 +103,6 @@ class Scheduler:
 
     def pause(self, schedule_id: str) -> ScheduleRecord:
         """Stop firing (idempotent)."""
-        self.get(schedule_id)
         return self.store.update_schedule(schedule_id, paused=True, next_run_at=None) or self.get(schedule_id)
 
     def resume(self, schedule_id: str) -> ScheduleRecord:
@@ -185,8 +184,6 @@ class Scheduler:
             if self.store.get_schedule(s.id) is None:
                 raise NotFoundError(f"schedule {s.id!r} not found")
             last = self.store.last_job_of_schedule(s.id)
-            if last is not None:
-                last = self.jobs.store.get_job(last.id) or last
             if last is not None and not last.final:
                 reason = f"overlap: the previous run's job {last.id} is {last.status}; one run at a time"
                 LOG.info("schedule %s: fire at %s skipped (%s)", s.name, fire_time.isoformat(), reason)
