@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -73,12 +72,6 @@ def serve(port: int, root: str) -> None:
         return {"ids": [s[0] for s in submitter.submitted]}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spec(root: str, i: int) -> dict[str, object]:
@@ -170,7 +163,9 @@ def main() -> int:
         return 0
     root = tempfile.mkdtemp(prefix="sdt-bench-api-")
     os.makedirs(os.path.join(root, "data", "set"))
-    port = _free_port()
+    from tests.ports import free_port
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), root], cwd=ROOT,
                             start_new_session=True)

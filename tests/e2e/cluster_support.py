@@ -29,7 +29,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.integration.mlflow_support import MlflowServer, free_port
+from tests.integration.mlflow_support import MlflowServer
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 SEDTUNE = str(BIN / "sedtune")

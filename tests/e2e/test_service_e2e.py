@@ -41,7 +41,8 @@ from tests.e2e.cluster_support import (
     short_tmp,
     start_mlflow,
 )
-from tests.integration.mlflow_support import MlflowServer, Rest, free_port, tags
+from tests.integration.mlflow_support import MlflowServer, Rest, tags
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -1,17 +1,10 @@
-"""Fixtures shared by the integration tests: one private local Ray per module, and the small
-tuning problem built from a generated set."""
+"""Fixtures shared by the integration tests: one private local Ray per module."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-
-from envs.evaluator import MetricConfig
-from envs.params import ClassParams
-from envs.space import SearchSpace
-from envs.synth import SynthResult
-from service.problem import DataRef, TuningProblem
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +20,3 @@ def local_ray() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
-
-
-def synth_problem(synth: SynthResult, space: SearchSpace, manual: ClassParams) -> TuningProblem:
-    """Every clip of a generated set as tuning clips, ``manual`` for every class, 3 folds."""
-    ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path, clips=None)
-    manuals = {c: manual for c in synth.classes}
-    return TuningProblem(ref, ref.load(), space, MetricConfig(), manuals, n_folds=3, seed=0)

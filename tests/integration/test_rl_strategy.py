@@ -28,7 +28,7 @@ from service.strategies.base import RunContext, Strategy, StrategyResult, evalua
 from service.strategies.rl import RLOptions, RLStrategy, _build, _env_steps, env_config
 from service.strategies.rl_policy import AdaptivePolicy
 from tests.contract.strategy_contract import StrategyContract
-from tests.integration.conftest import synth_problem
+from tests.integration.problems import synth_problem
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

@@ -32,7 +32,7 @@ from service.strategies.tune_search import (
     trial_budget,
 )
 from tests.contract.strategy_contract import StrategyContract
-from tests.integration.conftest import synth_problem
+from tests.integration.problems import synth_problem
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 

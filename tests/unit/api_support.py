@@ -77,14 +77,13 @@ def make_api(root: Path, settings: Settings | None = None, submitter: FakeSubmit
 
 @pytest.fixture(name="api", params=["sqlite", "postgresql"])
 def api_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
-    """An app on a fake cluster, with a tiny generated set under its data root.
+    """An app on a fake cluster, with its data root (specs are checked against the path policy;
+    the data itself is not read: ``check_data`` is off).
 
     Once per store: the embedded SQLite, and a fresh database on a real PostgreSQL server
     (the ``postgres`` fixture; the deployments' store).
     """
-    from envs.synth import SynthConfig, generate
-
-    generate(str(tmp_path / "data" / "set"), SynthConfig(n_clips=12, n_classes=2, seed=0))
+    (tmp_path / "data" / "set").mkdir(parents=True)
     if request.param == "sqlite":
         yield make_api(tmp_path)
         return

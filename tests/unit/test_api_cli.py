@@ -13,15 +13,13 @@ import uvicorn
 import yaml
 
 from service.cli import main
-from tests.integration.mlflow_support import free_port
+from tests.ports import free_port
 from tests.unit.api_support import TOKEN, Api, make_api, write_fake_result
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[tuple[Api, str]]:
-    from envs.synth import SynthConfig, generate
-
-    generate(str(tmp_path / "data" / "set"), SynthConfig(n_clips=12, n_classes=2, seed=0))
+    (tmp_path / "data" / "set").mkdir(parents=True)  # the data root; check_data is off
     api = make_api(tmp_path)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(api.client.app, host="127.0.0.1", port=port, log_level="warning",

@@ -14,7 +14,8 @@ import pytest
 from service.plots import curve_points, write_plots
 from service.tracking import log_job, resolve_uri
 from service.tracking_layout import CURVE_METRIC, flatten, load_result_dir, plan_job
-from tests.integration.mlflow_support import fake_result_dir, free_port
+from tests.integration.mlflow_support import fake_result_dir
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README_FIGURE = "tests/benchmarks/figures/f1_vs_evaluations.png"
