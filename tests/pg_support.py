@@ -13,7 +13,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +68,7 @@ def pg_server() -> Iterator[PgServer]:
 
     Raises:
         FileNotFoundError: PostgreSQL's server binaries are not installed.
+        RuntimeError: initdb or pg_ctl failed (with their error output).
     """
     bindir = pg_bin()
     if bindir is None:
@@ -78,29 +78,25 @@ def pg_server() -> Iterator[PgServer]:
     user = "postgres" if as_root else pwd.getpwuid(os.geteuid()).pw_name
     root = tempfile.mkdtemp(prefix="sedtune-pg-")  # under /tmp: reachable by the postgres user
     data = os.path.join(root, "data")
-    if as_root:
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-    port = free_port()
-    log = os.path.join(root, "server.log")
-    subprocess.run([*run_as, f"{bindir}/initdb", "-D", data, "-U", user, "--auth=trust", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", opts, "-w", "-t", "60",
-                    "start"], check=True, capture_output=True)
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([*run_as, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{os.path.basename(args[0])} failed: {proc.stderr.strip()[-2000:]}")
+
     try:
-        server = PgServer(port, user)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                server._admin("SELECT 1")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield server
+        if as_root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+        port = free_port()
+        run(f"{bindir}/initdb", "-D", data, "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # -w: returns once the server accepts connections.
+        run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "server.log"), "-o", opts, "-w", "-t",
+            "60", "start")
+        yield PgServer(port, user)
     finally:
-        subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                       capture_output=True)
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run([*run_as, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                           capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
