@@ -186,3 +186,13 @@ def evaluate_joint(
 
     counts = fold_counts(problem.evaluator, params, problem.folds, problem.n_folds)
     return macro_from_counts(counts), counts
+
+
+def current_node() -> str:
+    """The Ray node id of this process ("" outside Ray): where a strategy's work ran."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+    except ImportError:  # pragma: no cover - Ray is a dependency of the service
+        return ""

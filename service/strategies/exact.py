@@ -17,6 +17,7 @@ Budget (full-set evaluations; evaluating one candidate for every class counts 1)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from envs.selection import Candidate, f_measure
 from envs.space import SearchSpace, Setting
 from envs.sweep import sweep_class
 from service.problem import DataRef, TuningProblem
-from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
 
 LOG = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
@@ -89,23 +90,12 @@ def run_sweep_task(task: SweepTask, data: DataRef, folds: I64) -> SweepOutput:
         data: The tuning data (read by this process itself: only the task's class column).
         folds: Fold id of every tuning clip.
     """
-    out = _sweep(task, data, folds)
-    return SweepOutput(out.label, out.setting, out.thresholds, out.counts, out.n_decisions, current_node())
-
-
-def current_node() -> str:
-    """The Ray node id of this process ("" outside Ray)."""
-    try:
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
-    except ImportError:  # pragma: no cover - Ray is a dependency of the service
-        return ""
+    return dataclasses.replace(_sweep(task, data, folds), node=current_node())
 
 
 def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
-    data = ref.load(max_cached_classes=task.cached_classes)
     ev = _evaluator(ref, task.metric, task.cached_classes)
+    data = ev.data
     k = task.setting.median_filter_frames
     index = ev.grid_levels(task.label, k, task.grid) if task.grid is not None else ev.levels(task.label, k)
     res = sweep_class(

@@ -57,7 +57,7 @@ from envs.scoreset import ScoreSet
 from envs.selection import Candidate
 from envs.space import SearchSpace
 from service.problem import DataRef, TuningProblem, macro_from_counts
-from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
 from service.strategies.rl_policy import AdaptivePolicy, PolicyNet, ValueNet
 
 LOG = logging.getLogger(__name__)
@@ -520,13 +520,8 @@ class _Run:
 
 def _runner_nodes(algo: Any) -> list[str]:
     """Ray node ids of the remote EnvRunners (where the environment replicas ran)."""
-    import ray
-
-    def node(_: Any) -> str:
-        return str(ray.get_runtime_context().get_node_id())
-
     try:
-        ids = algo.env_runner_group.foreach_env_runner(node, local_env_runner=False)
+        ids = algo.env_runner_group.foreach_env_runner(lambda _: current_node(), local_env_runner=False)
     except Exception:  # diagnostics only: never fail a run over it
         LOG.warning("rl: could not read the env runners' nodes", exc_info=True)
         return []

@@ -55,7 +55,7 @@ from envs.params import ClassParams, check_hop, class_params_from_json, load_par
 from envs.selection import Candidate
 from envs.space import SearchSpace
 from service.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
-from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory, current_node
 
 if TYPE_CHECKING:
     from ray.tune import Callback, Stopper
@@ -245,15 +245,13 @@ def _fail_once(marker: str | None) -> None:
 
 def _trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one full-set evaluation, reported once."""
-    import ray
     from ray import tune
 
     _fail_once(setup.fault_marker)
     t0 = time.perf_counter()
     out = evaluate_config(setup, config)
     # Diagnostics: seconds spent evaluating, the worker process (shows actor reuse) and node.
-    node = ray.get_runtime_context().get_node_id()
-    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid(), node=node)
+    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid(), node=current_node())
     tune.report(out)
 
 
