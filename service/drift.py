@@ -15,10 +15,13 @@ Every numeric parameter of the recommended (``best_params``) table is compared, 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from envs.params import ClassParams
+
 FORMAT = "sedtune.drift/1"
-_FIELDS = ("median_filter_frames", "threshold", "threshold_off", "fill_gap_s", "min_duration_s")
+_FIELDS = tuple(f.name for f in dataclasses.fields(ClassParams))
 
 
 def _delta(prev: Any, cur: Any) -> float | int | None:

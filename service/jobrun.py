@@ -48,17 +48,14 @@ class _Reporting(Strategy):
 
 def _track(spec: JobSpec, output_dir: str) -> tuple[dict[str, Any] | None, str]:
     """Log the result directory to MLflow; (run info or None, one line)."""
-    from service.tracking import failure_line, log_results, resolve_uri
+    from service.tracking import try_log
 
-    uri = resolve_uri(spec.tracking.uri)
-    try:
-        rep = log_results(output_dir, uri, spec.tracking.experiment)
-    except Exception as e:
-        LOG.debug("tracking failed", exc_info=True)
-        return None, failure_line(e, output_dir, getattr(e, "uri", uri))
+    rep, line = try_log(output_dir, spec.tracking.uri, spec.tracking.experiment)
+    if rep is None:
+        return None, line
     info = {"uri": rep.uri, "experiment": rep.experiment, "experiment_id": rep.experiment_id,
             "run_id": rep.run_id, "url": rep.ui_url, "strategy_runs": rep.strategy_runs}
-    return info, rep.line()
+    return info, line
 
 
 def run(job_id: str, spec: JobSpec) -> int:

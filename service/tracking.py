@@ -389,9 +389,26 @@ def log_job(result: JobResult) -> str:
     Returns:
         One line: ``tracked: experiment X, run ID at URI (...)`` or ``tracking failed: ...``.
     """
-    uri = resolve_uri(result.spec.tracking.uri)
+    return try_log(result.output_dir, result.spec.tracking.uri, result.spec.tracking.experiment)[1]
+
+
+def try_log(
+    output_dir: str, tracking_uri: str | None, experiment: str | None
+) -> tuple[TrackingReport | None, str]:
+    """Log a result directory; never raises.
+
+    Args:
+        output_dir: The job's result directory.
+        tracking_uri: The spec's tracking URI (None: the default, see :func:`resolve_uri`).
+        experiment: The spec's experiment name (None: the job name).
+
+    Returns:
+        The report (None if tracking failed) and one line for the user.
+    """
+    uri = resolve_uri(tracking_uri)
     try:
-        return log_results(result.output_dir, uri, result.spec.tracking.experiment).line()
+        rep = log_results(output_dir, uri, experiment)
     except Exception as e:
         LOG.debug("tracking failed", exc_info=True)
-        return failure_line(e, result.output_dir, getattr(e, "uri", uri))
+        return None, failure_line(e, output_dir, getattr(e, "uri", uri))
+    return rep, rep.line()
