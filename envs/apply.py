@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
+from envs.decoders import score_set_events
 from envs.errors import SedtuneInputError
 from envs.events import ClassEvents
 from envs.groundtruth import read_durations
 from envs.params import ParamFile, check_hop, load_params
 from envs.scoreset import ScoreSet
-from envs.stack import apply_stack
 
 
 def apply_params(
     scores: ScoreSet, params: ParamFile, durations: dict[str, float] | None = None
 ) -> dict[str, ClassEvents]:
-    """Per class, the events the stack produces (clip indices into ``scores.filenames``).
+    """Per class, the events its decoder produces (clip indices into ``scores.filenames``).
 
     Args:
         scores: Opened score set.
         params: Validated parameters covering exactly the set's classes.
         durations: Optional clip durations (seconds) for clipping offsets.
     """
-    names = scores.filenames
-    dur = np.array([durations.get(n, np.nan) for n in names]) if durations else None
-    return {
-        c: apply_stack(scores.read_class(c), params.classes[c], scores.frame_hop_s, dur)
-        for c in scores.classes
-    }
+    return score_set_events(scores, params, durations)[0]
 
 
 def write_events_tsv(path: str, filenames: list[str], events: dict[str, ClassEvents]) -> int:

@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from envs.boxes import Boxes, box_events, detect_boxes
 from envs.errors import SedtuneInputError
 from envs.events import ClassEvents
 from envs.groundtruth import GroundTruth, read_durations, read_ground_truth
@@ -28,7 +29,7 @@ from envs.metrics.counts import Counts
 from envs.metrics.event_based import event_counts, hit_pairs, matched_events
 from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall
 from envs.metrics.segment_based import segment_counts
-from envs.params import ClassParams
+from envs.params import BoxSetting, ClassParams
 from envs.scoreset import ClassScores, ScoreSet
 from envs.stack import clean, decode, median_filter_levels, median_filter_values
 
@@ -278,6 +279,7 @@ class Evaluator:
         self._ranked: _Lru[str, tuple[F64, I64]] = _Lru(None if n is None else max(n, 1))
         self._levels: _Lru[tuple[str, int], LevelIndex] = _Lru(None if n is None else max(n, 1) * 32)
         self._quantized: _Lru[tuple[str, tuple[float, ...]], I64] = _Lru(None if n is None else max(n, 1))
+        self._boxes: _Lru[tuple[str, BoxSetting], Boxes] = _Lru(None if n is None else max(n, 1) * 64)
 
     def ranked(self, label: str) -> tuple[F64, I64]:
         """A class's sorted distinct values and every frame's rank among them (cached)."""
@@ -334,9 +336,28 @@ class Evaluator:
         levels = np.arange(len(g) + 1, dtype=np.float64) / (len(g) + 1)
         return LevelIndex.from_ranks(filtered, levels, scores.offsets)
 
+    def boxes(self, label: str, setting: BoxSetting) -> Boxes:
+        """A class's candidate boxes under a box setting (cached; ``boxes`` decoder)."""
+        key = (label, setting)
+        hit = self._boxes.get(key)
+        if hit is None:
+            scores = self.data.scores(label)
+            hit = detect_boxes(scores.values, scores.offsets, self.data.frame_hop_s, setting)
+            self._boxes.put(key, hit)
+        return hit
+
     def events(self, label: str, params: ClassParams) -> ClassEvents:
-        """A class's events under ``params``."""
+        """A class's events under ``params`` (either decoder)."""
         hop = self.data.frame_hop_s
+        if params.decoder == "boxes":
+            return box_events(
+                self.boxes(label, params.box_setting),
+                params.threshold,
+                hop,
+                self.data.durations_s,
+                params.fill_gap_s,
+                params.min_duration_s,
+            )
         index = self.levels(label, params.median_filter_frames)
         if params.threshold_off is None:
             start, end = index.runs_at(params.threshold)

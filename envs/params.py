@@ -1,27 +1,70 @@
 """Per-class stack parameters and the versioned parameter file.
 
-The parameter file is what users take into inference::
+The parameter file is what users take into inference (format ``sedtune.params/2``)::
 
-    {"format": "sedtune.params/1", "frame_hop_s": 0.064,
-     "classes": {"Dog": {"median_filter_frames": 7, "threshold": 0.42,
-                         "threshold_off": null, "fill_gap_s": 0.0, "min_duration_s": 0.1}}}
+    {"format": "sedtune.params/2", "frame_hop_s": 0.064,
+     "classes": {
+       "Dog": {"decoder": "frames", "median_filter_frames": 7, "threshold": 0.42,
+               "threshold_off": null, "fill_gap_s": 0.0, "min_duration_s": 0.1},
+       "Cat": {"decoder": "boxes", "median_filter_frames": 1, "step_filter_s": 0.48,
+               "merge_abs": 0.2, "merge_rel": null, "confidence": "mean", "threshold": 0.35,
+               "fill_gap_s": 0.0, "min_duration_s": 0.0}}}
 
-``threshold_off`` (optional) turns on hysteresis: an event starts where the filtered
-probability exceeds ``threshold`` and continues while it exceeds ``threshold_off``.
+Per class, ``decoder`` picks the decoder and its fields (a field of the other decoder is
+refused):
+
+- ``frames`` (:mod:`envs.stack`): median filter, frame threshold (``threshold_off``, optional,
+  turns on hysteresis: an event starts where the filtered probability exceeds ``threshold``
+  and continues while it exceeds ``threshold_off``), gap filling, minimum duration;
+- ``boxes`` (:mod:`envs.boxes`): median filter, change-point boxes with a step filter of
+  ``step_filter_s`` seconds, merging across shallow gaps (``merge_abs`` and/or ``merge_rel``,
+  null = off), box confidence (``mean`` or ``max``) above ``threshold``, then gap filling and
+  minimum duration.
+
+Files of format ``sedtune.params/1`` (no ``decoder`` field) load as ``frames``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeGuard
 
 from envs.errors import SedtuneInputError
 
-PARAMS_FORMAT = "sedtune.params/1"
+PARAMS_FORMAT = "sedtune.params/2"
+PARAMS_FORMAT_V1 = "sedtune.params/1"
 MAX_KERNEL_FRAMES = 999
+DECODERS = ("frames", "boxes")
+CONFIDENCES = ("mean", "max")
+# Step filters longer than this (seconds) would span whole clips of any DCASE set.
+MAX_STEP_FILTER_S = 60.0
+_COMMON = ("decoder", "median_filter_frames", "threshold", "fill_gap_s", "min_duration_s")
+DECODER_FIELDS: dict[str, tuple[str, ...]] = {
+    "frames": (*_COMMON, "threshold_off"),
+    "boxes": (*_COMMON, "step_filter_s", "merge_abs", "merge_rel", "confidence"),
+}
+
+
+@dataclass(frozen=True)
+class BoxSetting:
+    """Everything that fixes a class's boxes (``boxes`` decoder): all but θ and the clean-up.
+
+    Attributes:
+        median_filter_frames: Median filter before detection, frames (odd; 1 = off).
+        step_filter_s: Step-filter length L, seconds (> 0).
+        merge_abs: Merge two boxes when peak - dip is below this (score units), or None.
+        merge_rel: Merge two boxes when peak / dip is below this (ratio > 1), or None.
+        confidence: ``"mean"`` (time-weighted mean score) or ``"max"``.
+    """
+
+    median_filter_frames: int
+    step_filter_s: float
+    merge_abs: float | None
+    merge_rel: float | None
+    confidence: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -30,10 +73,17 @@ class ClassParams:
 
     Attributes:
         median_filter_frames: Median-filter kernel in frames (odd; 1 = off).
-        threshold: Decision threshold in (0, 1); a frame is active where p > threshold.
-        threshold_off: Hysteresis release threshold in (0, threshold], or None for none.
+        threshold: Decision threshold in (0, 1): a frame is active where p > threshold
+            (``frames``), a box is kept where its confidence > threshold (``boxes``).
+        threshold_off: Hysteresis release threshold in (0, threshold], or None for none
+            (``frames`` only).
         fill_gap_s: Gaps between events shorter than this (seconds) are filled.
         min_duration_s: Events shorter than this (seconds) are dropped, after gap filling.
+        decoder: ``"frames"`` or ``"boxes"``.
+        step_filter_s: Step-filter length in seconds, > 0 (``boxes`` only, required there).
+        merge_abs: Absolute merge criterion in (0, 1], or None for off (``boxes`` only).
+        merge_rel: Relative merge criterion > 1, or None for off (``boxes`` only).
+        confidence: Box confidence, ``"mean"`` or ``"max"`` (``boxes`` only).
     """
 
     median_filter_frames: int = 1
@@ -41,6 +91,11 @@ class ClassParams:
     threshold_off: float | None = None
     fill_gap_s: float = 0.0
     min_duration_s: float = 0.0
+    decoder: str = "frames"
+    step_filter_s: float | None = None
+    merge_abs: float | None = None
+    merge_rel: float | None = None
+    confidence: str = "mean"
 
     def validate(self, where: str) -> ClassParams:
         """Check every rule; return self.
@@ -51,6 +106,10 @@ class ClassParams:
         Raises:
             SedtuneInputError: Naming the field and the value that breaks its rule.
         """
+        if self.decoder not in DECODERS:
+            raise SedtuneInputError(
+                f"{where}: decoder must be one of {list(DECODERS)}, but got {self.decoder!r}"
+            )
         k = self.median_filter_frames
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 or k > MAX_KERNEL_FRAMES:
             raise SedtuneInputError(
@@ -70,11 +129,46 @@ class ClassParams:
             v = getattr(self, name)
             if not _is_number(v) or v < 0:
                 raise SedtuneInputError(f"{where}: {name} must be a number >= 0, but got {v!r}")
+        if self.decoder == "frames":
+            for name in ("step_filter_s", "merge_abs", "merge_rel"):
+                if getattr(self, name) is not None:
+                    raise SedtuneInputError(f"{where}: {name} is a field of decoder 'boxes', not 'frames'")
+            return self
+        if self.threshold_off is not None:
+            raise SedtuneInputError(f"{where}: threshold_off is a field of decoder 'frames', not 'boxes'")
+        v = self.step_filter_s
+        if v is None or not _is_number(v) or not 0 < v <= MAX_STEP_FILTER_S:
+            raise SedtuneInputError(
+                f"{where}: step_filter_s must be a number in (0, {MAX_STEP_FILTER_S}] (seconds), "
+                f"but got {v!r}"
+            )
+        a = self.merge_abs
+        if a is not None and (not _is_number(a) or not 0 < a <= 1):
+            raise SedtuneInputError(f"{where}: merge_abs must be in (0, 1] or null, but got {a!r}")
+        r = self.merge_rel
+        if r is not None and (not _is_number(r) or not r > 1):
+            raise SedtuneInputError(f"{where}: merge_rel must be a number > 1 or null, but got {r!r}")
+        if self.confidence not in CONFIDENCES:
+            raise SedtuneInputError(
+                f"{where}: confidence must be one of {list(CONFIDENCES)}, but got {self.confidence!r}"
+            )
         return self
 
+    @property
+    def box_setting(self) -> BoxSetting:
+        """What fixes the boxes (``boxes`` decoder): everything but the threshold and clean-up."""
+        return BoxSetting(
+            self.median_filter_frames,
+            float(self.step_filter_s or 0.0),
+            self.merge_abs,
+            self.merge_rel,
+            self.confidence,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        """As a JSON-ready dict."""
-        return asdict(self)
+        """As a JSON-ready dict: the decoder and its own fields only."""
+        d = asdict(self)
+        return {f: d[f] for f in DECODER_FIELDS[self.decoder]}
 
 
 def _is_number(v: object) -> TypeGuard[int | float]:
@@ -84,17 +178,34 @@ def _is_number(v: object) -> TypeGuard[int | float]:
 FIELDS = tuple(ClassParams.__dataclass_fields__)
 
 
-def class_params_from_json(obj: object, where: str) -> ClassParams:
+def class_params_from_json(obj: object, where: str, version: int = 2) -> ClassParams:
     """Parse and validate one class's parameters.
 
+    Args:
+        obj: The parsed JSON object.
+        where: Location for messages (file and class).
+        version: Format version of the file (1: frames fields only, no ``decoder``).
+
     Raises:
-        SedtuneInputError: Unknown or missing fields, wrong types, broken rules.
+        SedtuneInputError: Unknown or missing fields, fields of the other decoder, wrong
+            types, broken rules.
     """
     if not isinstance(obj, dict):
         raise SedtuneInputError(f"{where}: must be an object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(FIELDS))
+    decoder = obj.get("decoder", "frames") if version >= 2 else "frames"
+    if decoder not in DECODERS:
+        raise SedtuneInputError(f"{where}.decoder: must be one of {list(DECODERS)}, but got {decoder!r}")
+    allowed = DECODER_FIELDS[decoder] if version >= 2 else DECODER_FIELDS["frames"][1:]
+    unknown = sorted(set(obj) - set(allowed))
     if unknown:
-        raise SedtuneInputError(f"{where}: unknown field(s) {unknown}; allowed: {list(FIELDS)}")
+        other = [f for f in unknown if f in FIELDS and f != "decoder"]
+        if other:
+            raise SedtuneInputError(
+                f"{where}.{other[0]}: not a field of decoder {decoder!r}; allowed: {list(allowed)}"
+            )
+        raise SedtuneInputError(f"{where}: unknown field(s) {unknown}; allowed: {list(allowed)}")
+    if decoder == "boxes" and "step_filter_s" not in obj:
+        raise SedtuneInputError(f"{where}: field 'step_filter_s' is required for decoder 'boxes'")
     if "threshold" not in obj:
         raise SedtuneInputError(f"{where}: field 'threshold' is required")
     kwargs = dict(obj)
@@ -162,17 +273,19 @@ def params_from_json(obj: object, where: str) -> ParamFile:
     """
     if not isinstance(obj, dict):
         raise SedtuneInputError(f"{where}: must be a JSON object")
-    if obj.get("format") != PARAMS_FORMAT:
+    if obj.get("format") not in (PARAMS_FORMAT, PARAMS_FORMAT_V1):
         raise SedtuneInputError(
-            f"{where}: field 'format' must be {PARAMS_FORMAT!r}, but got {obj.get('format')!r}"
+            f"{where}: field 'format' must be {PARAMS_FORMAT!r} (or {PARAMS_FORMAT_V1!r}), "
+            f"but got {obj.get('format')!r}"
         )
+    version = 1 if obj.get("format") == PARAMS_FORMAT_V1 else 2
     hop = obj.get("frame_hop_s")
     if not _is_number(hop) or hop <= 0:
         raise SedtuneInputError(f"{where}: field 'frame_hop_s' must be a number > 0, but got {hop!r}")
     classes = obj.get("classes")
     if not isinstance(classes, dict) or not classes:
         raise SedtuneInputError(f"{where}: field 'classes' must be a non-empty object")
-    parsed = {str(k): class_params_from_json(v, f"{where}, classes.{k}") for k, v in classes.items()}
+    parsed = {str(k): class_params_from_json(v, f"{where}, classes.{k}", version) for k, v in classes.items()}
     meta = obj.get("metadata")
     return ParamFile(float(hop), parsed, meta if isinstance(meta, dict) else None)
 
@@ -201,8 +314,3 @@ def check_hop(params: ParamFile, frame_hop_s: float, where: str) -> None:
         raise SedtuneInputError(
             f"{where}: frame_hop_s {params.frame_hop_s} differs from the scores' {frame_hop_s}"
         )
-
-
-def as_mapping(p: ParamFile | Mapping[str, ClassParams]) -> Mapping[str, ClassParams]:
-    """The per-class mapping of a ParamFile or mapping."""
-    return p.classes if isinstance(p, ParamFile) else p

@@ -227,7 +227,7 @@ def apply_stack(
     durations_s: F64 | None = None,
     filtered: ClassScores | None = None,
 ) -> ClassEvents:
-    """Run the whole stack for one class (the frame-level reference path).
+    """Run the whole ``frames`` stack for one class (the frame-level reference path).
 
     Args:
         scores: One class's scores for all clips.

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from envs.boxes import Boxes
 from envs.events import ClassEvents
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
 from envs.metrics.event_based import hit_pairs, matched_events
-from envs.metrics.fscore import class_f_measure
+from envs.selection import f_measure
 from envs.stack import clean, decode
 
 I64 = npt.NDArray[np.int64]
@@ -131,20 +132,31 @@ def sweep_class(
             delta_sys,
         )
         lo = hi
+    return _result(delta_tp, delta_sys, index.values, refs, groups, n_groups)
+
+
+def _result(
+    delta_tp: npt.NDArray[np.int64],
+    delta_sys: npt.NDArray[np.int64],
+    values: F64,
+    refs: ClassEvents,
+    groups: I64,
+    n_groups: int,
+) -> SweepResult:
+    """The F curve from per-group count changes over the sorted distinct ``values``."""
+    n_values = len(values)
     g_tp = np.cumsum(delta_tp, axis=1)[:, : n_values + 1]
     g_sys = np.cumsum(delta_sys, axis=1)[:, : n_values + 1]
     ntp, nsys = g_tp.sum(axis=0), g_sys.sum(axis=0)
     # Interval g holds thresholds in [V[g-1], V[g]); keep those meeting (0, 1).
-    lower = np.concatenate(([-np.inf], index.values))
-    upper = np.concatenate((index.values, [np.inf]))
+    lower = np.concatenate(([-np.inf], values))
+    upper = np.concatenate((values, [np.inf]))
     valid = (upper > 0.0) & (lower < 1.0)
     lo_c = np.maximum(lower[valid], 0.0)
     up_c = np.minimum(upper[valid], 1.0)
     thresholds = (lo_c + up_c) / 2
     nref = len(refs)
-    f = np.array(
-        [class_f_measure(Counts(nref, int(s), int(t))) for s, t in zip(nsys[valid], ntp[valid], strict=True)]
-    )
+    f = f_measure(nref, nsys[valid], ntp[valid])
     g_ref = np.bincount(groups[refs.clip], minlength=n_groups).astype(np.int64)
     return SweepResult(
         thresholds,
@@ -158,6 +170,71 @@ def sweep_class(
         g_sys[:, valid],
         g_ref,
     )
+
+
+def sweep_boxes(
+    boxes: Boxes,
+    refs: ClassEvents,
+    frame_hop_s: float,
+    durations_s: F64,
+    t_collar_s: float = 0.2,
+    percentage_of_length: float = 0.2,
+    fill_gap_s: float = 0.0,
+    min_duration_s: float = 0.0,
+    groups: I64 | None = None,
+    n_groups: int = 1,
+) -> SweepResult:
+    """Every box-confidence threshold of one class for one box setting, in one pass.
+
+    A clip whose boxes have m distinct confidences ``v_1 < ... < v_m`` has m + 1 outputs: at
+    θ in ``[v_j, v_(j+1))`` its boxes with confidence > v_j (all of them below v_1). Each
+    (clip, j) is a pseudo-clip holding those boxes, cleaned, decoded and matched against its
+    own copy of the clip's references; the count changes are accumulated over the sorted
+    distinct confidences of all clips, as in :func:`sweep_class`. Exact: the counts at every
+    threshold equal :func:`envs.boxes.box_events` evaluated there (tested).
+
+    Args:
+        boxes: The class's candidate boxes (:func:`envs.boxes.detect_boxes`).
+        refs: The class's reference events (same clip indices).
+        frame_hop_s: Seconds per frame.
+        durations_s: Per clip duration (NaN where unknown).
+        t_collar_s: Collar (seconds).
+        percentage_of_length: Offset tolerance fraction.
+        fill_gap_s: Gap filling after thresholding (seconds).
+        min_duration_s: Minimum duration after gap filling (seconds).
+        groups: Group id (e.g. cross-validation fold) of every clip; None = one group.
+        n_groups: Number of groups.
+    """
+    n_clips = boxes.n_clips
+    if groups is None:
+        groups = np.zeros(n_clips, np.int64)
+        n_groups = 1
+    values, box_rank = np.unique(boxes.confidence, return_inverse=True)
+    box_rank = box_rank.astype(np.int64)
+    n_values = len(values)
+    delta_tp = np.zeros((n_groups, n_values + 2), np.int64)
+    delta_sys = np.zeros((n_groups, n_values + 2), np.int64)
+    if len(boxes):
+        n_v = np.int64(n_values + 1)
+        # Levels of a clip: one per distinct confidence rank r of its boxes, holding the boxes
+        # of rank >= r; it applies at thresholds just below V[r] (down to the previous level).
+        levels = np.unique(boxes.clip * n_v + box_rank)
+        level_clip, level_rank = levels // n_v, levels % n_v
+        n_levels = len(levels)
+        # Box i belongs to the levels of its clip with rank <= its own.
+        lo = np.searchsorted(levels, boxes.clip * n_v, side="left")
+        hi = np.searchsorted(levels, boxes.clip * n_v + box_rank, side="right")
+        n = hi - lo
+        first = np.cumsum(n) - n
+        lvl = np.repeat(lo - first, n) + np.arange(int(n.sum()), dtype=np.int64)
+        box = np.repeat(np.arange(len(boxes), dtype=np.int64), n)
+        order = np.lexsort((boxes.start[box], lvl))
+        lvl, box = lvl[order], box[order]
+        g, s, e = clean(lvl, boxes.start[box], boxes.end[box], frame_hop_s, fill_gap_s, min_duration_s)
+        est = decode(g, s, e, frame_hop_s, durations_s[level_clip])
+        nsys, ntp = pseudo_clip_counts(est, level_clip, n_levels, refs, t_collar_s, percentage_of_length)
+        _accumulate(level_clip, level_rank, nsys, ntp, groups, delta_tp, delta_sys)
+    return _result(delta_tp, delta_sys, values, refs, groups, n_groups)
 
 
 def _sweep_chunk(
@@ -221,6 +298,23 @@ def _sweep_chunk(
     # Decode with each level as a pseudo-clip carrying its clip's duration.
     est = decode(group, start, end, hop, durations_s[level_clip])
     n_levels = len(levels)
+    nsys, ntp = pseudo_clip_counts(est, level_clip, n_levels, refs, t_collar_s, pct)
+    _accumulate(level_clip, level_rank, nsys, ntp, groups, delta_tp, delta_sys)
+
+
+def pseudo_clip_counts(
+    est: ClassEvents, level_clip: I64, n_levels: int, refs: ClassEvents, t_collar_s: float, pct: float
+) -> tuple[I64, I64]:
+    """System events and true positives of every pseudo-clip (one clip's output at one level).
+
+    Args:
+        est: Events of all pseudo-clips (``est.clip`` is the pseudo-clip index).
+        level_clip: Real clip of every pseudo-clip.
+        n_levels: Number of pseudo-clips.
+        refs: The class's reference events (real clip indices).
+        t_collar_s: Collar (seconds).
+        pct: Offset tolerance fraction.
+    """
     nsys = np.bincount(est.clip, minlength=n_levels)
     # References of each level's clip, copied per level, sorted by (level, onset).
     r_first = np.searchsorted(refs.clip, level_clip, side="left")
@@ -236,8 +330,24 @@ def _sweep_chunk(
     r_hit, e_hit = hit_pairs(rep, est, t_collar_s, pct)
     matched = matched_events(r_hit, e_hit)
     ntp = np.bincount(est.clip[matched], minlength=n_levels)
-    # Counts at level k apply for g in (rank_{k-1}, rank_k]; record the change at rank_k + 1
-    # to the clip's next level (or to nothing after its highest level).
+    return nsys.astype(np.int64), ntp.astype(np.int64)
+
+
+def _accumulate(
+    level_clip: I64,
+    level_rank: I64,
+    nsys: I64,
+    ntp: I64,
+    groups: I64,
+    delta_tp: npt.NDArray[np.int64],
+    delta_sys: npt.NDArray[np.int64],
+) -> None:
+    """Record each clip's counts as changes over the global ranks.
+
+    Pseudo-clips are sorted by (clip, rank); a clip's first level holds from rank 0, and at
+    ``rank_k + 1`` the clip's counts change to its next level's (or to nothing after its last).
+    """
+    n_levels = len(level_clip)
     last = np.ones(n_levels, dtype=bool)
     last[:-1] = level_clip[1:] != level_clip[:-1]
     first_lvl = np.ones(n_levels, dtype=bool)
@@ -245,7 +355,8 @@ def _sweep_chunk(
     next_tp = np.where(last, 0, np.roll(ntp, -1))
     next_sys = np.where(last, 0, np.roll(nsys, -1))
     g = groups[level_clip]
-    np.add.at(delta_tp, (g[first_lvl], 0), ntp[first_lvl])
-    np.add.at(delta_sys, (g[first_lvl], 0), nsys[first_lvl])
+    n_groups = delta_tp.shape[0]
+    delta_tp[:, 0] += np.bincount(g[first_lvl], weights=ntp[first_lvl], minlength=n_groups).astype(np.int64)
+    delta_sys[:, 0] += np.bincount(g[first_lvl], weights=nsys[first_lvl], minlength=n_groups).astype(np.int64)
     np.add.at(delta_tp, (g, level_rank + 1), next_tp - ntp)
     np.add.at(delta_sys, (g, level_rank + 1), next_sys - nsys)

@@ -22,11 +22,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from envs.decoders import class_events
 from envs.evaluator import EvalSet
 from envs.events import ClassEvents
 from envs.gym_env import ActionGrid, observations
 from envs.scoreset import ClassScores
-from envs.stack import apply_stack
 
 I64 = npt.NDArray[np.int64]
 
@@ -290,7 +290,7 @@ def _per_clip_events(
     for s, t in np.unique(pairs, axis=0):
         clips = np.flatnonzero((setting == s) & (thr == t)).astype(np.int64)
         dur = None if durations_s is None else durations_s[clips]
-        ev = apply_stack(scores.take(clips), grid.class_params(int(s), int(t)), frame_hop_s, dur)
+        ev = class_events(scores.take(clips), grid.class_params(int(s), int(t)), frame_hop_s, dur)
         parts.append(ClassEvents(clips[ev.clip], ev.onset_s, ev.offset_s))
     if not parts:
         return ClassEvents.empty()

@@ -1,0 +1,217 @@
+"""The ``boxes`` decoder: change-point event boxes with one confidence each.
+
+Implemented from J. Ebbers, F. Germain, G. Wichern, J. Le Roux, "Sound Event Bounding Boxes",
+Interspeech 2024 (arXiv 2406.04212) and the outline in DESIGN.md ("Decoders"); no code of
+the authors' package is used. Frame-level thresholding couples an event's extent to its
+confidence; this decoder first finds candidate boxes where the score curve changes, and only
+then keeps or drops whole boxes by their confidence. Per class and clip, with frame hop h and
+the clip's n frames (frame i covers ``[i*h, (i+1)*h]``; the curve is 0 outside the clip):
+
+1. optional median filter (``median_filter_frames``, reflect boundary, as the frames decoder);
+2. step filter of length L = ``step_filter_s`` seconds, evaluated at every frame boundary
+   b = 0..n (time ``b*h``): Δ(b) = mean of s over ``[b*h, b*h + L/2]`` minus mean over
+   ``[b*h - L/2, b*h]``, exact for any L (the curve is piecewise constant, so each mean is a
+   difference of its piecewise-linear integral). Change points lie on frame boundaries, so
+   boxes decode to frame-aligned events like the frames decoder's;
+3. change points: the boundaries' Δ are grouped into maximal runs of one sign (values with
+   ``|Δ| <= DELTA_TOL`` are zero and break nothing); a positive run gives one onset at its
+   maximum (the latest boundary on ties), a negative run one offset at its minimum (the
+   earliest on ties), so plateaus of Δ give the tightest box. Runs alternate, the first is
+   positive and the last negative (scores are >= 0 and 0 outside the clip); box k spans
+   ``[onset_k, offset_k)`` frames and the gaps between boxes are the other segments;
+4. merging: box k and box k+1 of a clip merge across their gap when, with
+   ``peak = min(max of box k, max of box k+1)`` and ``dip = min of the gap``,
+   ``peak - dip < merge_abs`` or ``peak / dip < merge_rel`` (each criterion optional; a gap
+   at 0 never merges by ratio). Each gap is judged on the boxes as detected, so the result
+   does not depend on an order of merging; chains of merged boxes become one box spanning
+   them all;
+5. confidence: the box's time-weighted mean score (``confidence="mean"``, the paper's) or
+   its maximum (``"max"``); the events are the boxes with confidence > θ (strict, float64),
+   then gap filling and minimum duration as in the frames decoder, then decoding
+   ``[start*h, end*h]`` clipped to the clip's duration where known.
+
+For a fixed setting (everything but θ) the boxes are fixed; :func:`sweep_boxes` gives the
+counts at every θ in one pass over the sorted box confidences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from envs.events import ClassEvents
+from envs.params import CONFIDENCES, BoxSetting
+from envs.stack import clean, decode, equal_length_blocks, median_filter_values
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+# Step-filter outputs this close to 0 are 0: float64 rounding of exact zeros on flat curves.
+DELTA_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """One class's candidate boxes over many clips, sorted by (clip, start).
+
+    Attributes:
+        clip: Clip index of every box.
+        start: First frame of the box (clip-local).
+        end: One past the box's last frame (clip-local).
+        confidence: The box's confidence (float64).
+        n_clips: Number of clips the boxes were detected on.
+    """
+
+    clip: I64
+    start: I64
+    end: I64
+    confidence: F64
+    n_clips: int
+
+    def __len__(self) -> int:
+        return int(self.clip.shape[0])
+
+
+def detect_boxes(
+    values: npt.NDArray[np.floating], offsets: I64, frame_hop_s: float, setting: BoxSetting
+) -> Boxes:
+    """Candidate boxes of every clip (steps 1-5 of the module docstring, without θ).
+
+    Args:
+        values: One class's frame scores of all clips, concatenated.
+        offsets: Clip boundaries in frames (n_clips + 1).
+        frame_hop_s: Seconds per frame.
+        setting: The box setting.
+
+    Returns:
+        The boxes, sorted by (clip, start).
+    """
+    if setting.confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, but got {setting.confidence!r}")
+    filtered = median_filter_values(values, offsets, setting.median_filter_frames)
+    half = setting.step_filter_s / (2.0 * frame_hop_s)  # half window in frames (real)
+    parts: list[tuple[I64, I64, I64, F64]] = []
+    for idx in equal_length_blocks(offsets):
+        clips = np.searchsorted(offsets, idx[:, 0], side="right").astype(np.int64) - 1
+        parts.append(_block_boxes(filtered[idx].astype(np.float64), clips, half, setting))
+    n_clips = len(offsets) - 1
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return Boxes(z, z, z, np.zeros(0), n_clips)
+    clip = np.concatenate([p[0] for p in parts])
+    start = np.concatenate([p[1] for p in parts])
+    end = np.concatenate([p[2] for p in parts])
+    conf = np.concatenate([p[3] for p in parts])
+    order = np.lexsort((start, clip))
+    return Boxes(clip[order], start[order], end[order], conf[order], n_clips)
+
+
+def _block_boxes(s: F64, clips: I64, half: float, setting: BoxSetting) -> tuple[I64, I64, I64, F64]:
+    """Boxes of equal-length clips held as rows of ``s`` (m clips x n frames)."""
+    m, n = s.shape
+    csum = np.zeros((m, n + 1))
+    np.cumsum(s, axis=1, out=csum[:, 1:])
+    b = np.arange(n + 1, dtype=np.float64)
+
+    def integral(x: F64) -> F64:
+        # Integral of the piecewise-constant curve over [0, x] (frames), x clamped to [0, n].
+        x = np.clip(x, 0.0, float(n))
+        i = np.minimum(np.floor(x).astype(np.int64), n - 1)
+        return np.asarray(csum[:, i] + (x - i)[None, :] * s[:, i], np.float64)
+
+    at_b = csum  # integral up to each boundary
+    delta = (integral(b + half) - 2.0 * at_b + integral(b - half)) / half
+    delta[np.abs(delta) <= DELTA_TOL] = 0.0
+
+    rows, cols = np.nonzero(delta)
+    if len(rows) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0)
+    d = delta[rows, cols]
+    positive = d > 0
+    new = np.ones(len(d), dtype=bool)
+    new[1:] = (rows[1:] != rows[:-1]) | (positive[1:] != positive[:-1])
+    run = np.cumsum(new) - 1
+    # Extremum of every run: positive runs the maximum (latest on ties), negative runs the
+    # minimum (earliest on ties). Sorting by (run, key, col) puts it last in each run.
+    key = np.where(positive, d, -d)
+    tie = np.where(positive, cols, -cols)
+    order = np.lexsort((tie, key, run))
+    last_of_run = np.flatnonzero(np.r_[run[order][1:] != run[order][:-1], True])
+    pick = order[last_of_run]
+    r_row, r_col, r_pos = rows[pick], cols[pick].astype(np.int64), positive[pick]
+    # Drop a leading negative run and a trailing positive run of a row (cannot bound a box).
+    first_in_row = np.r_[True, r_row[1:] != r_row[:-1]]
+    last_in_row = np.r_[r_row[1:] != r_row[:-1], True]
+    keep = ~((first_in_row & ~r_pos) | (last_in_row & r_pos))
+    r_row, r_col, r_pos = r_row[keep], r_col[keep], r_pos[keep]
+    on_row, on = r_row[r_pos], r_col[r_pos]
+    off = r_col[~r_pos]
+    # Runs alternate within a row, starting positive and ending negative: pairs in order.
+    row, start, end = on_row.astype(np.int64), on, off
+    if len(start) == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z, np.zeros(0)
+    flat = s.ravel()
+    base = row * n
+    box_max = _segment_reduce(np.maximum, flat, base + start, base + end)
+    if len(start) > 1 and (setting.merge_abs is not None or setting.merge_rel is not None):
+        same = row[1:] == row[:-1]
+        peak = np.minimum(box_max[1:], box_max[:-1])
+        g_lo, g_hi = base[:-1] + end[:-1], base[:-1] + start[1:]
+        g_lo, g_hi = np.where(same, g_lo, 0), np.where(same, g_hi, 1)
+        dip = _segment_reduce(np.minimum, flat, g_lo, g_hi)
+        merge = np.zeros(len(peak), dtype=bool)
+        if setting.merge_abs is not None:
+            merge |= peak - dip < setting.merge_abs
+        if setting.merge_rel is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(dip > 0, peak / np.where(dip > 0, dip, 1.0), np.inf)
+            merge |= ratio < setting.merge_rel
+        merge &= same
+        if merge.any():
+            first = np.r_[True, ~merge]
+            last = np.r_[~merge, True]
+            row, start, end = row[first], start[first], end[last]
+            base = row * n
+            box_max = _segment_reduce(np.maximum, flat, base + start, base + end)
+    if setting.confidence == "max":
+        conf = box_max
+    else:
+        conf = (csum[row, end] - csum[row, start]) / (end - start)
+    return clips[row], start, end, conf
+
+
+def _segment_reduce(op: np.ufunc, flat: F64, lo: I64, hi: I64) -> F64:
+    """``op`` over ``flat[lo[i]:hi[i]]`` for non-empty segments (vectorized reduceat)."""
+    padded = np.concatenate((flat, [0.0]))
+    idx = np.empty(2 * len(lo), np.int64)
+    idx[0::2], idx[1::2] = lo, hi
+    return np.asarray(op.reduceat(padded, idx)[0::2], np.float64)
+
+
+def box_events(
+    boxes: Boxes,
+    threshold: float,
+    frame_hop_s: float,
+    durations_s: F64 | None,
+    fill_gap_s: float = 0.0,
+    min_duration_s: float = 0.0,
+) -> ClassEvents:
+    """The events at one threshold: boxes with confidence > θ, cleaned and decoded.
+
+    Args:
+        boxes: Candidate boxes (:func:`detect_boxes`).
+        threshold: Box-confidence threshold θ.
+        frame_hop_s: Seconds per frame.
+        durations_s: Per clip duration (NaN where unknown), or None.
+        fill_gap_s: Gaps between kept boxes shorter than this (seconds) are filled.
+        min_duration_s: Events shorter than this (seconds) are dropped, after gap filling.
+    """
+    keep = boxes.confidence > np.float64(threshold)
+    clip, start, end = clean(
+        boxes.clip[keep], boxes.start[keep], boxes.end[keep], frame_hop_s, fill_gap_s, min_duration_s
+    )
+    return decode(clip, start, end, frame_hop_s, durations_s)
