@@ -8,9 +8,9 @@ the tuning clips:
 
 - **naive**: the candidate with the best F on all tuning clips;
 - **robust** (default):
-  1. *smoothing*: a candidate's score is the mean F of the candidates with the same gap and
-     minimum-duration setting whose threshold lies within ±w of its own and whose kernel is
-     within ±kw positions of its own in the sorted kernel list (a smoothed F surface over
+  1. *smoothing*: a candidate's score is the mean F of the candidates with the same decoder,
+     box setting, gap and minimum-duration setting whose threshold lies within ±w of its own
+     and whose kernel is within ±kw positions of its own in the sorted kernel list (a smoothed F surface over
      threshold x kernel);
   2. *cross-validated smoothing*: (w, kw) is chosen among ``widths`` x ``kernel_widths`` by
      K-fold cross-validation over the tuning folds: select on K-1 folds, count on the
@@ -75,17 +75,31 @@ def select_naive(cands: Sequence[Candidate]) -> Candidate:
 
 
 def _groups(cands: Sequence[Candidate]) -> tuple[I64, I64, F64]:
-    """Group id (gap, min duration, hysteresis), kernel position and threshold per candidate."""
-    keys: dict[tuple[float, float, float | None], int] = {}
-    kernels = sorted({c.params.median_filter_frames for c in cands})
+    """Group id, position on the smoothing axis and threshold per candidate.
+
+    A group holds the candidates that differ only in threshold and in one ordered stage
+    smoothed over: the median-filter kernel for ``frames`` candidates, the step-filter length
+    for ``boxes`` candidates (same box median filter, merge criteria and confidence). Gap,
+    minimum duration and hysteresis are part of the group.
+    """
+    keys: dict[tuple[object, ...], int] = {}
+    kernels = sorted({c.params.median_filter_frames for c in cands if c.params.decoder == "frames"})
+    steps = sorted({c.params.step_filter_s or 0.0 for c in cands if c.params.decoder == "boxes"})
     kpos = {k: i for i, k in enumerate(kernels)}
+    spos = {v: i for i, v in enumerate(steps)}
     gid = np.empty(len(cands), np.int64)
     kid = np.empty(len(cands), np.int64)
     thr = np.empty(len(cands), np.float64)
     for i, c in enumerate(cands):
         p = c.params
-        gid[i] = keys.setdefault((p.fill_gap_s, p.min_duration_s, p.threshold_off), len(keys))
-        kid[i] = kpos[p.median_filter_frames]
+        if p.decoder == "boxes":
+            key: tuple[object, ...] = ("boxes", p.median_filter_frames, p.merge_abs, p.merge_rel)
+            key = (*key, p.confidence)
+            kid[i] = spos[p.step_filter_s or 0.0]
+        else:
+            key = ("frames", p.threshold_off)
+            kid[i] = kpos[p.median_filter_frames]
+        gid[i] = keys.setdefault((*key, p.fill_gap_s, p.min_duration_s), len(keys))
         thr[i] = p.threshold
     return gid, kid, thr
 

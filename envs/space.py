@@ -1,9 +1,12 @@
-"""The per-class search space of the stack.
+"""The per-class search space of the stack, over one or both decoders.
 
-Every class gets the same space: a set of median-filter kernels (frames), a threshold range,
-and sets of gap-filling and minimum-duration values (seconds). The discrete stages form the
-*settings* (kernel, gap, min duration); the threshold is continuous. Strategies with discrete
-actions (the RL agent) use ``threshold_grid``.
+Every class gets the same space: the decoders searched, a threshold range, and sets of
+gap-filling and minimum-duration values (seconds) shared by both decoders. The ``frames``
+decoder adds a set of median-filter kernels (frames); the ``boxes`` decoder adds its own
+median-filter kernels, step-filter lengths (seconds), merge criteria (absolute, relative) and
+box-confidence kinds. The discrete stages form the *settings* (every setting fixes everything
+but the threshold); the threshold is continuous. Strategies with discrete actions (the RL
+agent) use ``threshold_grid``.
 """
 
 from __future__ import annotations
@@ -15,16 +18,47 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.errors import SedtuneInputError
-from envs.params import MAX_KERNEL_FRAMES, ClassParams
+from envs.params import CONFIDENCES, DECODERS, MAX_KERNEL_FRAMES, MAX_STEP_FILTER_S, BoxSetting, ClassParams
+
+MergeCriteria = tuple[float | None, float | None]
+# The authors' grid (Ebbers et al. 2024): 3 step filters x (3 absolute or 3 relative criteria).
+AUTHORS_STEP_FILTER_S = (0.32, 0.48, 0.64)
+AUTHORS_MERGE: tuple[MergeCriteria, ...] = (
+    (0.15, None), (0.2, None), (0.3, None), (None, 1.5), (None, 2.0), (None, 3.0)
+)
+
+# A job's default space (service.spec): both decoders, sized for a 200-evaluation budget
+# (measured: tests/benchmarks/bench_strategies.py; see the README's figures).
+DEFAULT_FRAME_KERNELS: tuple[int, ...] = (1, 5, 9, 13, 17, 21)
+DEFAULT_BOX_KERNELS: tuple[int, ...] = (1,)
+DEFAULT_BOX_STEP_FILTER_S: tuple[float, ...] = AUTHORS_STEP_FILTER_S
+DEFAULT_BOX_MERGE: tuple[MergeCriteria, ...] = ((0.2, None), (None, 2.0))
+DEFAULT_BOX_CONFIDENCE: tuple[str, ...] = ("mean",)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """The discrete part of one class's parameters."""
+    """The discrete part of one class's parameters (everything but the threshold).
+
+    Attributes:
+        median_filter_frames: Median-filter kernel (frames) of either decoder.
+        fill_gap_s: Gap filling (seconds).
+        min_duration_s: Minimum duration (seconds).
+        decoder: ``"frames"`` or ``"boxes"``.
+        step_filter_s: Step-filter length (seconds; ``boxes`` only).
+        merge_abs: Absolute merge criterion or None (``boxes`` only).
+        merge_rel: Relative merge criterion or None (``boxes`` only).
+        confidence: Box confidence kind (``boxes`` only).
+    """
 
     median_filter_frames: int
     fill_gap_s: float
     min_duration_s: float
+    decoder: str = "frames"
+    step_filter_s: float | None = None
+    merge_abs: float | None = None
+    merge_rel: float | None = None
+    confidence: str = "mean"
 
     def with_threshold(self, threshold: float) -> ClassParams:
         """Full parameters at a threshold."""
@@ -33,7 +67,47 @@ class Setting:
             threshold=float(threshold),
             fill_gap_s=self.fill_gap_s,
             min_duration_s=self.min_duration_s,
+            decoder=self.decoder,
+            step_filter_s=self.step_filter_s,
+            merge_abs=self.merge_abs,
+            merge_rel=self.merge_rel,
+            confidence=self.confidence,
         )
+
+    @property
+    def box_setting(self) -> BoxSetting:
+        """What fixes the boxes (``boxes`` settings)."""
+        return self.with_threshold(0.5).box_setting
+
+    @staticmethod
+    def of(p: ClassParams) -> Setting:
+        """The setting of full parameters (drops the threshold; hysteresis is not a setting)."""
+        return Setting(
+            p.median_filter_frames,
+            p.fill_gap_s,
+            p.min_duration_s,
+            p.decoder,
+            p.step_filter_s,
+            p.merge_abs,
+            p.merge_rel,
+            p.confidence,
+        )
+
+    def label(self) -> str:
+        """A short readable name, e.g. ``frames k7`` or ``boxes k1 L0.48 abs0.2 mean``."""
+        if self.decoder == "frames":
+            out = f"frames k{self.median_filter_frames}"
+        else:
+            merge = " ".join(
+                f"{n}{v:g}" for n, v in (("abs", self.merge_abs), ("rel", self.merge_rel)) if v is not None
+            )
+            out = f"boxes k{self.median_filter_frames} L{self.step_filter_s:g} {merge or 'nomerge'}"
+            out += f" {self.confidence}"
+        if self.fill_gap_s:
+            out += f" gap{self.fill_gap_s:g}"
+        if self.min_duration_s:
+            out += f" min{self.min_duration_s:g}"
+        return out
 
 
 @dataclass(frozen=True)
@@ -41,12 +115,17 @@ class SearchSpace:
     """Per-class parameter space.
 
     Attributes:
-        kernels: Median-filter kernels in frames (odd, >= 1).
+        kernels: Median-filter kernels of the ``frames`` decoder, frames (odd, >= 1).
         threshold_low: Lowest threshold searched (> 0).
         threshold_high: Highest threshold searched (< 1).
-        fill_gap_s: Gap-filling values (seconds, >= 0).
-        min_duration_s: Minimum-duration values (seconds, >= 0).
+        fill_gap_s: Gap-filling values (seconds, >= 0), both decoders.
+        min_duration_s: Minimum-duration values (seconds, >= 0), both decoders.
         threshold_step: Grid step for strategies with discrete thresholds.
+        decoders: The decoders searched (``frames``, ``boxes`` or both).
+        box_kernels: Median-filter kernels before box detection, frames (odd, >= 1).
+        box_step_filter_s: Step-filter lengths (seconds, > 0).
+        box_merge: Merge criteria as (absolute, relative) pairs, each None for off.
+        box_confidence: Box-confidence kinds (``mean``, ``max``).
     """
 
     kernels: tuple[int, ...] = tuple(range(1, 22, 2))
@@ -55,14 +134,33 @@ class SearchSpace:
     fill_gap_s: tuple[float, ...] = (0.0,)
     min_duration_s: tuple[float, ...] = (0.0,)
     threshold_step: float = 0.05
+    decoders: tuple[str, ...] = ("frames",)
+    box_kernels: tuple[int, ...] = (1,)
+    box_step_filter_s: tuple[float, ...] = AUTHORS_STEP_FILTER_S
+    box_merge: tuple[MergeCriteria, ...] = AUTHORS_MERGE
+    box_confidence: tuple[str, ...] = ("mean",)
     _settings: tuple[Setting, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        settings = tuple(
-            Setting(k, float(g), float(d))
-            for k, g, d in itertools.product(self.kernels, self.fill_gap_s, self.min_duration_s)
-        )
-        object.__setattr__(self, "_settings", settings)
+        settings: list[Setting] = []
+        if "frames" in self.decoders:
+            settings += [
+                Setting(k, float(g), float(d))
+                for k, g, d in itertools.product(self.kernels, self.fill_gap_s, self.min_duration_s)
+            ]
+        if "boxes" in self.decoders:
+            settings += [
+                Setting(k, float(g), float(d), "boxes", float(sf), a, r, conf)
+                for k, sf, (a, r), conf, g, d in itertools.product(
+                    self.box_kernels,
+                    self.box_step_filter_s,
+                    self.box_merge,
+                    self.box_confidence,
+                    self.fill_gap_s,
+                    self.min_duration_s,
+                )
+            ]
+        object.__setattr__(self, "_settings", tuple(settings))
 
     def validate(self, where: str = "space") -> SearchSpace:
         """Check every rule; return self.
@@ -70,15 +168,26 @@ class SearchSpace:
         Raises:
             SedtuneInputError: Naming the field (``space.kernels`` …) and the bad value.
         """
-        if not self.kernels:
-            raise SedtuneInputError(f"{where}.kernels: must not be empty")
-        for i, k in enumerate(self.kernels):
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0 or k > MAX_KERNEL_FRAMES:
-                raise SedtuneInputError(
-                    f"{where}.kernels[{i}]: must be an odd integer in [1, {MAX_KERNEL_FRAMES}], but got {k!r}"
-                )
-        if len(set(self.kernels)) != len(self.kernels):
-            raise SedtuneInputError(f"{where}.kernels: values must be unique, got {list(self.kernels)}")
+        if not self.decoders or any(d not in DECODERS for d in self.decoders):
+            raise SedtuneInputError(
+                f"{where}.decoders: must be a non-empty subset of {list(DECODERS)}, "
+                f"but got {list(self.decoders)}"
+            )
+        for name in ("kernels", "box_kernels"):
+            kernels = getattr(self, name)
+            if not kernels:
+                raise SedtuneInputError(f"{where}.{name}: must not be empty")
+            for i, k in enumerate(kernels):
+                odd = isinstance(k, int) and not isinstance(k, bool) and k % 2 == 1
+                if not odd or not 1 <= k <= MAX_KERNEL_FRAMES:
+                    raise SedtuneInputError(
+                        f"{where}.{name}[{i}]: must be an odd integer in [1, {MAX_KERNEL_FRAMES}], "
+                        f"but got {k!r}"
+                    )
+            if len(set(kernels)) != len(kernels):
+                raise SedtuneInputError(f"{where}.{name}: values must be unique, got {list(kernels)}")
+        if "boxes" in self.decoders:
+            self._validate_boxes(where)
         if not 0 < self.threshold_low < self.threshold_high < 1:
             raise SedtuneInputError(
                 f"{where}.threshold: `0 < low < high < 1` must hold, but got "
@@ -97,6 +206,30 @@ class SearchSpace:
             )
         return self
 
+    def _validate_boxes(self, where: str) -> None:
+        for name, values in (("box_step_filter_s", self.box_step_filter_s), ("box_merge", self.box_merge),
+                             ("box_confidence", self.box_confidence)):
+            if not values:
+                raise SedtuneInputError(f"{where}.{name}: must not be empty")
+        for i, v in enumerate(self.box_step_filter_s):
+            if not 0 < v <= MAX_STEP_FILTER_S:
+                raise SedtuneInputError(
+                    f"{where}.box_step_filter_s[{i}]: must be in (0, {MAX_STEP_FILTER_S}] seconds, "
+                    f"but got {v!r}"
+                )
+        for i, (a, r) in enumerate(self.box_merge):
+            if a is not None and not 0 < a <= 1:
+                raise SedtuneInputError(
+                    f"{where}.box_merge[{i}].abs: must be in (0, 1] or null, but got {a!r}"
+                )
+            if r is not None and not r > 1:
+                raise SedtuneInputError(f"{where}.box_merge[{i}].rel: must be > 1 or null, but got {r!r}")
+        for i, c in enumerate(self.box_confidence):
+            if c not in CONFIDENCES:
+                raise SedtuneInputError(
+                    f"{where}.box_confidence[{i}]: must be one of {list(CONFIDENCES)}, but got {c!r}"
+                )
+
     @property
     def settings(self) -> tuple[Setting, ...]:
         """Every combination of the discrete stages."""
@@ -110,11 +243,9 @@ class SearchSpace:
     def contains(self, p: ClassParams) -> bool:
         """Whether a parameter set lies in the space."""
         return (
-            p.median_filter_frames in self.kernels
+            p.threshold_off is None
             and self.threshold_low <= p.threshold <= self.threshold_high
-            and p.fill_gap_s in self.fill_gap_s
-            and p.min_duration_s in self.min_duration_s
-            and p.threshold_off is None
+            and Setting.of(p) in self._settings
         )
 
 

@@ -6,8 +6,10 @@ Example (every field but ``name``, ``data`` and ``strategies`` has a default)::
     data: {scores: scores/, ground_truth: ground_truth.tsv, durations: durations.tsv}
     heldout: {fraction: 0.5, seed: 0, splits: 1}      # or heldout: {data: {...}} for a separate set
     metric: {t_collar_s: 0.2, percentage_of_length: 0.2}
-    space: {kernels: [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21], threshold: {low: 0.01, high: 0.99},
-            fill_gap_s: [0.0], min_duration_s: [0.0]}
+    space: {decoders: [frames, boxes], kernels: [1, 5, 9, 13, 17, 21],
+            threshold: {low: 0.01, high: 0.99}, fill_gap_s: [0.0], min_duration_s: [0.0],
+            boxes: {kernels: [1], step_filter_s: [0.32, 0.48, 0.64],
+                    merge: [{abs: 0.2}, {rel: 2.0}], confidence: [mean]}}
     manual: {threshold: 0.5, median_filter_s: 0.45}
     strategies:
       - {name: manual}
@@ -34,7 +36,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.errors import SedtuneInputError
-from envs.space import SearchSpace
+from envs.params import MAX_STEP_FILTER_S
+from envs.space import (
+    DEFAULT_BOX_CONFIDENCE,
+    DEFAULT_BOX_KERNELS,
+    DEFAULT_BOX_MERGE,
+    DEFAULT_BOX_STEP_FILTER_S,
+    DEFAULT_FRAME_KERNELS,
+    SearchSpace,
+)
 
 StrategyName = Literal["manual", "exact", "random", "bayes", "rl"]
 
@@ -81,23 +91,79 @@ class ThresholdRange(_Model):
         return self
 
 
-class SpaceSpec(_Model):
-    """Per-class search space."""
+class MergeSpec(_Model):
+    """One merge criterion of the boxes decoder (either part null = off)."""
 
-    kernels: list[int] = Field(default_factory=lambda: list(range(1, 22, 2)), min_length=1)
-    threshold: ThresholdRange = Field(default_factory=ThresholdRange)
-    fill_gap_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
-    min_duration_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
-    threshold_step: float = Field(default=0.05, gt=0.0, lt=1.0)
+    abs: float | None = Field(default=None, gt=0.0, le=1.0, description="merge when peak - dip < abs")
+    rel: float | None = Field(default=None, gt=1.0, description="merge when peak / dip < rel")
+
+
+class BoxSpaceSpec(_Model):
+    """The boxes decoder's part of the space (see envs/boxes.py)."""
+
+    kernels: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_BOX_KERNELS), min_length=1, description="median filter, frames"
+    )
+    step_filter_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_BOX_STEP_FILTER_S), min_length=1, description="step filter (s)"
+    )
+    merge: list[MergeSpec] = Field(
+        default_factory=lambda: [MergeSpec(abs=a, rel=r) for a, r in DEFAULT_BOX_MERGE], min_length=1
+    )
+    confidence: list[Literal["mean", "max"]] = Field(
+        default_factory=lambda: list(DEFAULT_BOX_CONFIDENCE),  # type: ignore[arg-type]
+        min_length=1,
+        description="box confidence kinds",
+    )
 
     @field_validator("kernels")
     @classmethod
     def _odd(cls, v: list[int]) -> list[int]:
-        for i, k in enumerate(v):
-            if k < 1 or k % 2 == 0:
-                raise ValueError(f"kernels[{i}] must be an odd integer >= 1, but got {k}")
+        return _odd_kernels(v)
+
+    @field_validator("step_filter_s")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        for i, x in enumerate(v):
+            if not 0 < x <= MAX_STEP_FILTER_S:
+                raise ValueError(f"item [{i}] must be in (0, {MAX_STEP_FILTER_S}] seconds, but got {x}")
+        return v
+
+
+def _odd_kernels(v: list[int]) -> list[int]:
+    for i, k in enumerate(v):
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"kernels[{i}] must be an odd integer >= 1, but got {k}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"kernels must be unique, but got {v}")
+    return v
+
+
+class SpaceSpec(_Model):
+    """Per-class search space (both decoders by default)."""
+
+    decoders: list[Literal["frames", "boxes"]] = Field(
+        default_factory=lambda: ["frames", "boxes"], min_length=1, description="decoders searched"  # type: ignore[arg-type]
+    )
+    kernels: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_FRAME_KERNELS), min_length=1, description="frames: median filter"
+    )
+    threshold: ThresholdRange = Field(default_factory=ThresholdRange)
+    fill_gap_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    min_duration_s: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    threshold_step: float = Field(default=0.05, gt=0.0, lt=1.0)
+    boxes: BoxSpaceSpec = Field(default_factory=BoxSpaceSpec)
+
+    @field_validator("kernels")
+    @classmethod
+    def _odd(cls, v: list[int]) -> list[int]:
+        return _odd_kernels(v)
+
+    @field_validator("decoders")
+    @classmethod
+    def _unique_decoders(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"kernels must be unique, but got {v}")
+            raise ValueError(f"decoders must be unique, but got {v}")
         return v
 
     @field_validator("fill_gap_s", "min_duration_s")
@@ -117,6 +183,11 @@ class SpaceSpec(_Model):
             fill_gap_s=tuple(self.fill_gap_s),
             min_duration_s=tuple(self.min_duration_s),
             threshold_step=self.threshold_step,
+            decoders=tuple(self.decoders),
+            box_kernels=tuple(self.boxes.kernels),
+            box_step_filter_s=tuple(self.boxes.step_filter_s),
+            box_merge=tuple((m.abs, m.rel) for m in self.boxes.merge),
+            box_confidence=tuple(self.boxes.confidence),
         )
 
 

@@ -1,5 +1,9 @@
 """The exact strategy: per class and per discrete setting, the exact threshold sweep.
 
+Settings of both decoders: a ``frames`` setting sweeps frame thresholds over its level index
+(:func:`envs.sweep.sweep_class`), a ``boxes`` setting detects its boxes once and sweeps the
+box-confidence threshold (:func:`envs.sweep.sweep_boxes`).
+
 The objective is separable (macro F is the mean of per-class F, and each class's F depends
 only on its own parameters), so the optimum over the grid needs classes x settings sweeps,
 not candidates^classes evaluations. One Ray task per (class, setting) reads only its class's
@@ -31,7 +35,7 @@ from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
 from envs.selection import Candidate, f_measure
 from envs.space import SearchSpace, Setting
-from envs.sweep import sweep_class
+from envs.sweep import sweep_boxes, sweep_class
 from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
 
@@ -96,27 +100,38 @@ def run_sweep_task(task: SweepTask, data: DataRef, folds: I64) -> SweepOutput:
 def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
     ev = _evaluator(ref, task.metric, task.cached_classes)
     data = ev.data
-    k = task.setting.median_filter_frames
-    index = ev.grid_levels(task.label, k, task.grid) if task.grid is not None else ev.levels(task.label, k)
-    res = sweep_class(
-        index,
+    setting = task.setting
+    k = setting.median_filter_frames
+    boxes = setting.decoder == "boxes"
+    common = (
         data.refs[task.label],
         data.frame_hop_s,
         data.durations_s,
         task.metric.t_collar_s,
         task.metric.percentage_of_length,
-        task.setting.fill_gap_s,
-        task.setting.min_duration_s,
-        groups=folds,
-        n_groups=task.n_folds,
+        setting.fill_gap_s,
+        setting.min_duration_s,
     )
-    # Free the level index: a worker sweeps many (class, kernel) pairs.
-    ev.drop_levels()
+    if boxes:
+        # Boxes are fixed per setting; every threshold of the sweep costs one pass.
+        found = ev.boxes(task.label, setting.box_setting)
+        res = sweep_boxes(found, *common, groups=folds, n_groups=task.n_folds)
+    else:
+        tg = task.grid
+        index = ev.grid_levels(task.label, k, tg) if tg is not None else ev.levels(task.label, k)
+        res = sweep_class(index, *common, groups=folds, n_groups=task.n_folds)
+        # Free the level index: a worker sweeps many (class, kernel) pairs.
+        ev.drop_levels()
     # counts[i, f] = [nref_f, nsys_f(i), ntp_f(i)] at threshold interval i.
     counts = np.empty((len(res.thresholds), task.n_folds, 3), np.int64)
     counts[:, :, 0] = res.group_nref[None, :]
     counts[:, :, 1] = res.group_nsys.T
     counts[:, :, 2] = res.group_ntp.T
+    if task.grid is not None and boxes:
+        # The interval [lower, upper) holding each grid threshold gives its decision.
+        grid = np.asarray(task.grid)
+        pos = np.clip(np.searchsorted(res.lower, grid, side="right") - 1, 0, len(res.lower) - 1)
+        return SweepOutput(task.label, task.setting, grid, counts[pos], len(grid))
     if task.grid is not None:
         grid = np.asarray(task.grid)
         # On the grid index, threshold grid[j] is the level value (j + 0.5) / (len + 1); the

@@ -552,7 +552,7 @@ PARAM_CASES: list[tuple[str, object, tuple[str, ...]]] = [
         {**GOOD_PARAMS, "classes": {"Dog": 0.5, "Cat": {"threshold": 0.5}}},
         ("Dog", "must be an object"),
     ),
-    ("wrong format tag", {**GOOD_PARAMS, "format": "sedtune.params/2"}, ("format", "sedtune.params/2")),
+    ("wrong format tag", {**GOOD_PARAMS, "format": "sedtune.params/3"}, ("format", "sedtune.params/3")),
     ("no format tag", _drop(GOOD_PARAMS, "format"), ("format",)),
     ("hop mismatch", {**GOOD_PARAMS, "frame_hop_s": 0.064}, ("frame_hop_s", "0.064", "0.1")),
     ("hop zero", {**GOOD_PARAMS, "frame_hop_s": 0}, ("frame_hop_s",)),
