@@ -80,6 +80,36 @@ class Boxes:
         return int(self.clip.shape[0])
 
 
+@dataclass(frozen=True)
+class ChangeBoxes:
+    """One class's boxes before merging (steps 1-3), with what merging needs.
+
+    Everything here depends on the median filter and the step filter only, so the merge
+    criteria and confidence kinds of a grid share one detection. Arrays are per box, sorted by
+    (clip, start); ``gap_*`` describe the gap after a box up to the next box of its clip (NaN
+    after a clip's last box).
+
+    Attributes:
+        clip: Clip index of every box.
+        start: First frame (clip-local).
+        end: One past the last frame (clip-local).
+        mean: Mean score of the box.
+        peak: Maximum score of the box.
+        gap_min: Minimum score of the following gap.
+        gap_max: Maximum score of the following gap.
+        n_clips: Number of clips.
+    """
+
+    clip: I64
+    start: I64
+    end: I64
+    mean: F64
+    peak: F64
+    gap_min: F64
+    gap_max: F64
+    n_clips: int
+
+
 def detect_boxes(
     values: npt.NDArray[np.floating], offsets: I64, frame_hop_s: float, setting: BoxSetting
 ) -> Boxes:
@@ -94,28 +124,89 @@ def detect_boxes(
     Returns:
         The boxes, sorted by (clip, start).
     """
-    if setting.confidence not in CONFIDENCES:
-        raise ValueError(f"confidence must be one of {CONFIDENCES}, but got {setting.confidence!r}")
-    filtered = median_filter_values(values, offsets, setting.median_filter_frames)
-    half = setting.step_filter_s / (2.0 * frame_hop_s)  # half window in frames (real)
-    parts: list[tuple[I64, I64, I64, F64]] = []
+    found = change_boxes(values, offsets, frame_hop_s, setting.median_filter_frames, setting.step_filter_s)
+    return merge_boxes(found, setting)
+
+
+def change_boxes(
+    values: npt.NDArray[np.floating],
+    offsets: I64,
+    frame_hop_s: float,
+    median_filter_frames: int,
+    step_filter_s: float,
+) -> ChangeBoxes:
+    """Steps 1-3: filter, step filter, change points, per-box and per-gap statistics.
+
+    Args:
+        values: One class's frame scores of all clips, concatenated.
+        offsets: Clip boundaries in frames (n_clips + 1).
+        frame_hop_s: Seconds per frame.
+        median_filter_frames: Median filter before detection (odd; 1 = off).
+        step_filter_s: Step-filter length L in seconds (> 0).
+    """
+    filtered = median_filter_values(values, offsets, median_filter_frames)
+    half = step_filter_s / (2.0 * frame_hop_s)  # half window in frames (real)
+    parts = []
     for idx in equal_length_blocks(offsets):
         clips = np.searchsorted(offsets, idx[:, 0], side="right").astype(np.int64) - 1
-        parts.append(_block_boxes(filtered[idx].astype(np.float64), clips, half, setting))
+        parts.append(_block_boxes(filtered[idx].astype(np.float64), clips, half))
     n_clips = len(offsets) - 1
     if not parts:
-        z = np.zeros(0, np.int64)
-        return Boxes(z, z, z, np.zeros(0), n_clips)
-    clip = np.concatenate([p[0] for p in parts])
-    start = np.concatenate([p[1] for p in parts])
-    end = np.concatenate([p[2] for p in parts])
-    conf = np.concatenate([p[3] for p in parts])
-    order = np.lexsort((start, clip))
-    return Boxes(clip[order], start[order], end[order], conf[order], n_clips)
+        z, e = np.zeros(0, np.int64), np.zeros(0)
+        return ChangeBoxes(z, z, z, e, e, e, e, n_clips)
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(7)]
+    order = np.lexsort((cols[1], cols[0]))
+    clip, start, end = (cols[i][order].astype(np.int64) for i in range(3))
+    mean, peak, gap_min, gap_max = (cols[i][order].astype(np.float64) for i in range(3, 7))
+    return ChangeBoxes(clip, start, end, mean, peak, gap_min, gap_max, n_clips)
 
 
-def _block_boxes(s: F64, clips: I64, half: float, setting: BoxSetting) -> tuple[I64, I64, I64, F64]:
-    """Boxes of equal-length clips held as rows of ``s`` (m clips x n frames)."""
+def merge_boxes(found: ChangeBoxes, setting: BoxSetting) -> Boxes:
+    """Steps 4-5: merge across shallow gaps, then one confidence per box.
+
+    Args:
+        found: The boxes before merging (:func:`change_boxes`).
+        setting: Supplies the merge criteria and the confidence kind.
+    """
+    if setting.confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, but got {setting.confidence!r}")
+    clip, start, end, mean, peak = found.clip, found.start, found.end, found.mean, found.peak
+    if len(clip) > 1 and (setting.merge_abs is not None or setting.merge_rel is not None):
+        # Gap i lies between box i and box i + 1 of the same clip.
+        same = ~np.isnan(found.gap_min[:-1])
+        dip = np.where(same, found.gap_min[:-1], 0.0)
+        # The level a gap is measured against: the higher of its two boxes' mean scores.
+        level = np.maximum(mean[1:], mean[:-1])
+        merge = np.zeros(len(level), dtype=bool)
+        if setting.merge_abs is not None:
+            merge |= level - dip < setting.merge_abs
+        if setting.merge_rel is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(dip > 0, level / np.where(dip > 0, dip, 1.0), np.inf)
+            merge |= ratio < setting.merge_rel
+        merge &= same
+        if merge.any():
+            first = np.r_[True, ~merge]
+            last = np.r_[~merge, True]
+            group = np.cumsum(first) - 1
+            length = (end - start).astype(np.float64)
+            # A merged box's mean is its members' length-weighted mean (its gaps excluded);
+            # its maximum spans members and the gaps merged over.
+            mean = np.bincount(group, mean * length) / np.bincount(group, length)
+            top = np.full(int(group[-1]) + 1, -np.inf)
+            np.maximum.at(top, group, peak)
+            np.maximum.at(top, group[:-1][merge], found.gap_max[:-1][merge])
+            clip, start, end, peak = clip[first], start[first], end[last], top
+    conf = peak if setting.confidence == "max" else mean
+    return Boxes(clip, start, end, np.asarray(conf, np.float64), found.n_clips)
+
+
+def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generic], ...]:
+    """Unmerged boxes of equal-length clips held as rows of ``s`` (m clips x n frames).
+
+    Returns:
+        clip, start, end, mean, peak, gap_min, gap_max per box (see :class:`ChangeBoxes`).
+    """
     m, n = s.shape
     csum = np.zeros((m, n + 1))
     np.cumsum(s, axis=1, out=csum[:, 1:])
@@ -127,14 +218,12 @@ def _block_boxes(s: F64, clips: I64, half: float, setting: BoxSetting) -> tuple[
         i = np.minimum(np.floor(x).astype(np.int64), n - 1)
         return np.asarray(csum[:, i] + (x - i)[None, :] * s[:, i], np.float64)
 
-    at_b = csum  # integral up to each boundary
-    delta = (integral(b + half) - 2.0 * at_b + integral(b - half)) / half
+    delta = (integral(b + half) - 2.0 * csum + integral(b - half)) / half
     delta[np.abs(delta) <= DELTA_TOL] = 0.0
-
     rows, cols = np.nonzero(delta)
+    empty = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),) * 4
     if len(rows) == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z, np.zeros(0)
+        return empty
     d = delta[rows, cols]
     positive = d > 0
     new = np.ones(len(d), dtype=bool)
@@ -153,45 +242,22 @@ def _block_boxes(s: F64, clips: I64, half: float, setting: BoxSetting) -> tuple[
     last_in_row = np.r_[r_row[1:] != r_row[:-1], True]
     keep = ~((first_in_row & ~r_pos) | (last_in_row & r_pos))
     r_row, r_col, r_pos = r_row[keep], r_col[keep], r_pos[keep]
-    on_row, on = r_row[r_pos], r_col[r_pos]
-    off = r_col[~r_pos]
     # Runs alternate within a row, starting positive and ending negative: pairs in order.
-    row, start, end = on_row.astype(np.int64), on, off
+    row, start, end = r_row[r_pos].astype(np.int64), r_col[r_pos], r_col[~r_pos]
     if len(start) == 0:
-        z = np.zeros(0, np.int64)
-        return z, z, z, np.zeros(0)
+        return empty
     flat = s.ravel()
     base = row * n
     mean = (csum[row, end] - csum[row, start]) / (end - start)
-    length = (end - start).astype(np.float64)
-    if len(start) > 1 and (setting.merge_abs is not None or setting.merge_rel is not None):
-        same = row[1:] == row[:-1]
-        # The level a gap is measured against: the higher of its two boxes' mean scores.
-        peak = np.maximum(mean[1:], mean[:-1])
-        g_lo, g_hi = base[:-1] + end[:-1], base[:-1] + start[1:]
-        g_lo, g_hi = np.where(same, g_lo, 0), np.where(same, g_hi, 1)
-        dip = _segment_reduce(np.minimum, flat, g_lo, g_hi)
-        merge = np.zeros(len(peak), dtype=bool)
-        if setting.merge_abs is not None:
-            merge |= peak - dip < setting.merge_abs
-        if setting.merge_rel is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(dip > 0, peak / np.where(dip > 0, dip, 1.0), np.inf)
-            merge |= ratio < setting.merge_rel
-        merge &= same
-        if merge.any():
-            first = np.r_[True, ~merge]
-            last = np.r_[~merge, True]
-            group = np.cumsum(first) - 1
-            # A merged box's mean is its members' length-weighted mean (its gaps excluded).
-            mean = np.bincount(group, mean * length) / np.bincount(group, length)
-            row, start, end = row[first], start[first], end[last]
-            base = row * n
-    if setting.confidence == "max":
-        conf = _segment_reduce(np.maximum, flat, base + start, base + end)
-    else:
-        conf = mean
-    return clips[row], start, end, conf
+    peak = _segment_reduce(np.maximum, flat, base + start, base + end)
+    gap_min = np.full(len(start), np.nan)
+    gap_max = np.full(len(start), np.nan)
+    same = np.flatnonzero(row[1:] == row[:-1])
+    if len(same):
+        lo, hi = base[same] + end[same], base[same] + start[same + 1]
+        gap_min[same] = _segment_reduce(np.minimum, flat, lo, hi)
+        gap_max[same] = _segment_reduce(np.maximum, flat, lo, hi)
+    return clips[row], start, end, mean, peak, gap_min, gap_max
 
 
 def _segment_reduce(op: np.ufunc, flat: F64, lo: I64, hi: I64) -> F64:

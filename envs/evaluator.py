@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from envs.boxes import Boxes, box_events, detect_boxes
+from envs.boxes import Boxes, ChangeBoxes, box_events, change_boxes, merge_boxes
 from envs.errors import SedtuneInputError
 from envs.events import ClassEvents
 from envs.groundtruth import GroundTruth, read_durations, read_ground_truth
@@ -280,6 +280,7 @@ class Evaluator:
         self._levels: _Lru[tuple[str, int], LevelIndex] = _Lru(None if n is None else max(n, 1) * 32)
         self._quantized: _Lru[tuple[str, tuple[float, ...]], I64] = _Lru(None if n is None else max(n, 1))
         self._boxes: _Lru[tuple[str, BoxSetting], Boxes] = _Lru(None if n is None else max(n, 1) * 64)
+        self._changes: _Lru[tuple[str, int, float], ChangeBoxes] = _Lru(None if n is None else max(n, 1) * 8)
 
     def ranked(self, label: str) -> tuple[F64, I64]:
         """A class's sorted distinct values and every frame's rank among them (cached)."""
@@ -341,8 +342,16 @@ class Evaluator:
         key = (label, setting)
         hit = self._boxes.get(key)
         if hit is None:
-            scores = self.data.scores(label)
-            hit = detect_boxes(scores.values, scores.offsets, self.data.frame_hop_s, setting)
+            # Detection is shared by the merge criteria and confidences of one step filter.
+            ckey = (label, setting.median_filter_frames, setting.step_filter_s)
+            found = self._changes.get(ckey)
+            if found is None:
+                scores = self.data.scores(label)
+                found = change_boxes(
+                    scores.values, scores.offsets, self.data.frame_hop_s, ckey[1], setting.step_filter_s
+                )
+                self._changes.put(ckey, found)
+            hit = merge_boxes(found, setting)
             self._boxes.put(key, hit)
         return hit
 
