@@ -14,10 +14,11 @@ own shards (:func:`replica_shards`), so scores never travel through the driver.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, SupportsFloat
 
@@ -30,9 +31,10 @@ from envs.evaluator import EvalSet, Evaluator, MetricConfig, align
 from envs.groundtruth import read_durations, read_ground_truth
 from envs.metrics.counts import Counts
 from envs.metrics.fscore import class_f_measure, macro_f_measure
-from envs.params import ClassParams
+from envs.params import BoxSetting, ClassParams, class_params_from_json
 from envs.scoreset import ClassScores, ScoreSet
-from envs.space import SearchSpace
+from envs.snap import box_settings, nearest_box
+from envs.space import SearchSpace, Setting
 
 LOG = logging.getLogger(__name__)
 
@@ -46,16 +48,26 @@ class ActionGrid:
     """The discrete per-class parameter grid behind the action space.
 
     The action is one integer per (parameter, class), laid out parameter block by parameter
-    block: ``[kernel index] * C + [threshold index] * C``, followed by ``[gap index] * C``
+    block: ``[decoding index] * C + [threshold index] * C``, followed by ``[gap index] * C``
     and ``[min-duration index] * C`` only when the space offers more than one value for
     those stages (with one value they are fixed and take no action dimension).
 
+    A *decoding* is everything a setting fixes before the clean-up: a ``frames`` kernel or a
+    box setting (box kernel, step filter, merge criterion, confidence). The decoding index
+    runs over the ``frames`` kernels first, then the box settings, so the full setting index
+    ``(decoding * gaps + gap) * min_durations + min_duration`` (:meth:`split`) is the index
+    into ``space.settings``. A ``frames``-only grid is the grid of before: its decoding
+    index is the kernel index, and its first block is named ``median_filter_frames``.
+
     Attributes:
         n_classes: Number of classes C.
-        kernels: Median-filter kernels (frames).
-        thresholds: Decision thresholds.
+        kernels: Median-filter kernels (frames) of the ``frames`` decoder; empty when the
+            space does not search it.
+        thresholds: Decision thresholds (frame thresholds or box-confidence thresholds).
         fill_gap_s: Gap-filling values (seconds).
         min_duration_s: Minimum-duration values (seconds).
+        boxes: Box settings of the ``boxes`` decoder, in ``space.settings`` order; empty when
+            the space does not search it.
     """
 
     n_classes: int
@@ -63,6 +75,11 @@ class ActionGrid:
     thresholds: tuple[float, ...]
     fill_gap_s: tuple[float, ...] = (0.0,)
     min_duration_s: tuple[float, ...] = (0.0,)
+    boxes: tuple[BoxSetting, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.kernels and not self.boxes:
+            raise ValueError("an action grid needs frames kernels or box settings, but got neither")
 
     @staticmethod
     def from_space(space: SearchSpace, n_classes: int) -> ActionGrid:
@@ -71,16 +88,23 @@ class ActionGrid:
             raise SedtuneInputError(f"an action grid needs at least one class, but got {n_classes=}")
         return ActionGrid(
             n_classes,
-            tuple(int(k) for k in space.kernels),
+            tuple(int(k) for k in space.kernels) if "frames" in space.decoders else (),
             tuple(float(t) for t in space.threshold_grid()),
             tuple(float(g) for g in space.fill_gap_s),
             tuple(float(d) for d in space.min_duration_s),
+            tuple(box_settings(space)),
         )
+
+    @property
+    def n_decodings(self) -> int:
+        """Choices of the first block: ``frames`` kernels plus box settings."""
+        return len(self.kernels) + len(self.boxes)
 
     @property
     def blocks(self) -> list[tuple[str, int]]:
         """(parameter name, number of values) of every action block, in layout order."""
-        out = [("median_filter_frames", len(self.kernels)), ("threshold", len(self.thresholds))]
+        first = "decoding" if self.boxes else "median_filter_frames"
+        out = [(first, self.n_decodings), ("threshold", len(self.thresholds))]
         if len(self.fill_gap_s) > 1:
             out.append(("fill_gap_s", len(self.fill_gap_s)))
         if len(self.min_duration_s) > 1:
@@ -92,9 +116,21 @@ class ActionGrid:
         """Number of choices of every action dimension (MultiDiscrete ``nvec``)."""
         return np.repeat(np.array([n for _, n in self.blocks], np.int64), self.n_classes)
 
-    def settings(self) -> list[tuple[int, float, float]]:
-        """(kernel, gap, min duration) of every setting index, as ``SearchSpace.settings``."""
-        return list(itertools.product(self.kernels, self.fill_gap_s, self.min_duration_s))
+    @functools.cached_property
+    def _settings(self) -> tuple[Setting, ...]:
+        clean_up = list(itertools.product(self.fill_gap_s, self.min_duration_s))
+        frames = [Setting(k, g, d) for k in self.kernels for g, d in clean_up]
+        boxes = [
+            Setting(b.median_filter_frames, g, d, "boxes", b.step_filter_s, b.merge_abs, b.merge_rel,
+                    b.confidence)
+            for b in self.boxes
+            for g, d in clean_up
+        ]
+        return tuple(frames + boxes)
+
+    def settings(self) -> list[Setting]:
+        """The setting of every setting index, as ``SearchSpace.settings`` (frames, then boxes)."""
+        return list(self._settings)
 
     def split(self, action: npt.ArrayLike) -> tuple[I64, I64]:
         """Setting index and threshold index of every class.
@@ -116,26 +152,29 @@ class ActionGrid:
         if (a < 0).any() or (a >= nvec).any():
             raise ValueError(f"every action entry must lie in [0, nvec), but got {a.tolist()} ({nvec=})")
         c = self.n_classes
-        names = [n for n, _ in self.blocks]
-        by = {n: a[..., i * c : (i + 1) * c] for i, n in enumerate(names)}
+        blocks = [n for n, _ in self.blocks]
+        by = {n: a[..., i * c : (i + 1) * c] for i, n in enumerate(blocks)}
         zero = np.zeros_like(by["threshold"])
         gap = by.get("fill_gap_s", zero)
         dur = by.get("min_duration_s", zero)
-        setting = (by["median_filter_frames"] * len(self.fill_gap_s) + gap) * len(self.min_duration_s) + dur
+        setting = (by[blocks[0]] * len(self.fill_gap_s) + gap) * len(self.min_duration_s) + dur
         return setting, by["threshold"]
 
     def class_params(self, setting: int, threshold: int) -> ClassParams:
         """The parameters of a (setting index, threshold index) pair."""
-        k, g, d = self.settings()[setting]
-        return ClassParams(
-            median_filter_frames=k,
-            threshold=self.thresholds[threshold],
-            fill_gap_s=g,
-            min_duration_s=d,
-        )
+        return self._settings[setting].with_threshold(self.thresholds[threshold])
+
+    def _nearest_decoding(self, p: ClassParams) -> int:
+        """Index of the decoding nearest to ``p`` (its own decoder's if the grid has it)."""
+        if self.kernels and (p.decoder == "frames" or not self.boxes):
+            return int(np.argmin(np.abs(np.asarray(self.kernels, np.float64) - p.median_filter_frames)))
+        return len(self.kernels) + nearest_box(p, self.boxes)
 
     def nearest_action(self, params: Sequence[ClassParams]) -> I64:
         """The action closest to per-class parameters: per block, the nearest grid value.
+
+        The decoding block keeps a class's decoder when the grid has it, else takes the
+        other decoder's nearest decoding (:mod:`envs.snap`).
 
         Args:
             params: One :class:`ClassParams` per class, in class order.
@@ -148,10 +187,10 @@ class ActionGrid:
         """
         if len(params) != self.n_classes:
             raise ValueError(f"need {self.n_classes} class parameters, but got {len(params)}")
-        values = {"median_filter_frames": self.kernels, "threshold": self.thresholds,
-                  "fill_gap_s": self.fill_gap_s, "min_duration_s": self.min_duration_s}
-        out = []
-        for name, _ in self.blocks:
+        values = {"threshold": self.thresholds, "fill_gap_s": self.fill_gap_s,
+                  "min_duration_s": self.min_duration_s}
+        out = [self._nearest_decoding(p) for p in params]
+        for name, _ in self.blocks[1:]:
             grid = np.asarray(values[name], np.float64)
             out += [int(np.argmin(np.abs(grid - float(getattr(p, name))))) for p in params]
         return np.asarray(out, np.int64)
@@ -160,6 +199,41 @@ class ActionGrid:
         """Per class, the parameters one action picks."""
         setting, thr = self.split(action)
         return {c: self.class_params(int(setting[i]), int(thr[i])) for i, c in enumerate(classes)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The grid as a JSON-ready dict (without ``n_classes``); :meth:`from_json` inverts it."""
+        return {
+            "kernels": list(self.kernels),
+            "thresholds": list(self.thresholds),
+            "fill_gap_s": list(self.fill_gap_s),
+            "min_duration_s": list(self.min_duration_s),
+            "boxes": [
+                {"median_filter_frames": b.median_filter_frames, "step_filter_s": b.step_filter_s,
+                 "merge_abs": b.merge_abs, "merge_rel": b.merge_rel, "confidence": b.confidence}
+                for b in self.boxes
+            ],
+        }
+
+    @staticmethod
+    def from_json(obj: Mapping[str, Any], n_classes: int, where: str = "grid") -> ActionGrid:
+        """The grid of :meth:`to_json` (``boxes`` absent: a ``frames``-only grid).
+
+        Raises:
+            SedtuneInputError: A box setting that breaks a parameter rule.
+        """
+        boxes = tuple(
+            class_params_from_json({**b, "decoder": "boxes", "threshold": 0.5}, f"{where}, boxes[{i}]")
+            .box_setting
+            for i, b in enumerate(obj.get("boxes", []))
+        )
+        return ActionGrid(
+            n_classes,
+            tuple(int(k) for k in obj["kernels"]),
+            tuple(float(t) for t in obj["thresholds"]),
+            tuple(float(g) for g in obj["fill_gap_s"]),
+            tuple(float(d) for d in obj["min_duration_s"]),
+            boxes,
+        )
 
 
 def _class_arrays(data: EvalSet) -> list[ClassScores]:
@@ -202,8 +276,13 @@ def count_table(evaluator: Evaluator, grid: ActionGrid) -> I32:
     """Per clip, class, setting and threshold of the grid, the event counts of that clip.
 
     Matching never crosses clips, so a clip's counts do not depend on the other clips and a
-    step of the environment is a lookup. The evaluator caches the filtered scores per
-    (class, kernel), so the table costs one decode per (class, setting, threshold).
+    step of the environment is a lookup. Every entry is the evaluator's own count
+    (:meth:`Evaluator.class_counts_by_group` with one group per clip), for either decoder:
+    the evaluator caches the filtered scores per (class, kernel) and the boxes per (class,
+    box setting), so the table costs one decode per (class, setting, threshold). (The box
+    sweep, :func:`envs.sweep.sweep_boxes` with one group per clip, would count every
+    threshold at once, but holds clips x distinct box confidences counters per array, which
+    grows with the square of a replica's clips.)
 
     Args:
         evaluator: Evaluator on the environment's clips.
@@ -218,9 +297,9 @@ def count_table(evaluator: Evaluator, grid: ActionGrid) -> I32:
     settings = grid.settings()
     table = np.zeros((n, len(data.classes), len(settings), len(grid.thresholds), 3), np.int32)
     for ci, label in enumerate(data.classes):
-        for si, (k, g, d) in enumerate(settings):
+        for si, setting in enumerate(settings):
             for ti, th in enumerate(grid.thresholds):
-                params = ClassParams(median_filter_frames=k, threshold=th, fill_gap_s=g, min_duration_s=d)
+                params = setting.with_threshold(th)
                 table[:, ci, si, ti] = evaluator.class_counts_by_group(label, params, groups, n)
     return table
 
@@ -357,11 +436,12 @@ class PostProcessingEnv(gym.Env[F32, npt.NDArray[np.integer[Any]]]):
     ``n_frames_max`` frames (cutting affects only what the agent sees; the stack always runs
     on the whole clip). After the last step the last clip's matrix is returned again.
 
-    **Action.** ``MultiDiscrete(grid.nvec)``: for every class a kernel index into
-    ``space.kernels`` and a threshold index into ``space.threshold_grid()``, laid out
-    ``[kernel] * C + [threshold] * C`` (plus ``[gap] * C`` and ``[min duration] * C`` when the
-    space has more than one value for them; see :class:`ActionGrid`). The action applies to
-    the current clip only.
+    **Action.** ``MultiDiscrete(grid.nvec)``: for every class a decoding index (a
+    ``frames`` kernel of ``space.kernels``, then the ``boxes`` settings; with ``frames``
+    only, the kernel index) and a threshold index into ``space.threshold_grid()``, laid out
+    ``[decoding] * C + [threshold] * C`` (plus ``[gap] * C`` and ``[min duration] * C`` when
+    the space has more than one value for them; see :class:`ActionGrid`). Together they
+    index ``space.settings``. The action applies to the current clip only.
 
     **Reward.** The increase of the episode's running event-based macro F1 when this clip's
     events are added: with ``N_ref, N_sys, N_tp`` of every class summed over the episode's
@@ -385,7 +465,7 @@ class PostProcessingEnv(gym.Env[F32, npt.NDArray[np.integer[Any]]]):
 
     Args:
         data: The clips, their scores and reference events (nothing else is read).
-        space: Search space; the action grid is its kernels and ``threshold_grid()``.
+        space: Search space; the action grid is its settings and ``threshold_grid()``.
         metric: Collars (default DCASE: 0.2 s, 20 % of length).
         episode_clips: Clips per episode (>= 1).
         n_frames_max: Observation frames (default: the longest clip of ``data``). Replicas

@@ -1,7 +1,9 @@
 """The rl strategy: PPO (Ray RLlib, new API stack) on replicas of the post-processing env.
 
 The environment (:class:`envs.gym_env.PostProcessingEnv`) shows one clip per step, takes
-every class's (kernel, threshold) for that clip and pays the clip's marginal macro F1; with
+every class's (setting, threshold) for that clip (a setting of ``space.settings``: a
+``frames`` kernel or a ``boxes`` setting, with gap filling and minimum duration; see
+:class:`envs.gym_env.ActionGrid`) and pays the clip's marginal macro F1; with
 discount 1 (the default here) an episode's return is its macro F1 exactly, which fixes the
 credit assignment of the paper's setup (one end-of-pass reward, discounted by 0.99 per clip).
 
@@ -247,12 +249,35 @@ def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
     return PostProcessingEnv.from_shards(
         data,
         mine,
-        SearchSpace(**ctx["space"]),
+        space_from_config(ctx["space"]),
         MetricConfig(**ctx["metric"]),
         shard_paths=ctx["shard_paths"],
         episode_clips=int(ctx["episode_clips"]),
         n_frames_max=int(ctx["n_frames_max"]),
     )
+
+
+def space_config(space: SearchSpace) -> dict[str, Any]:
+    """A search space as plain lists and numbers (``env_config``); :func:`space_from_config` inverts it."""
+    return {
+        "kernels": list(space.kernels), "threshold_low": space.threshold_low,
+        "threshold_high": space.threshold_high, "fill_gap_s": list(space.fill_gap_s),
+        "min_duration_s": list(space.min_duration_s), "threshold_step": space.threshold_step,
+        "decoders": list(space.decoders), "box_kernels": list(space.box_kernels),
+        "box_step_filter_s": list(space.box_step_filter_s),
+        "box_merge": [list(m) for m in space.box_merge],
+        "box_confidence": list(space.box_confidence),
+    }
+
+
+def space_from_config(cfg: Mapping[str, Any]) -> SearchSpace:
+    """The search space of :func:`space_config` (tuples again, so that it hashes)."""
+    sequences = ("kernels", "fill_gap_s", "min_duration_s", "decoders", "box_kernels", "box_step_filter_s",
+                 "box_confidence")
+    kwargs: dict[str, Any] = {k: tuple(v) if k in sequences else v for k, v in cfg.items()}
+    if "box_merge" in cfg:
+        kwargs["box_merge"] = tuple((a, r) for a, r in cfg["box_merge"])
+    return SearchSpace(**kwargs)
 
 
 def env_config(problem: TuningProblem, opts: RLOptions, n_frames_max: int) -> dict[str, Any]:
@@ -271,11 +296,7 @@ def env_config(problem: TuningProblem, opts: RLOptions, n_frames_max: int) -> di
         "classes": None if ref.classes is None else list(ref.classes),
         "shard_paths": [s.path for s in scores.shards],
         "shards": eligible,
-        "space": {
-            "kernels": list(sp.kernels), "threshold_low": sp.threshold_low,
-            "threshold_high": sp.threshold_high, "fill_gap_s": list(sp.fill_gap_s),
-            "min_duration_s": list(sp.min_duration_s), "threshold_step": sp.threshold_step,
-        },
+        "space": space_config(sp),
         "metric": {"t_collar_s": problem.metric.t_collar_s,
                    "percentage_of_length": problem.metric.percentage_of_length,
                    "segment_s": problem.metric.segment_s},

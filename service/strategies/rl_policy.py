@@ -2,10 +2,13 @@
 
 :class:`AdaptivePolicy` is what ``sedtune apply --policy`` loads: the policy network
 (:class:`PolicyNet` over :class:`ClipFeatures`, per class quantiles and mean of a clip's
-frames) and the action grid; for every clip it picks each class's (kernel, threshold, ...)
-and runs the stack with them. Saved as ``policy.pt`` (weights) + ``policy.json``
-(description, format :data:`POLICY_FORMAT`). :class:`ValueNet` is the PPO critic, needed in
-training only.
+frames) and the action grid; for every clip it picks each class's setting (a ``frames``
+kernel or a box setting, gap, minimum duration) and threshold, and decodes with them
+(:func:`envs.decoders.class_events`, either decoder). Saved as ``policy.pt`` (weights) +
+``policy.json`` (description, format :data:`POLICY_FORMAT`: the grid of
+:meth:`envs.gym_env.ActionGrid.to_json`, whose ``boxes`` list holds the box settings;
+descriptions of format ``sedtune.rl_policy/1``, ``frames`` grids without that list, still
+load). :class:`ValueNet` is the PPO critic, needed in training only.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from envs.scoreset import ClassScores
 
 I64 = npt.NDArray[np.int64]
 
-POLICY_FORMAT = "sedtune.rl_policy/1"
+POLICY_FORMAT = "sedtune.rl_policy/2"
+#: Descriptions :meth:`AdaptivePolicy.load` reads: /1 has no ``boxes`` (a ``frames`` grid).
+POLICY_FORMATS = ("sedtune.rl_policy/1", POLICY_FORMAT)
 #: Clips per forward pass when a policy acts on a whole set.
 INFERENCE_CHUNK = 1024
 
@@ -141,7 +146,7 @@ class AdaptivePolicy:
 
     Attributes:
         net: The policy network.
-        grid: The action grid (kernels, thresholds, ...).
+        grid: The action grid (settings of either decoder, thresholds, ...).
         classes: Class order of observations and actions.
         n_frames_max: Observation frames.
         hidden: Hidden sizes (to rebuild the network).
@@ -234,10 +239,7 @@ class AdaptivePolicy:
             "frame_hop_s": frame_hop_s,
             "classes": self.classes,
             "n_frames_max": self.n_frames_max,
-            "kernels": list(self.grid.kernels),
-            "thresholds": list(self.grid.thresholds),
-            "fill_gap_s": list(self.grid.fill_gap_s),
-            "min_duration_s": list(self.grid.min_duration_s),
+            **self.grid.to_json(),
             "hidden": list(self.hidden),
             "quantiles": self.quantiles,
         }
@@ -250,21 +252,16 @@ class AdaptivePolicy:
         """Read a policy saved by :meth:`save` (no Ray needed).
 
         Raises:
-            ValueError: If the description has another format.
+            ValueError: If the description has another format or an invalid grid.
         """
         with open(_meta_path(path), encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("format") != POLICY_FORMAT:
+        if meta.get("format") not in POLICY_FORMATS:
             raise ValueError(
-                f"{_meta_path(path)}: format must be {POLICY_FORMAT!r}, but got {meta.get('format')!r}"
+                f"{_meta_path(path)}: format must be one of {list(POLICY_FORMATS)}, "
+                f"but got {meta.get('format')!r}"
             )
-        grid = ActionGrid(
-            len(meta["classes"]),
-            tuple(int(k) for k in meta["kernels"]),
-            tuple(float(t) for t in meta["thresholds"]),
-            tuple(float(g) for g in meta["fill_gap_s"]),
-            tuple(float(d) for d in meta["min_duration_s"]),
-        )
+        grid = ActionGrid.from_json(meta, len(meta["classes"]), _meta_path(path))
         policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_frames_max"]), meta["hidden"],
                                        int(meta["quantiles"]))
         policy.net.load_state_dict(torch.load(path, weights_only=True))

@@ -6,6 +6,16 @@ fill and a minimum duration). They ignore that the objective is separable: they 
 plain black-box baselines the exact strategy is measured against (DESIGN.md, "Search
 strategies").
 
+Two decoders (:func:`param_space`): when the space searches both ``frames`` and ``boxes``,
+every class gets a categorical ``decoder`` dimension; the ``frames`` kernel and the box
+stages (box kernel, step filter, merge criterion, confidence: separate categoricals, each only
+when it has more than one value) apply only under their decoder; the threshold, gap and
+minimum duration are shared. Random search draws every dimension and ignores the inactive
+ones (the same distribution as drawing them conditionally). TPE gets the conditional space
+as an Optuna define-by-run function (:class:`ConditionalSpace`): an inactive dimension is
+not suggested, so it never enters TPE's model through trials where it had no effect. With one
+decoder the Tune config is the ``frames``-only one of before (no decoder dimension).
+
 Budget: one Tune trial evaluates one joint configuration on all tuning clips, i.e. one
 full-set evaluation, so the budget is the number of trials (``None`` -> 100), never more.
 
@@ -41,6 +51,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +64,7 @@ from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
 from envs.params import ClassParams, check_hop, class_params_from_json, load_params
 from envs.selection import Candidate
+from envs.snap import snap_params
 from envs.space import SearchSpace
 from service.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
 from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory, current_node
@@ -72,6 +84,9 @@ SYSTEMATIC_FAILURES = 3
 # Tune config keys per class field. Keys are flat and name the class by index: class labels
 # may hold any character, and Tune splits nested config keys on "/".
 _KERNEL, _THRESHOLD, _GAP, _MIN_DUR = "kernel", "threshold", "gap", "min_dur"
+# Two-decoder and boxes dimensions (the merge criterion is an index into space.box_merge:
+# Optuna categoricals hold scalars, not (abs, rel) pairs).
+_DECODER, _BOX_KERNEL, _STEP, _MERGE, _CONF = "decoder", "box_kernel", "step_filter", "merge", "confidence"
 
 _O = TypeVar("_O", bound=BaseModel)
 
@@ -86,11 +101,56 @@ def _key(class_index: int, name: str) -> str:
 # --------------------------------------------------------------------------- the space
 
 
-def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
-    """The Tune search space of the joint per-class problem.
+@dataclass(frozen=True)
+class _Dim:
+    """One per-class dimension of the Tune config.
 
-    A discrete dimension (kernel, gap, minimum duration) is a ``tune.choice`` included only
-    when the space offers more than one value; the threshold is uniform in the space's range.
+    Attributes:
+        name: Key suffix (``kernel``, ``threshold``, ...).
+        choices: Categorical values; None for the threshold (uniform in the space's range).
+        decoder: The decoder under which it applies (two-decoder spaces), None: always.
+    """
+
+    name: str
+    choices: tuple[Any, ...] | None
+    decoder: str | None = None
+
+
+def _dims(space: SearchSpace) -> list[_Dim]:
+    """Every class's dimensions in config order; a stage with one value takes none.
+
+    ``frames`` only: kernel, threshold, gap, minimum duration (the order of old configs).
+    """
+    two = len(space.decoders) > 1
+    out: list[_Dim] = []
+    if two:
+        out.append(_Dim(_DECODER, tuple(space.decoders)))
+    if "frames" in space.decoders and len(space.kernels) > 1:
+        out.append(_Dim(_KERNEL, tuple(int(k) for k in space.kernels), "frames" if two else None))
+    if "boxes" in space.decoders:
+        box_dims: list[tuple[str, tuple[Any, ...]]] = [
+            (_BOX_KERNEL, tuple(int(k) for k in space.box_kernels)),
+            (_STEP, tuple(float(x) for x in space.box_step_filter_s)),
+            (_MERGE, tuple(range(len(space.box_merge)))),
+            (_CONF, tuple(str(c) for c in space.box_confidence)),
+        ]
+        out += [_Dim(n, v, "boxes" if two else None) for n, v in box_dims if len(v) > 1]
+    out.append(_Dim(_THRESHOLD, None))
+    if len(space.fill_gap_s) > 1:
+        out.append(_Dim(_GAP, tuple(float(g) for g in space.fill_gap_s)))
+    if len(space.min_duration_s) > 1:
+        out.append(_Dim(_MIN_DUR, tuple(float(d) for d in space.min_duration_s)))
+    return out
+
+
+def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
+    """The Tune search space of the joint per-class problem (every dimension, flat).
+
+    A discrete dimension (decoder, kernel, box stages, gap, minimum duration) is a
+    ``tune.choice`` included only when the space offers more than one value; the threshold
+    is uniform in the space's range. With two decoders the dimensions of the decoder a class
+    did not draw are drawn too and ignored (:func:`decode`); TPE uses
+    :class:`ConditionalSpace` instead.
 
     Args:
         space: The per-class space.
@@ -101,67 +161,132 @@ def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
     """
     from ray import tune
 
+    dims = _dims(space)
     out: dict[str, Any] = {}
     for i in range(n_classes):
-        if len(space.kernels) > 1:
-            out[_key(i, _KERNEL)] = tune.choice(list(space.kernels))
-        out[_key(i, _THRESHOLD)] = tune.uniform(space.threshold_low, space.threshold_high)
-        if len(space.fill_gap_s) > 1:
-            out[_key(i, _GAP)] = tune.choice([float(g) for g in space.fill_gap_s])
-        if len(space.min_duration_s) > 1:
-            out[_key(i, _MIN_DUR)] = tune.choice([float(d) for d in space.min_duration_s])
+        for d in dims:
+            if d.choices is None:
+                out[_key(i, d.name)] = tune.uniform(space.threshold_low, space.threshold_high)
+            else:
+                out[_key(i, d.name)] = tune.choice(list(d.choices))
     return out
 
 
+@dataclass(frozen=True)
+class ConditionalSpace:
+    """The joint space as an Optuna define-by-run function (TPE on two-decoder spaces).
+
+    Per class it suggests the decoder first, then only that decoder's dimensions, then the
+    shared threshold, gap and minimum duration: TPE models a conditional dimension on the
+    trials where it was active only. Keys and values are those of :func:`param_space`.
+    A module-level class, not a closure, so that Tune can pickle the searcher.
+
+    Attributes:
+        space: The per-class space.
+        n_classes: Number of classes.
+    """
+
+    space: SearchSpace
+    n_classes: int
+
+    def __call__(self, trial: Any) -> None:
+        """Suggest every class's active dimensions on an ``optuna.Trial``."""
+        dims = _dims(self.space)
+        for i in range(self.n_classes):
+            decoder = self.space.decoders[0]
+            for d in dims:
+                if d.decoder is not None and d.decoder != decoder:
+                    continue
+                name = _key(i, d.name)
+                if d.choices is None:
+                    trial.suggest_float(name, self.space.threshold_low, self.space.threshold_high)
+                    continue
+                value = trial.suggest_categorical(name, list(d.choices))
+                if d.name == _DECODER:
+                    decoder = str(value)
+
+
 def decode(config: Mapping[str, Any], classes: Sequence[str], space: SearchSpace) -> dict[str, ClassParams]:
-    """Per-class parameters of a Tune config; dimensions left out take the space's only value."""
-    return {
-        c: ClassParams(
-            median_filter_frames=int(config.get(_key(i, _KERNEL), space.kernels[0])),
-            threshold=float(config[_key(i, _THRESHOLD)]),
-            fill_gap_s=float(config.get(_key(i, _GAP), space.fill_gap_s[0])),
-            min_duration_s=float(config.get(_key(i, _MIN_DUR), space.min_duration_s[0])),
+    """Per-class parameters of a Tune config; dimensions left out take the space's only value.
+
+    Dimensions of the decoder a class did not choose are ignored.
+    """
+    out = {}
+    for i, c in enumerate(classes):
+
+        def get(name: str, default: Any, i: int = i) -> Any:
+            return config.get(_key(i, name), default)
+
+        decoder = str(get(_DECODER, space.decoders[0]))
+        threshold = float(config[_key(i, _THRESHOLD)])
+        gap = float(get(_GAP, space.fill_gap_s[0]))
+        dur = float(get(_MIN_DUR, space.min_duration_s[0]))
+        if decoder == "frames":
+            out[c] = ClassParams(
+                median_filter_frames=int(get(_KERNEL, space.kernels[0])),
+                threshold=threshold,
+                fill_gap_s=gap,
+                min_duration_s=dur,
+            )
+            continue
+        merge_abs, merge_rel = space.box_merge[int(get(_MERGE, 0))]
+        out[c] = ClassParams(
+            median_filter_frames=int(get(_BOX_KERNEL, space.box_kernels[0])),
+            threshold=threshold,
+            fill_gap_s=gap,
+            min_duration_s=dur,
+            decoder="boxes",
+            step_filter_s=float(get(_STEP, space.box_step_filter_s[0])),
+            merge_abs=merge_abs,
+            merge_rel=merge_rel,
+            confidence=str(get(_CONF, space.box_confidence[0])),
         )
-        for i, c in enumerate(classes)
-    }
-
-
-def _nearest(value: float, allowed: Sequence[float]) -> float:
-    # Ties go to the smaller value (less smoothing, less clean-up), as in kernels_for_seconds.
-    return min(allowed, key=lambda a: (abs(a - value), a))
+    return out
 
 
 def snap(params: ClassParams, space: SearchSpace) -> ClassParams:
-    """The nearest parameters inside the space.
+    """The nearest parameters inside the space (:func:`envs.snap.snap_params`).
 
     Kernel (frames), gap and minimum duration (seconds) go to the nearest allowed value (the
     smaller on ties), the threshold is clipped to the range, hysteresis is dropped (the
-    space has none).
+    space has none). A class whose decoder the space does not search takes the other
+    decoder, at its nearest setting.
     """
-    return ClassParams(
-        median_filter_frames=int(_nearest(params.median_filter_frames, space.kernels)),
-        threshold=float(min(max(params.threshold, space.threshold_low), space.threshold_high)),
-        fill_gap_s=float(_nearest(params.fill_gap_s, space.fill_gap_s)),
-        min_duration_s=float(_nearest(params.min_duration_s, space.min_duration_s)),
-    )
+    return snap_params(params, space)
+
+
+def _value(p: ClassParams, name: str, space: SearchSpace) -> Any:
+    """The config value of one dimension for in-space parameters ``p``."""
+    if name == _MERGE:
+        pair = (p.merge_abs, p.merge_rel)
+        return next(j for j, m in enumerate(space.box_merge) if tuple(m) == pair)
+    attr = {
+        _DECODER: "decoder",
+        _KERNEL: "median_filter_frames",
+        _BOX_KERNEL: "median_filter_frames",
+        _STEP: "step_filter_s",
+        _CONF: "confidence",
+        _THRESHOLD: "threshold",
+        _GAP: "fill_gap_s",
+        _MIN_DUR: "min_duration_s",
+    }[name]
+    return getattr(p, attr)
 
 
 def encode(params: Mapping[str, ClassParams], classes: Sequence[str], space: SearchSpace) -> dict[str, Any]:
     """A Tune config (a ``points_to_evaluate`` entry) of per-class parameters, snapped into the space.
 
-    Only the dimensions of :func:`param_space` appear: searchers require warm-start points
-    with exactly the space's keys.
+    Only the dimensions of :func:`param_space` appear (searchers require warm-start points
+    with exactly the space's keys), and of a two-decoder space only those of each class's
+    decoder (:class:`ConditionalSpace`'s keys).
     """
+    dims = _dims(space)
     out: dict[str, Any] = {}
     for i, c in enumerate(classes):
         p = snap(params[c], space)
-        if len(space.kernels) > 1:
-            out[_key(i, _KERNEL)] = p.median_filter_frames
-        out[_key(i, _THRESHOLD)] = p.threshold
-        if len(space.fill_gap_s) > 1:
-            out[_key(i, _GAP)] = p.fill_gap_s
-        if len(space.min_duration_s) > 1:
-            out[_key(i, _MIN_DUR)] = p.min_duration_s
+        for d in dims:
+            if d.decoder is None or d.decoder == p.decoder:
+                out[_key(i, d.name)] = _value(p, d.name, space)
     return out
 
 
@@ -416,8 +541,10 @@ class BayesOptions(TuneOptions):
             more is faster on a cluster but suggestions then depend on completion order.
         warm_start: A configuration evaluated first: a sedtune parameter file (path, same
             frame hop as the scores) or inline ``{class: {"threshold": ...,
-            "median_filter_frames": ...}}``. Classes it leaves out take the manual setting;
-            values outside the space are snapped into it.
+            "median_filter_frames": ...}}`` (any fields of a parameter file's class entry,
+            ``decoder`` included). Classes it leaves out take the manual setting; values
+            outside the space are snapped into it (:func:`snap`; a class whose decoder the
+            space does not search takes the other decoder's nearest setting).
         include_manual: Evaluate the problem's manual setting first (before ``warm_start``).
         n_startup_trials: Trials TPE samples at random (warm-start points included) before
             it models the objective.
@@ -458,7 +585,7 @@ class _TuneStrategy(Strategy):
 
     @abstractmethod
     def _search(
-        self, points: list[dict[str, Any]], seed: int, n_trials: int
+        self, points: list[dict[str, Any]], seed: int, n_trials: int, space: SearchSpace, n_classes: int
     ) -> tuple[SearchAlgorithm | Searcher, int | None]:
         """The search algorithm and Tune's ``max_concurrent_trials`` for it.
 
@@ -466,7 +593,13 @@ class _TuneStrategy(Strategy):
             points: Configurations to evaluate first (encoded, in the space).
             seed: Seed of the searcher.
             n_trials: Number of trials.
+            space: The per-class space.
+            n_classes: Number of classes.
         """
+
+    def _tune_space(self, space: SearchSpace, n_classes: int) -> dict[str, Any]:
+        """Tune's ``param_space`` (empty when the searcher holds the space itself)."""
+        return param_space(space, n_classes)
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
         """Run ``budget`` Tune trials and collect every evaluated configuration.
@@ -494,7 +627,7 @@ class _TuneStrategy(Strategy):
         if not ray.is_initialized():
             LOG.info("%s: Ray is not initialised; starting a local instance", self.name)
             ray.init()
-        search_alg, limit = self._search(points, seed, n_trials)
+        search_alg, limit = self._search(points, seed, n_trials, problem.space, len(classes))
         setup = TrialSetup(
             data=problem.data,
             metric=problem.metric,
@@ -507,7 +640,7 @@ class _TuneStrategy(Strategy):
         trials = _Trials(records={}, started_at=t0)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trainable, setup=setup), {"cpu": opts.cpus_per_trial}),
-            param_space=param_space(problem.space, len(classes)),
+            param_space=self._tune_space(problem.space, len(classes)),
             tune_config=tune.TuneConfig(
                 metric="f",
                 mode="max",
@@ -604,15 +737,17 @@ class RandomStrategy(_TuneStrategy):
     """Random search over the joint per-class space (Tune's ``BasicVariantGenerator``).
 
     Kernels, gaps and minimum durations are drawn uniformly from their sets, thresholds
-    uniformly from the range. Configurations come from the seeded generator alone, so the
-    evaluated set and the result are the same for a seed at any concurrency.
+    uniformly from the range; with two decoders, each class's decoder uniformly, then each
+    stage of that decoder uniformly (:func:`param_space`). Configurations come from the
+    seeded generator alone, so the evaluated set and the result are the same for a seed at
+    any concurrency.
     """
 
     name: ClassVar[str] = "random"
     Options: ClassVar[type[BaseModel]] = RandomOptions
 
     def _search(
-        self, points: list[dict[str, Any]], seed: int, n_trials: int
+        self, points: list[dict[str, Any]], seed: int, n_trials: int, space: SearchSpace, n_classes: int
     ) -> tuple[SearchAlgorithm | Searcher, int | None]:
         from ray.tune.search import BasicVariantGenerator
 
@@ -627,9 +762,17 @@ class BayesStrategy(_TuneStrategy):
     """Optuna TPE over the joint per-class space (``ray.tune.search.optuna.OptunaSearch``).
 
     TPE models kernels, gaps and minimum durations as categoricals and the threshold as a
-    float, with ``TPESampler(seed=seed)``. The manual setting (``include_manual``) and
-    ``warm_start`` are evaluated first, through ``points_to_evaluate`` (they count toward
-    the budget).
+    float, with ``TPESampler(seed=seed)``. With two decoders the space is conditional
+    (:class:`ConditionalSpace`) and the sampler is multivariate TPE with the group-decomposed
+    search space (``multivariate=True, group=True``): the dimensions always present (every
+    class's decoder, threshold, gap, minimum duration) are modelled jointly, so a class's
+    threshold is modelled together with its decoder (a frame threshold and a box-confidence
+    threshold mean different things), and each class's conditional dimensions form their own
+    groups, modelled on the trials where they were active. The box stages are separate
+    categoricals rather than one over their combinations: each value then learns from every
+    trial that used it, and within a class's box group they are still modelled jointly.
+    The manual setting (``include_manual``) and ``warm_start`` are evaluated first, through
+    ``points_to_evaluate`` (they count toward the budget), snapped into the space.
     """
 
     name: ClassVar[str] = "bayes"
@@ -644,15 +787,39 @@ class BayesStrategy(_TuneStrategy):
             out.append(_warm_start(opts.warm_start, problem))
         return out
 
+    def _tune_space(self, space: SearchSpace, n_classes: int) -> dict[str, Any]:
+        # Two decoders: the searcher holds the conditional space (ConditionalSpace).
+        return {} if len(space.decoders) > 1 else param_space(space, n_classes)
+
     def _search(
-        self, points: list[dict[str, Any]], seed: int, n_trials: int
+        self, points: list[dict[str, Any]], seed: int, n_trials: int, space: SearchSpace, n_classes: int
     ) -> tuple[SearchAlgorithm | Searcher, int | None]:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         opts = self._options_as(BayesOptions)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=opts.n_startup_trials)
-        return OptunaSearch(sampler=sampler, points_to_evaluate=points or None), opts.max_concurrent_trials
+        if len(space.decoders) == 1:
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=opts.n_startup_trials)
+            searcher = OptunaSearch(sampler=sampler, points_to_evaluate=points or None)
+            return searcher, opts.max_concurrent_trials
+        with warnings.catch_warnings():
+            # `group` is marked experimental in Optuna; it is the documented way to run
+            # multivariate TPE on a conditional (define-by-run) space.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=opts.n_startup_trials,
+                multivariate=True,
+                group=True,
+            )
+        searcher = OptunaSearch(
+            space=ConditionalSpace(space, n_classes),
+            metric="f",
+            mode="max",
+            sampler=sampler,
+            points_to_evaluate=points or None,
+        )
+        return searcher, opts.max_concurrent_trials
 
 
 def _complete(given: Mapping[str, ClassParams], problem: TuningProblem, where: str) -> dict[str, ClassParams]:
@@ -697,6 +864,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "BayesOptions",
     "BayesStrategy",
+    "ConditionalSpace",
     "RandomOptions",
     "RandomStrategy",
     "TrialSetup",

@@ -28,7 +28,7 @@ from service.strategies.base import RunContext, Strategy, StrategyResult, evalua
 from service.strategies.rl import RLOptions, RLStrategy, _build, _env_steps, env_config
 from service.strategies.rl_policy import AdaptivePolicy
 from tests.contract.strategy_contract import StrategyContract
-from tests.integration.problems import synth_problem
+from tests.integration.problems import decoder_problem, decoder_set, synth_problem
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -310,3 +310,105 @@ def test_apply_with_the_policy_equals_the_adaptive_readout(
     assert rows == sorted(expected)
     assert main(["apply", "--scores", synth_set.scores_uri, "--policy", str(tmp_path / "nope.pt"),
                  "--out", str(out)]) == 2
+
+
+# --------------------------------------------------------------------------- both decoders
+
+# Chatter needs boxes (box thresholds up to about 0.72), Train frames (tests/integration/problems.py).
+SPACE2 = SearchSpace(
+    kernels=(1, 3, 5),
+    threshold_low=0.6,
+    threshold_high=0.8,
+    threshold_step=0.05,
+    decoders=("frames", "boxes"),
+    box_step_filter_s=(1.6, 2.4),
+    box_merge=((None, 2.0),),
+)
+MANUAL2 = ClassParams(median_filter_frames=5, threshold=0.5)
+BUDGET2 = 40.0
+
+
+@pytest.fixture(scope="module")
+def decoder_prob(tmp_path_factory: pytest.TempPathFactory) -> TuningProblem:
+    return decoder_problem(decoder_set(str(tmp_path_factory.mktemp("decoders"))), SPACE2, MANUAL2)
+
+
+@pytest.fixture(scope="module")
+def trained2(decoder_prob: TuningProblem, tmp_path_factory: pytest.TempPathFactory) -> StrategyResult:
+    opts = RLOptions(num_env_runners=1, num_envs_per_env_runner=4, train_batch_size=256, minibatch_size=128,
+                     num_epochs=4, episode_clips=10, adaptive_every=2)
+    return RLStrategy(opts).run(decoder_prob, BUDGET2, 0, RunContext(str(tmp_path_factory.mktemp("rl2"))))
+
+
+def test_two_decoder_run_gives_valid_readouts_within_budget(
+    decoder_prob: TuningProblem, trained2: StrategyResult, tmp_path: Path
+) -> None:
+    assert 0 < trained2.evaluations <= BUDGET2 and trained2.info["iterations"] >= 1
+    for table in (trained2.naive, trained2.info["untrained_params"]):
+        path = str(tmp_path / "params.json")
+        ParamFile(decoder_prob.tuning.frame_hop_s, dict(table)).save(path)
+        loaded = load_params(path)
+        loaded.check_classes(decoder_prob.classes, "rl result")
+        assert loaded.classes == dict(table)
+        assert all(SPACE2.contains(p) for p in table.values()), table
+    f, _ = evaluate_joint(decoder_prob, dict(trained2.naive))
+    assert f == pytest.approx(trained2.trajectory[-1].best_f, abs=1e-12)
+    # Each class gets the decoder that scores better: the grid's optimum, F 1.
+    assert trained2.naive["Chatter"].decoder == "boxes" and trained2.naive["Train"].decoder == "frames"
+    assert f == pytest.approx(1.0, abs=1e-12)
+    # The read-outs evaluated settings of both decoders, each with the evaluator's counts.
+    cands = [cand for c in decoder_prob.classes for cand in trained2.candidates[c]]
+    assert {cand.params.decoder for cand in cands} == {"frames", "boxes"}
+    for c in decoder_prob.classes:
+        for cand in trained2.candidates[c]:
+            n = decoder_prob.evaluator.class_counts_by_group(c, cand.params, decoder_prob.folds, 3)
+            assert np.array_equal(cand.counts, n)
+    policy: AdaptivePolicy = trained2.adaptive
+    assert policy.grid == ActionGrid.from_space(SPACE2, 2)
+
+
+def test_two_decoder_policy_saves_its_grid_and_applies_box_settings(
+    decoder_prob: TuningProblem, trained2: StrategyResult, tmp_path: Any, capsys: Any
+) -> None:
+    import csv
+
+    from service.cli import main
+
+    path = trained2.artifacts["policy"]
+    meta = json.loads(Path(path).with_suffix(".json").read_text())
+    assert meta["format"] == "sedtune.rl_policy/2" and len(meta["boxes"]) == 2
+    loaded = AdaptivePolicy.load(path)
+    assert loaded.grid == trained2.adaptive.grid
+    data = decoder_prob.tuning
+    actions = loaded.actions([data.scores(c) for c in loaded.classes])
+    assert np.array_equal(actions, trained2.adaptive.actions([data.scores(c) for c in loaded.classes]))
+    settings = loaded.grid.settings()
+    picked = {settings[int(s)].decoder for s in loaded.grid.split(actions)[0].ravel()}
+    assert "boxes" in picked, "the policy should pick box settings on some clips"
+    out = tmp_path / "events.tsv"
+    code = main(["apply", "--scores", decoder_prob.data.scores, "--policy", path,
+                 "--durations", str(decoder_prob.data.durations), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out, encoding="utf-8") as f:
+        rows = sorted((r["filename"], r["event_label"], float(r["onset"]), float(r["offset"]))
+                      for r in csv.DictReader(f, delimiter="\t"))
+    expected = []
+    for label, ev in trained2.adaptive.events(data).items():
+        expected += [(data.filenames[int(c)], label, float(a), float(b))
+                     for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)]
+    assert rows == sorted(expected)
+
+
+def test_a_version_1_policy_description_still_loads(trained: StrategyResult, tmp_path: Path) -> None:
+    import shutil
+
+    src = Path(trained.artifacts["policy"])
+    dst = tmp_path / "old.pt"
+    shutil.copy(src, dst)
+    meta = json.loads(src.with_suffix(".json").read_text())
+    old = {k: v for k, v in meta.items() if k != "boxes"} | {"format": "sedtune.rl_policy/1"}
+    dst.with_suffix(".json").write_text(json.dumps(old))
+    assert AdaptivePolicy.load(str(dst)).grid == trained.adaptive.grid == ActionGrid.from_space(SPACE, 3)
+    dst.with_suffix(".json").write_text(json.dumps({**old, "format": "sedtune.rl_policy/9"}))
+    with pytest.raises(ValueError, match="format"):
+        AdaptivePolicy.load(str(dst))

@@ -24,15 +24,17 @@ from service.strategies.base import RunContext, Strategy, StrategyResult, evalua
 from service.strategies.tune_search import (
     BayesOptions,
     BayesStrategy,
+    ConditionalSpace,
     RandomOptions,
     RandomStrategy,
     decode,
     encode,
+    param_space,
     snap,
     trial_budget,
 )
 from tests.contract.strategy_contract import StrategyContract
-from tests.integration.problems import synth_problem
+from tests.integration.problems import decoder_problem, decoder_set, synth_problem
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
@@ -288,3 +290,139 @@ def test_warm_start_naming_unknown_classes_is_refused(problem, tmp_path):
     )
     with pytest.raises(SedtuneInputError, match="frame_hop_s"):
         _run(BayesStrategy(BayesOptions(warm_start=str(hop))), problem, tmp_path)
+
+
+# --------------------------------------------------------------------------- both decoders
+
+# On the decoder set, Chatter scores F 1 with boxes (box thresholds up to about 0.72) and 0 with
+# frames; Train 1 with frames and at most 0.78 with boxes (tests/integration/problems.py).
+SPACE2 = SearchSpace(
+    kernels=(1, 3, 5),
+    threshold_low=0.6,
+    threshold_high=0.8,
+    decoders=("frames", "boxes"),
+    box_step_filter_s=(1.6, 2.4),
+    box_merge=((None, 2.0),),
+)
+# The DCASE baseline at a 0.1 s hop: threshold 0.5, 0.45 s -> 5 frames.
+MANUAL2 = ClassParams(median_filter_frames=5, threshold=0.5)
+
+
+@pytest.fixture(scope="module")
+def decoder_prob(tmp_path_factory: pytest.TempPathFactory) -> TuningProblem:
+    return decoder_problem(decoder_set(str(tmp_path_factory.mktemp("decoders"))), SPACE2, MANUAL2)
+
+
+class _TwoDecoderContract(_TuneContract):
+    budget = 20.0
+
+    @pytest.fixture
+    def problem(self, decoder_prob):
+        return decoder_prob
+
+    def test_each_class_gets_the_decoder_that_scores_better(self, problem, result):
+        naive = result.naive
+        assert naive["Chatter"].decoder == "boxes" and naive["Train"].decoder == "frames", naive
+        f, _ = evaluate_joint(problem, naive)
+        assert f == pytest.approx(1.0, abs=1e-12)
+        for c in problem.classes:
+            assert {cand.params.decoder for cand in result.candidates[c]} == {"frames", "boxes"}
+        # The saved file holds each class's own decoder fields.
+        saved = ParamFile(problem.tuning.frame_hop_s, dict(naive)).to_json()["classes"]
+        assert "step_filter_s" in saved["Chatter"] and "threshold_off" not in saved["Chatter"]
+        assert "step_filter_s" not in saved["Train"]
+
+
+class TestRandomTwoDecoders(_TwoDecoderContract):
+    def make(self) -> Strategy:
+        return RandomStrategy(RandomOptions(max_concurrent_trials=2))
+
+
+class TestBayesTwoDecoders(_TwoDecoderContract):
+    def make(self) -> Strategy:
+        return BayesStrategy(BayesOptions(n_startup_trials=4))
+
+    def test_manual_is_the_first_point(self, problem, result):
+        assert _evaluated(result)[0] == {c: snap(MANUAL2, SPACE2) for c in problem.classes}
+        assert _evaluated(result)[0]["Train"] == ClassParams(median_filter_frames=5, threshold=0.6)
+
+
+def test_bayes_warm_starts_from_a_file_with_box_classes(decoder_prob, tmp_path):
+    warm = {
+        # Outside the space: step 1.9 s -> 1.6 s, merge abs -> the rel one (the only one),
+        # confidence max -> mean (the only one), threshold 0.7 stays.
+        "Chatter": ClassParams(median_filter_frames=1, threshold=0.7, decoder="boxes", step_filter_s=1.9,
+                               merge_abs=0.3, confidence="max"),
+        "Train": ClassParams(median_filter_frames=3, threshold=0.65),
+    }
+    path = tmp_path / "warm.json"
+    ParamFile(decoder_prob.tuning.frame_hop_s, warm).save(str(path))
+    res = _run(BayesStrategy(BayesOptions(warm_start=str(path), n_startup_trials=2)), decoder_prob,
+               tmp_path / "w", budget=3)
+    assert res.evaluations == 3
+    second = _evaluated(res)[1]
+    assert second["Chatter"] == ClassParams(median_filter_frames=1, threshold=0.7, decoder="boxes",
+                                            step_filter_s=1.6, merge_rel=2.0)
+    assert second["Train"] == warm["Train"]
+    f, _ = evaluate_joint(decoder_prob, second)
+    assert res.trajectory[1].best_f == pytest.approx(f, abs=1e-12) and f == pytest.approx(1.0)
+
+
+def test_param_space_is_unchanged_for_frames_and_conditional_for_two_decoders():
+    from ray.tune.search.sample import Categorical, Float
+
+    one = param_space(SPACE, 2)
+    assert list(one) == ["c0000_kernel", "c0000_threshold", "c0001_kernel", "c0001_threshold"]
+    assert isinstance(one["c0000_kernel"], Categorical) and one["c0000_kernel"].categories == [1, 3, 5, 7]
+    assert isinstance(one["c0000_threshold"], Float)
+    assert (one["c0000_threshold"].lower, one["c0000_threshold"].upper) == (0.05, 0.95)
+    two = param_space(SPACE2, 1)
+    # Single-valued stages (box kernel, merge, confidence) take no dimension.
+    assert list(two) == ["c0000_decoder", "c0000_kernel", "c0000_step_filter", "c0000_threshold"]
+    assert two["c0000_decoder"].categories == ["frames", "boxes"]
+    assert two["c0000_step_filter"].categories == [1.6, 2.4]
+    boxes_only = param_space(replace(SPACE2, decoders=("boxes",)), 1)
+    assert list(boxes_only) == ["c0000_step_filter", "c0000_threshold"]
+
+
+def test_conditional_space_suggests_exactly_the_active_dimensions():
+    import optuna
+
+    space = replace(SPACE2, box_merge=((None, 2.0), (0.2, None)), box_confidence=("mean", "max"))
+    params = {
+        "A": ClassParams(median_filter_frames=3, threshold=0.7),
+        "B": ClassParams(median_filter_frames=1, threshold=0.65, decoder="boxes", step_filter_s=2.4,
+                         merge_abs=0.2, confidence="max"),
+    }
+    cfg = encode(params, ["A", "B"], space)
+    assert cfg == {
+        "c0000_decoder": "frames", "c0000_kernel": 3, "c0000_threshold": 0.7,
+        "c0001_decoder": "boxes", "c0001_step_filter": 2.4, "c0001_merge": 1, "c0001_confidence": "max",
+        "c0001_threshold": 0.65,
+    }
+    assert decode(cfg, ["A", "B"], space) == params
+    # A FixedTrial refuses a dimension it was not given: the define-by-run asks for these only.
+    trial = optuna.trial.FixedTrial(cfg)
+    ConditionalSpace(space, 2)(trial)
+    assert trial.params == cfg
+    # Random search draws every dimension; decode ignores the other decoder's.
+    full = {**cfg, "c0000_step_filter": 1.6, "c0000_merge": 0, "c0000_confidence": "mean", "c0001_kernel": 5}
+    assert decode(full, ["A", "B"], space) == params
+
+
+def test_snap_moves_a_class_to_the_nearest_setting_of_a_searched_decoder():
+    box = ClassParams(median_filter_frames=3, threshold=0.97, decoder="boxes", step_filter_s=2.1,
+                      merge_rel=3.0)
+    # A frames-only space: the box class becomes frames at its nearest kernel.
+    assert snap(box, SPACE) == ClassParams(median_filter_frames=3, threshold=0.95)
+    # Both decoders: the box class stays boxes (box kernel 1, the only one; 2.1 s -> 2.4 s).
+    assert snap(box, SPACE2) == ClassParams(median_filter_frames=1, threshold=0.8, decoder="boxes",
+                                            step_filter_s=2.4, merge_rel=2.0)
+    # Boxes only: the manual (frames) setting becomes the smallest step filter, and of the merge
+    # criteria one of no merging if the space has it (a frames class never merges).
+    boxes_only = replace(SPACE2, decoders=("boxes",), box_merge=((0.2, None), (None, None)))
+    assert snap(MANUAL2, boxes_only) == ClassParams(median_filter_frames=1, threshold=0.6, decoder="boxes",
+                                                    step_filter_s=1.6)
+    for p in (box, MANUAL2):
+        for space in (SPACE, SPACE2, boxes_only):
+            assert space.contains(snap(p, space))

@@ -112,6 +112,32 @@ def test_drift() -> None:
     assert d["added_classes"] == ["Bird"] and d["removed_classes"] == ["Cat"]
 
 
+def test_drift_across_decoders() -> None:
+    box = {"decoder": "boxes", "median_filter_frames": 1, "threshold": 0.3, "fill_gap_s": 0.0,
+           "min_duration_s": 0.0, "step_filter_s": 0.48, "merge_abs": 0.2, "merge_rel": None,
+           "confidence": "mean"}
+    # "Dog" from a sedtune.params/1 summary (no decoder: frames), unchanged: not a change.
+    old_dog = {"median_filter_frames": 7, "threshold": 0.4, "fill_gap_s": 0.0, "min_duration_s": 0.0,
+               "threshold_off": None}
+    p = {"Dog": old_dog, "Cat": {**old_dog, "threshold": 0.9}, "Bird": box}
+    c = {"Dog": {"decoder": "frames", **old_dog}, "Cat": box, "Bird": {**box, "step_filter_s": 0.64}}
+    d = compute_drift({"best_params": p}, {"best_params": c}, "j-a", "j-b")
+    assert d["changed_classes"] == ["Bird", "Cat"]
+    assert d["decoder_changes"] == {"Cat": {"previous": "frames", "current": "boxes"}}
+    dog, cat, bird = d["classes"]["Dog"], d["classes"]["Cat"], d["classes"]["Bird"]
+    assert dog["decoder"] == {"previous": "frames", "current": "frames", "delta": None}
+    assert list(dog) == ["decoder", "median_filter_frames", "threshold", "fill_gap_s", "min_duration_s",
+                         "threshold_off"]
+    # A decoder change shows both decoders' fields; each side has null for the other's.
+    assert set(cat) == {"decoder", "median_filter_frames", "threshold", "fill_gap_s", "min_duration_s",
+                        "threshold_off", "step_filter_s", "merge_abs", "merge_rel", "confidence"}
+    assert cat["step_filter_s"] == {"previous": None, "current": 0.48, "delta": None}
+    assert cat["median_filter_frames"]["delta"] == -6
+    assert "threshold_off" not in bird and bird["step_filter_s"]["delta"] == 0.16
+    # A frame threshold and a box-confidence threshold do not compare: Cat's 0.6 is left out.
+    assert d["max_abs_threshold_delta"] == 0.0
+
+
 def test_jobrun_refuses_bad_input_with_one_line(tmp_path, capsys) -> None:
     from service.jobrun import main
 

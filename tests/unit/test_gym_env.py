@@ -3,8 +3,10 @@ telescoping to the episode's macro F, observations, empty clips and per-replica 
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -272,3 +274,107 @@ def test_replicas_see_only_the_jobs_classes_in_its_order(synth: SynthResult, dat
     assert env.observation_space.contains(obs)
     clip = data.filenames.index(env.data.filenames[int(env.clip_order[0])])
     assert np.array_equal(obs[: len(data.scores(picked[0]).clip(clip)), 0], data.scores(picked[0]).clip(clip))
+
+
+# --------------------------------------------------------------------------- both decoders
+
+# 2 frames kernels + 2 step filters x 2 merge criteria of boxes: 6 decodings per class.
+SPACE2 = SearchSpace(
+    kernels=(1, 5),
+    threshold_low=0.05,
+    threshold_high=0.95,
+    threshold_step=0.1,
+    decoders=("frames", "boxes"),
+    box_step_filter_s=(0.32, 0.64),
+    box_merge=((0.2, None), (None, 2.0)),
+)
+
+
+@pytest.fixture
+def env2(data: EvalSet) -> PostProcessingEnv:
+    return PostProcessingEnv(data, SPACE2, episode_clips=8)
+
+
+def test_two_decoder_env_passes_the_checker(env2: PostProcessingEnv) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*render.*")
+        check_env(env2)
+
+
+def test_two_decoder_grid_indexes_the_space_settings(env2: PostProcessingEnv, data: EvalSet) -> None:
+    c, t = len(data.classes), len(SPACE2.threshold_grid())
+    grid = env2.grid
+    assert [name for name, _ in grid.blocks] == ["decoding", "threshold"]
+    assert env2.action_space == MultiDiscrete([6] * c + [t] * c)
+    assert grid.settings() == list(SPACE2.settings)
+    assert [s.decoder for s in grid.settings()] == ["frames"] * 2 + ["boxes"] * 4
+    # Every (setting, threshold) pair is a point of the space, and the action picks it.
+    for si in range(len(SPACE2.settings)):
+        for ti in range(t):
+            p = grid.class_params(si, ti)
+            assert SPACE2.contains(p) and p.validate("grid") == p
+    action = np.array([0, 3, 5, 1, 2, 3])  # decodings, then thresholds
+    params = grid.params(action, data.classes)
+    assert params[data.classes[0]] == ClassParams(median_filter_frames=1, threshold=0.15)
+    assert params[data.classes[1]] == SPACE2.settings[3].with_threshold(0.25)
+    assert params[data.classes[2]].decoder == "boxes" and params[data.classes[2]].merge_rel == 2.0
+    assert grid.nearest_action(list(params.values())).tolist() == action.tolist()
+
+
+def test_two_decoder_grid_with_clean_up_blocks_keeps_the_setting_order() -> None:
+    space = replace(SPACE2, fill_gap_s=(0.0, 0.2), min_duration_s=(0.0, 0.1, 0.3))
+    grid = ActionGrid.from_space(space, 1)
+    assert grid.settings() == list(space.settings)
+    assert [n for n, _ in grid.blocks] == ["decoding", "threshold", "fill_gap_s", "min_duration_s"]
+    for si, s in enumerate(space.settings):
+        action = grid.nearest_action([s.with_threshold(0.45)])
+        setting, thr = grid.split(action)
+        assert int(setting[0]) == si and grid.thresholds[int(thr[0])] == pytest.approx(0.45)
+
+
+def test_nearest_action_crosses_decoders_when_the_grid_lacks_one() -> None:
+    boxes_only = ActionGrid.from_space(replace(SPACE2, decoders=("boxes",)), 2)
+    frames_only = ActionGrid.from_space(replace(SPACE2, decoders=("frames",)), 2)
+    manual = ClassParams(median_filter_frames=7, threshold=0.5)
+    box = ClassParams(median_filter_frames=1, threshold=0.3, decoder="boxes", step_filter_s=0.6,
+                      merge_rel=2.5)
+    # A frames class on a boxes grid: kernel 1 (the only one), the smallest step filter, and
+    # a merge criterion of neither kind matches, so the first listed; a box class keeps its own.
+    picked = boxes_only.params(boxes_only.nearest_action([manual, box]), ["a", "b"])
+    assert picked["a"] == SPACE2.settings[2].with_threshold(0.45)
+    assert (picked["b"].step_filter_s, picked["b"].merge_abs, picked["b"].merge_rel) == (0.64, None, 2.0)
+    # A box class on a frames grid: the nearest frames kernel to its median filter.
+    picked = frames_only.params(frames_only.nearest_action([manual, box]), ["a", "b"])
+    assert picked["a"].median_filter_frames == 5 and picked["b"] == ClassParams(median_filter_frames=1,
+                                                                                threshold=0.25)
+
+
+def test_grid_json_round_trip(env2: PostProcessingEnv) -> None:
+    grid = env2.grid
+    assert ActionGrid.from_json(json.loads(json.dumps(grid.to_json())), grid.n_classes) == grid
+    frames = ActionGrid.from_space(SPACE, 3)
+    old = {k: v for k, v in frames.to_json().items() if k != "boxes"}  # a sedtune.rl_policy/1 grid
+    assert ActionGrid.from_json(old, 3) == frames
+
+
+def test_count_table_of_box_settings_is_the_evaluators_count(env2: PostProcessingEnv, data: EvalSet) -> None:
+    grid = env2.grid
+    boxes = [si for si, s in enumerate(grid.settings()) if s.decoder == "boxes"]
+    assert boxes and env2.table.shape == (len(data), 3, len(grid.settings()), len(grid.thresholds), 3)
+    # Some box entries detect events and some of those hit: the comparison is not vacuous.
+    assert env2.table[:, :, boxes, :, 1].sum() > 0 and env2.table[:, :, boxes, :, 2].sum() > 0
+    for clip in (0, 7, 19):
+        single = Evaluator(data.subset([clip]))
+        for ci, c in enumerate(data.classes):
+            for si in boxes:
+                for ti in range(len(grid.thresholds)):
+                    n = single.class_counts(c, grid.class_params(si, ti))
+                    assert env2.table[clip, ci, si, ti].tolist() == [n.nref, n.nsys, n.ntp], (clip, c, si, ti)
+
+
+def test_two_decoder_return_is_the_episode_macro_f(env2: PostProcessingEnv, data: EvalSet) -> None:
+    _, rewards, actions = _rollout(env2, seed=5, action_seed=7)
+    settings = env2.grid.settings()
+    assert any(settings[int(s)].decoder == "boxes" for a in actions for s in env2.grid.split(a)[0])
+    expected = _direct_macro_f(data, env2.grid, env2.clip_order, actions)
+    assert sum(rewards) == pytest.approx(expected, abs=1e-12)
