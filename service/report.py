@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from envs.params import ParamFile
+from envs.params import ClassParams, ParamFile
+from envs.space import Setting
 
 if TYPE_CHECKING:
     from service.runner import JobResult, Row
@@ -75,6 +77,22 @@ def comparison_json(result: JobResult) -> dict[str, Any]:
     }
 
 
+def describe(p: ClassParams | None) -> str:
+    """One class's decoder and parameters in a few words, e.g. ``boxes k1 L0.48 abs0.2 mean θ0.412``."""
+    if p is None:
+        return "n/a"
+    text = f"{Setting.of(p).label()} θ{p.threshold:.3f}"
+    return text + (f" off{p.threshold_off:.3f}" if p.threshold_off is not None else "")
+
+
+def decoder_mix(params: dict[str, ClassParams] | None) -> str:
+    """How many classes use each decoder, e.g. ``boxes 9, frames 1``."""
+    if not params:
+        return "n/a"
+    counts = Counter(p.decoder for p in params.values())
+    return ", ".join(f"{d} {n}" for d, n in sorted(counts.items()))
+
+
 def comparison_markdown(result: JobResult) -> str:
     """The comparison as a Markdown table plus per-class F of the recommendation."""
 
@@ -86,8 +104,9 @@ def comparison_markdown(result: JobResult) -> str:
         "",
         f"{result.splits} split(s), selection `{result.spec.selection}`. {result.message}",
         "",
-        "| strategy | selection | tuning F1 | held-out F1 | gain vs manual (95% CI) | evaluations | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | selection | tuning F1 | held-out F1 | gain vs manual (95% CI) | evaluations | wall s "
+        "| decoders |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result.rows:
         g = r.gain
@@ -99,20 +118,21 @@ def comparison_markdown(result: JobResult) -> str:
         mark = " **(recommended)**" if r is result.recommended else ""
         lines.append(
             f"| {r.strategy}{mark} | {r.selection} | {pct(r.tuning_f_mean)}{tspread} | "
-            f"{pct(r.heldout_f_mean)}{spread} | {gain} | {r.evaluations:.1f} | {r.wall_s:.1f} |"
+            f"{pct(r.heldout_f_mean)}{spread} | {gain} | {r.evaluations:.1f} | {r.wall_s:.1f} "
+            f"| {decoder_mix(r.params)} |"
         )
     rec = result.recommended
     lines += [
         "",
         f"## Per-class held-out F1 of {rec.key}",
         "",
-        "| class | tuning F1 | held-out F1 |",
-        "|---|---|---|",
+        "| class | decoder and parameters | tuning F1 | held-out F1 |",
+        "|---|---|---|---|",
     ]
     for c in result.classes:
         lines.append(
-            f"| {c} | {pct(rec.tuning_class_f.get(c, math.nan))} | "
-            f"{pct(rec.heldout_class_f.get(c, math.nan))} |"
+            f"| {c} | {describe(rec.params.get(c)) if rec.params else 'n/a'} | "
+            f"{pct(rec.tuning_class_f.get(c, math.nan))} | {pct(rec.heldout_class_f.get(c, math.nan))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -105,7 +105,12 @@ def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
             "durations": os.path.join(data, "durations.tsv"),
         },
         "heldout": {"fraction": 0.5, "seed": seed},
-        "space": {"kernels": [1, 3, 5, 7, 9, 11], "threshold": {"low": 0.05, "high": 0.95}},
+        # Both decoders, small enough for a 40-evaluation budget (7 settings, 5 thresholds each).
+        "space": {
+            "kernels": [1, 5, 9],
+            "threshold": {"low": 0.05, "high": 0.95},
+            "boxes": {"step_filter_s": [0.32, 0.64], "merge": [{"abs": 0.2}, {"rel": 2.0}]},
+        },
         "strategies": [
             {"name": "manual"},
             {"name": "exact", "budget": budget},
