@@ -15,10 +15,10 @@ the clip's n frames (frame i covers ``[i*h, (i+1)*h]``; the curve is 0 outside t
    boxes decode to frame-aligned events like the frames decoder's;
 3. change points: the boundaries' Δ are grouped into maximal runs of one sign (values with
    ``|Δ| <= DELTA_TOL`` are zero and break nothing); a positive run gives one onset at its
-   maximum (the latest boundary on ties), a negative run one offset at its minimum (the
-   earliest on ties), so plateaus of Δ give the tightest box. Runs alternate, the first is
-   positive and the last negative (scores are >= 0 and 0 outside the clip); box k spans
-   ``[onset_k, offset_k)`` frames and the gaps between boxes are the other segments;
+   maximum (the latest boundary on ties, values within ``TIE_TOL`` tying), a negative run one
+   offset at its minimum (the earliest on ties), so plateaus of Δ give the tightest box. Runs
+   alternate, the first is positive and the last negative (scores are >= 0 and 0 outside the
+   clip); box k spans ``[onset_k, offset_k)`` frames and the gaps between boxes are the other segments;
 4. merging: box k and box k+1 of a clip merge across their gap when, with
    ``level = max(mean of box k, mean of box k+1)`` and ``dip = min of the gap``,
    ``level - dip < merge_abs`` or ``level / dip < merge_rel`` (each criterion optional, both
@@ -56,6 +56,8 @@ F64 = npt.NDArray[np.float64]
 
 # Step-filter outputs this close to 0 are 0: float64 rounding of exact zeros on flat curves.
 DELTA_TOL = 1e-9
+# Step responses this close to their run's extremum tie with it (float rounding).
+TIE_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -230,13 +232,20 @@ def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generi
     new[1:] = (rows[1:] != rows[:-1]) | (positive[1:] != positive[:-1])
     run = np.cumsum(new) - 1
     # Extremum of every run: positive runs the maximum (latest on ties), negative runs the
-    # minimum (earliest on ties). Sorting by (run, key, col) puts it last in each run.
+    # minimum (earliest on ties). Values within TIE_TOL of the run's extremum are ties: equal
+    # step responses can differ in their last bits (sums in another order).
     key = np.where(positive, d, -d)
-    tie = np.where(positive, cols, -cols)
-    order = np.lexsort((tie, key, run))
-    last_of_run = np.flatnonzero(np.r_[run[order][1:] != run[order][:-1], True])
-    pick = order[last_of_run]
-    r_row, r_col, r_pos = rows[pick], cols[pick].astype(np.int64), positive[pick]
+    n_runs = int(run[-1]) + 1
+    top = np.full(n_runs, -np.inf)
+    np.maximum.at(top, run, key)
+    tied = key >= top[run] - TIE_TOL
+    latest = np.full(n_runs, -1, np.int64)
+    np.maximum.at(latest, run[tied], cols[tied])
+    earliest = np.full(n_runs, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(earliest, run[tied], cols[tied])
+    first_of_run = np.flatnonzero(new)
+    r_row, r_pos = rows[first_of_run], positive[first_of_run]
+    r_col = np.where(r_pos, latest, earliest)
     # Drop a leading negative run and a trailing positive run of a row (cannot bound a box).
     first_in_row = np.r_[True, r_row[1:] != r_row[:-1]]
     last_in_row = np.r_[r_row[1:] != r_row[:-1], True]

@@ -203,7 +203,8 @@ def class_params_from_json(obj: object, where: str, version: int = 2) -> ClassPa
             raise SedtuneInputError(
                 f"{where}.{other[0]}: not a field of decoder {decoder!r}; allowed: {list(allowed)}"
             )
-        raise SedtuneInputError(f"{where}: unknown field(s) {unknown}; allowed: {list(allowed)}")
+        hint = " (decoders need format 'sedtune.params/2')" if version == 1 and "decoder" in unknown else ""
+        raise SedtuneInputError(f"{where}: unknown field(s) {unknown}; allowed: {list(allowed)}{hint}")
     if decoder == "boxes" and "step_filter_s" not in obj:
         raise SedtuneInputError(f"{where}: field 'step_filter_s' is required for decoder 'boxes'")
     if "threshold" not in obj:
