@@ -55,7 +55,11 @@ def _spec(dataset, out, strategies):
                 "ground_truth": dataset.ground_truth_path,
                 "durations": dataset.durations_path,
             },
-            "space": {"kernels": [1, 3, 5, 7], "threshold": {"low": 0.05, "high": 0.95}},
+            "space": {
+                "kernels": [1, 3, 5, 7],
+                "threshold": {"low": 0.05, "high": 0.95},
+                "boxes": {"step_filter_s": [0.32], "merge": [{"abs": 0.2}]},
+            },
             "strategies": strategies,
             "folds": 3,
             "tracking": {"enabled": False},

@@ -81,7 +81,8 @@ class Stack:
             "name": name,
             "data": {"scores": str(self.data / "scores"), "ground_truth": str(self.data / "ground_truth.tsv"),
                      "durations": str(self.data / "durations.tsv")},
-            "space": {"kernels": [1, 3, 5, 7], "threshold_step": 0.1},
+            "space": {"kernels": [1, 3, 5, 7], "threshold_step": 0.1,
+                      "boxes": {"step_filter_s": [0.32], "merge": [{"abs": 0.2}]}},
             "strategies": strategies, "folds": 2, "bootstrap": 100, "seed": 0,
         }
 

@@ -204,7 +204,7 @@ def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output"
     spec = {
         "name": "fake-job",
         "data": {"scores": "s/", "ground_truth": "gt.tsv", "durations": None, "classes": None},
-        "space": {"kernels": [1, 3, 5], "threshold": {"low": 0.05, "high": 0.95}},
+        "space": {"decoders": ["frames"], "kernels": [1, 3, 5], "threshold": {"low": 0.05, "high": 0.95}},
         "strategies": [{"name": "manual", "budget": None, "options": {}},
                        {"name": "random", "budget": 3.0, "options": {}},
                        {"name": "rl", "budget": 2.5, "options": {"episode_clips": 4}}],

@@ -41,7 +41,7 @@ STRATEGIES = ["manual", "exact", "random", "bayes"]
 if os.environ.get("SEDTUNE_TEST_RL") == "1":
     STRATEGIES.append("rl")
 BUDGET = 10
-CLASS_FIELDS = ("median_filter_frames", "threshold", "threshold_off", "fill_gap_s", "min_duration_s")
+COMMON_FIELDS = ("median_filter_frames", "threshold", "fill_gap_s", "min_duration_s")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,7 +100,12 @@ def write_spec(root: Path, data: Path, out: Path, uri: str, experiment: str) -> 
             "durations": str(data / "durations.tsv"),
         },
         "heldout": {"fraction": 0.5, "seed": 0},
-        "space": {"kernels": [1, 3, 5, 7, 9], "threshold": {"low": 0.05, "high": 0.95}},
+        # Both decoders (5 settings at a budget of 10): MLflow shows each class's decoder.
+        "space": {
+            "kernels": [1, 3, 5],
+            "threshold": {"low": 0.05, "high": 0.95},
+            "boxes": {"step_filter_s": [0.32, 0.64], "merge": [{"abs": 0.2}]},
+        },
         "strategies": [{"name": s} if s == "manual" else {"name": s, "budget": BUDGET} for s in STRATEGIES],
         "folds": 4,
         "bootstrap": 200,
@@ -172,8 +177,11 @@ def check_logged_job(rest: Rest, job: Job) -> str:
             assert t[f"{pkg}_version"] == cmp["versions"][pkg]
         row = primary_row(cmp, s)
         for c in cmp["classes"]:  # per-class params of the job's selection, the other one prefixed
-            for f in CLASS_FIELDS:
-                assert p[f"{c}/{f}"] == json.dumps(row["params"][c][f]), (s, c, f)
+            fields = row["params"][c]
+            assert set(fields) >= {"decoder", *COMMON_FIELDS}, (s, c, fields)
+            for f in fields:  # the class's decoder and that decoder's fields
+                v = fields[f]
+                assert p[f"{c}/{f}"] == (v if isinstance(v, str) else json.dumps(v)), (s, c, f)
             if s != "manual":
                 assert f"naive.{c}/threshold" in p
         assert m["heldout_f1"] == row["heldout_f"]["mean"] and m["tuning_f1"] == row["tuning_f"]["mean"]
