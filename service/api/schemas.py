@@ -84,7 +84,7 @@ class JobResultOut(BaseModel):
     job_id: str
     output_dir: str
     comparison: dict[str, Any]
-    params: dict[str, Any] = Field(description="'<strategy>.<selection>' -> sedtune.params/1 file")
+    params: dict[str, Any] = Field(description="'<strategy>.<selection>' -> sedtune.params/2 file")
     best_params: dict[str, Any] | None
 
 

@@ -176,7 +176,7 @@ def test_jobs_by_cli_and_http_succeed_on_ray(stack: Stack) -> None:
         res = stack.api("GET", f"/v1/jobs/{job_id}/result").json()
         assert {r["strategy"] for r in res["comparison"]["rows"]} == {"manual", "exact", "random"}
         assert res["comparison"]["job_id"] == job_id
-        assert "exact.robust" in res["params"] and res["best_params"]["format"] == "sedtune.params/1"
+        assert "exact.robust" in res["params"] and res["best_params"]["format"] == "sedtune.params/2"
         # the run in MLflow, found through the REST API
         rest = Rest(stack.mlflow.url)
         runs = rest.search(rest.experiment_id(name), f"tags.job_id = '{job_id}'")
