@@ -8,7 +8,7 @@ from typing import Any
 from tqdm import tqdm
 
 
-def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", **kwargs: Any) -> tqdm:  # type: ignore[type-arg]
+def progress_bar(total: float | None = None, desc: str = "", unit: str = "it", **kwargs: Any) -> tqdm:  # type: ignore[type-arg]
     """A tqdm bar on stderr; disabled when stderr is not a TTY (CI, pipes).
 
     Args:

@@ -36,16 +36,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=run_demo)
 
 
+# Strategies run one after another: a new bar closes the ones before it (a strategy may end
+# below its budget, e.g. exact's grid), so every bar is drawn once and ends where it stopped.
+_OPEN_BARS: list[Any] = []
+
+
 def _progress(name: str, total: float | None) -> Callable[[float], None]:
-    bar = progress_bar(total=None if total is None else int(total), desc=name, unit="eval")
+    _close_bars()
+    # Budgets count fractional evaluations (an RL episode over n of N clips is n/N): one decimal.
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]"
+    bar = progress_bar(
+        total=total, desc=name, unit="eval", bar_format=fmt if total else None
+    )
+    _OPEN_BARS.append(bar)
 
     def update(done: float) -> None:
-        bar.n = done
+        bar.n = round(float(done), 1)
         bar.refresh()
         if total is not None and done >= total:
             bar.close()
 
     return update
+
+
+def _close_bars() -> None:
+    while _OPEN_BARS:
+        _OPEN_BARS.pop().close()
 
 
 def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> int:
@@ -58,7 +74,10 @@ def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> in
 
     spec = spec.with_absolute_paths()
     resolved = check_job(spec)  # refuses bad specs before any Ray work
-    result = run_job(spec, address=address, progress=_progress, resolved=resolved)
+    try:
+        result = run_job(spec, address=address, progress=_progress, resolved=resolved)
+    finally:
+        _close_bars()
     paths = write_outputs(result)
     tracking_line = ""
     if tracking and spec.tracking.enabled:

@@ -1,0 +1,54 @@
+"""The terminal side of the CLI: closed pipes end quietly, budgets read as people write them."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+
+from service.cli import main
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_closed_pipe_ends_quietly(shared_sets, monkeypatch):
+    # `sedtune evaluate --json | head -1`: the reader is gone before the output is written.
+    s = shared_sets["dcase2023-eval-sample"]
+    r, w = os.pipe()
+    os.close(r)
+    pipe = os.fdopen(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", pipe)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["evaluate", "--scores", s.scores, "--ground-truth", s.ground_truth, "--json"])
+    assert rc == 0
+    assert err.getvalue() == ""
+
+
+def test_budget_progress_reads_as_a_person_writes_it(monkeypatch):
+    from service.commands import tune_commands
+
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    update = tune_commands._progress("rl", 40.0)
+    update(27.486666666666668)
+    text = tty.getvalue()
+    assert "27.5/40" in text
+    assert "27.48666" not in text
+
+
+def test_a_new_strategy_closes_the_previous_bar(monkeypatch):
+    from service.commands import tune_commands
+
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    exact = tune_commands._progress("exact", 40.0)
+    exact(36.0)  # exact's grid can end below its budget
+    first = tune_commands._OPEN_BARS[0]
+    tune_commands._progress("random", 40.0)
+    assert len(tune_commands._OPEN_BARS) == 1 and tune_commands._OPEN_BARS[0] is not first
+    assert first.disable  # tqdm disables a bar when it is closed: it is never drawn again
+    tune_commands._close_bars()
