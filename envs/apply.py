@@ -54,5 +54,12 @@ def apply_to_tsv(scores_uri: str, params_path: str, out_path: str, durations_uri
     params.check_classes(scores.classes, params_path)
     check_hop(params, scores.frame_hop_s, params_path)
     durations = read_durations(durations_uri) if durations_uri else None
+    if durations is not None:
+        missing = [n for n in scores.filenames if n not in durations]
+        if missing:
+            raise SedtuneInputError(
+                f"{durations_uri}: clip {missing[0]!r} of {scores_uri} has no duration "
+                f"({len(missing)} such clip(s))"
+            )
     events = apply_params(scores, params, durations)
     return write_events_tsv(out_path, scores.filenames, events)

@@ -306,6 +306,8 @@ def load_params(path: str) -> ParamFile:
         raise SedtuneInputError(f"{path}: cannot read the parameter file ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SedtuneInputError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise SedtuneInputError(f"{path}: JSON nested too deeply for a parameter file") from None
     return params_from_json(obj, path)
 
 

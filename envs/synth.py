@@ -561,6 +561,15 @@ def _open_text(fs: pafs.FileSystem, path: str, header: str) -> IO[bytes]:
 def _prepare_out_dir(out_dir: str, overwrite: bool) -> tuple[pafs.FileSystem, str]:
     """Create out_dir; refuse (or, with overwrite, clear) shards left by an earlier run."""
     fs, root = resolve(out_dir)
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        raise SedtuneInputError(f"{out_dir}: is a file; synth writes into a directory")
+    if not overwrite:
+        # Never replace a user's own ground truth or durations.
+        for name in ("ground_truth.tsv", "durations.tsv"):
+            if fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
+                raise SedtuneInputError(
+                    f"{out_dir}/{name} already exists; choose an empty out_dir or pass overwrite=True"
+                )
     fs.create_dir(root, recursive=True)
     scores = f"{root}/scores"
     if fs.get_file_info(scores).type == pafs.FileType.Directory:

@@ -47,6 +47,8 @@ from envs.space import (
     SearchSpace,
 )
 
+# A budget is full-set evaluations; 100000 is days of search on any set a job can hold.
+MAX_BUDGET = 100_000.0
 StrategyName = Literal["manual", "exact", "random", "bayes", "rl"]
 
 
@@ -203,7 +205,13 @@ class StrategySpec(_Model):
     """One strategy of the job."""
 
     name: StrategyName
-    budget: float | None = Field(default=None, gt=0.0, description="full-set evaluations")
+    budget: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=MAX_BUDGET,
+        allow_inf_nan=False,
+        description=f"full-set evaluations (finite, at most {MAX_BUDGET:g}); none: every threshold (exact)",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
 
 

@@ -849,3 +849,36 @@ def test_import_numpy_failing_after_some_shards_removes_them(tmp_path):
     with pytest.raises(SedtuneInputError, match=r"'c\.wav'"):
         import_numpy(str(out), [_matrix(0), _matrix(1), bad], CLIPS, CLASSES, HOP, clips_per_shard=1)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14's smaller items: apply with durations missing a clip, deeply nested parameter files,
+# synth onto a file
+
+
+def test_apply_refuses_durations_missing_a_clip(capsys, tmp_path, scores):
+    params = write_params(tmp_path / "params.json", GOOD_PARAMS)
+    dur = write_durations(tmp_path / "durations.tsv", [(c, "1.0") for c in CLIPS[:2]])
+    out = tmp_path / "events.tsv"
+    fails(
+        capsys,
+        ["apply", "--scores", scores, "--params", params, "--durations", dur, "--out", str(out)],
+        dur,
+        "'c.wav'",
+        "no duration",
+    )
+    assert not out.exists()
+
+
+def test_deeply_nested_parameter_file(capsys, tmp_path, scores):
+    params = write_params(tmp_path / "params.json", "[" * 100_000 + "]" * 100_000)
+    out = tmp_path / "events.tsv"
+    fails(capsys, ["apply", "--scores", scores, "--params", params, "--out", str(out)], params, "nested")
+    assert not out.exists()
+
+
+def test_synth_onto_a_file(capsys, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    fails(capsys, ["synth", str(taken), "--clips", "2", "--classes", "2"], str(taken), "is a file")
+    assert taken.read_text() == "mine"

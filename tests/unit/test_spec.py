@@ -50,6 +50,8 @@ CASES = [
     ("unknown strategy", {"strategies": [{"name": "genetic"}]}, "strategies[0].name"),
     ("budget zero", {"strategies": [{"name": "random", "budget": 0}]}, "strategies[0].budget"),
     ("budget negative", {"strategies": [{"name": "exact", "budget": -3}]}, "strategies[0].budget"),
+    ("budget 1e12", {"strategies": [{"name": "random", "budget": 1e12}]}, "strategies[0].budget"),
+    ("budget inf", {"strategies": [{"name": "random", "budget": float("inf")}]}, "strategies[0].budget"),
     ("even kernel", {"space": {"kernels": [1, 4]}}, "space.kernels"),
     ("unknown decoder", {"space": {"decoders": ["frames", "bumps"]}}, "space.decoders[1]"),
     ("no decoder", {"space": {"decoders": []}}, "space.decoders"),
