@@ -162,7 +162,7 @@ def test_invalid_config_names_the_field(changes: dict[str, object], field: str) 
 def test_refuses_to_mix_with_old_shards(tmp_path: Path) -> None:
     cfg = SynthConfig(n_clips=4, n_classes=2, clips_per_shard=2)
     generate(str(tmp_path), cfg)
-    with pytest.raises(SedtuneInputError, match="already (holds|exists)"):
+    with pytest.raises(SedtuneInputError, match=r"already (holds|exists)"):
         generate(str(tmp_path), cfg)
     result = generate(str(tmp_path), SynthConfig(n_clips=2, n_classes=2), overwrite=True)
     assert ScoreSet.open(result.scores_uri).filenames == ["synth_000000.wav", "synth_000001.wav"]
@@ -171,7 +171,7 @@ def test_refuses_to_mix_with_old_shards(tmp_path: Path) -> None:
 def test_never_replaces_a_users_ground_truth(tmp_path: Path) -> None:
     mine = tmp_path / "ground_truth.tsv"
     mine.write_text("filename\tonset\toffset\tevent_label\nmy.wav\t0.0\t1.0\tDog\n")
-    with pytest.raises(SedtuneInputError, match="ground_truth.tsv already exists"):
+    with pytest.raises(SedtuneInputError, match=r"ground_truth\.tsv already exists"):
         generate(str(tmp_path), SynthConfig(n_clips=2, n_classes=2))
     assert mine.read_text().endswith("my.wav\t0.0\t1.0\tDog\n")
     assert not (tmp_path / "scores").exists()
