@@ -67,13 +67,6 @@ def f_measure(nref: npt.ArrayLike, nsys: npt.ArrayLike, ntp: npt.ArrayLike) -> F
     return np.asarray(f, np.float64)
 
 
-def select_naive(cands: Sequence[Candidate]) -> Candidate:
-    """The candidate with the best F on all tuning clips (first on ties)."""
-    tot = np.stack([c.counts.sum(axis=0) for c in cands])
-    f = f_measure(tot[:, 0], tot[:, 1], tot[:, 2])
-    return cands[int(np.nanargmax(f))] if not np.isnan(f).all() else cands[0]
-
-
 def _groups(cands: Sequence[Candidate]) -> tuple[I64, I64, F64]:
     """Group id, position on the smoothing axis and threshold per candidate.
 

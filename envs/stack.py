@@ -119,12 +119,6 @@ def median_filter_levels(q: I64, offsets: I64, kernel_frames: int, n_levels: int
     return out
 
 
-def frame_clips(offsets: I64) -> I64:
-    """Clip index of every frame."""
-    lengths = np.diff(offsets)
-    return np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-
-
 def runs(active: BoolArray, offsets: I64) -> tuple[I64, I64]:
     """Maximal runs of active frames that do not cross clip boundaries.
 

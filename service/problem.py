@@ -9,7 +9,7 @@ read the shards themselves (nothing but names and paths travels to them).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,8 +139,3 @@ def macro_from_counts(counts: Mapping[str, npt.NDArray[np.int64]]) -> float:
         tot = c.sum(axis=0)
         per.append(class_f_measure(Counts(int(tot[0]), int(tot[1]), int(tot[2]))))
     return macro_f_measure(per)
-
-
-def classes_order(values: Sequence[str]) -> list[str]:
-    """Class list as given (helper for readable call sites)."""
-    return list(values)

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -386,10 +385,3 @@ def dataset_fingerprint(spec: JobSpec) -> str:
         if part.durations:
             h.update(read_text(part.durations).encode())
     return h.hexdigest()[:16]
-
-
-def result_json(result: JobResult) -> dict[str, Any]:
-    """The comparison as JSON-ready data."""
-    from service.report import comparison_json
-
-    return comparison_json(result)

@@ -137,7 +137,6 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
-    needs_budget: ClassVar[bool] = True
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options if options is not None else self.Options()

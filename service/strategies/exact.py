@@ -192,7 +192,6 @@ class ExactStrategy(Strategy):
 
     name = "exact"
     Options = ExactOptions
-    needs_budget = False
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
         """Sweep every (class, setting) and combine (see module docstring)."""

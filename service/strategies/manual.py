@@ -17,7 +17,6 @@ class ManualStrategy(Strategy):
     """
 
     name = "manual"
-    needs_budget = False
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
         """Evaluate the manual setting once."""
