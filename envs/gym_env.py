@@ -29,8 +29,7 @@ import numpy.typing as npt
 from envs.errors import SedtuneInputError
 from envs.evaluator import EvalSet, Evaluator, MetricConfig, align
 from envs.groundtruth import read_durations, read_ground_truth
-from envs.metrics.counts import Counts
-from envs.metrics.fscore import class_f_measure, macro_f_measure
+from envs.metrics.fscore import macro_f_of_totals
 from envs.params import BoxSetting, ClassParams, class_params_from_json
 from envs.scoreset import ClassScores, ScoreSet
 from envs.snap import box_settings, nearest_box
@@ -306,8 +305,7 @@ def count_table(evaluator: Evaluator, grid: ActionGrid) -> I32:
 
 def running_macro_f(counts: npt.NDArray[np.integer[Any]]) -> float:
     """Macro F of accumulated per-class counts (C, 3), sed_eval semantics, NaN read as 0."""
-    per = [class_f_measure(Counts(int(r[0]), int(r[1]), int(r[2]))) for r in counts]
-    f = macro_f_measure(per)
+    f = macro_f_of_totals(counts)
     return 0.0 if math.isnan(f) else f
 
 

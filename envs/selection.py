@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from envs.metrics.fscore import f_measure, macro_f_of_totals
 from envs.params import ClassParams
 
 I64 = npt.NDArray[np.int64]
@@ -53,18 +54,6 @@ class Candidate:
 
     params: ClassParams
     counts: I64
-
-
-def f_measure(nref: npt.ArrayLike, nsys: npt.ArrayLike, ntp: npt.ArrayLike) -> F64:
-    """Vectorized sed_eval class F (zero_score; NaN where nref == 0)."""
-    nref_a = np.asarray(nref, np.float64)
-    nsys_a = np.asarray(nsys, np.float64)
-    ntp_a = np.asarray(ntp, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(nsys_a > 0, ntp_a / np.where(nsys_a > 0, nsys_a, 1), 0.0)
-        r = np.where(nref_a > 0, ntp_a / np.where(nref_a > 0, nref_a, 1), np.nan)
-        f = np.where((p == 0) & (r == 0), 0.0, 2.0 * p * r / (p + r))
-    return np.asarray(f, np.float64)
 
 
 def _groups(cands: Sequence[Candidate]) -> tuple[I64, I64, F64]:
@@ -216,7 +205,7 @@ def select_robust(
                 fold_f[f] = f_measure(*counts[i, f])
             pooled[c], per_fold[c] = acc, fold_f
         pooled_by[rule], fold_f_by[rule] = pooled, per_fold
-    macro = {rule: _macro(pooled_by[rule]) for rule in rules}
+    macro = {rule: macro_f_of_totals(pooled_by[rule].values()) for rule in rules}
     best = max(rules, key=lambda r: (np.nan_to_num(macro[r], nan=-1.0), r[0], r[1]))
 
     out: dict[str, ClassParams] = {}
@@ -235,9 +224,3 @@ def select_robust(
                 report.shrunk.append(c)
         out[c] = chosen
     return out, report
-
-
-def _macro(pooled: Mapping[str, I64]) -> float:
-    f = [float(f_measure(*v)) for v in pooled.values()]
-    arr = np.array(f)
-    return float(np.nanmean(arr)) if not np.isnan(arr).all() else math.nan

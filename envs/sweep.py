@@ -23,7 +23,7 @@ from envs.events import ClassEvents
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
 from envs.metrics.event_based import hit_pairs, matched_events
-from envs.selection import f_measure
+from envs.metrics.fscore import f_measure
 from envs.stack import clean, decode
 
 I64 = npt.NDArray[np.int64]

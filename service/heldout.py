@@ -18,8 +18,8 @@ import numpy.typing as npt
 from envs.evaluator import Evaluator
 from envs.events import ClassEvents
 from envs.metrics.event_based import hit_pairs, matched_events
+from envs.metrics.fscore import f_measure, macro_f_of_totals
 from envs.params import ClassParams
-from envs.selection import f_measure
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -52,9 +52,7 @@ def clip_counts_of_events(evaluator: Evaluator, events: Mapping[str, ClassEvents
 
 def macro_f(counts: ClipCounts) -> float:
     """Macro F of the totals (sed_eval semantics)."""
-    f = [float(f_measure(*v.sum(axis=0))) for v in counts.values()]
-    arr = np.asarray(f)
-    return float(np.nanmean(arr)) if not np.isnan(arr).all() else float("nan")
+    return macro_f_of_totals(v.sum(axis=0) for v in counts.values())
 
 
 def class_f(counts: ClipCounts) -> dict[str, float]:

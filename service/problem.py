@@ -131,11 +131,6 @@ def fold_counts(
 
 def macro_from_counts(counts: Mapping[str, npt.NDArray[np.int64]]) -> float:
     """Macro F of totals over all folds (sed_eval semantics)."""
-    from envs.metrics.counts import Counts
-    from envs.metrics.fscore import class_f_measure, macro_f_measure
+    from envs.metrics.fscore import macro_f_of_totals
 
-    per = []
-    for c in counts.values():
-        tot = c.sum(axis=0)
-        per.append(class_f_measure(Counts(int(tot[0]), int(tot[1]), int(tot[2]))))
-    return macro_f_measure(per)
+    return macro_f_of_totals(c.sum(axis=0) for c in counts.values())

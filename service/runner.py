@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.evaluator import Evaluator
+from envs.metrics.fscore import f_measure
 from envs.params import ClassParams
 from envs.selection import Candidate, select_robust
 from service.heldout import (
@@ -278,8 +279,7 @@ def _score(
 
 
 def _f(v: np.ndarray) -> float:
-    from envs.selection import f_measure
-
+    """Class F of per-clip (or per-fold) counts summed."""
     return float(f_measure(*v.sum(axis=0)))
 
 

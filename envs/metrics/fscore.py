@@ -10,9 +10,10 @@ class without reference events drops out, while a class without output scores 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from envs.metrics.counts import Counts
 
@@ -49,3 +50,23 @@ def macro_f_measure(per_class: Sequence[float]) -> float:
     if arr.size == 0 or np.isnan(arr).all():
         return math.nan
     return float(np.nanmean(arr))
+
+
+def f_measure(nref: npt.ArrayLike, nsys: npt.ArrayLike, ntp: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """:func:`class_f_measure` vectorized over arrays of counts (the same float operations).
+
+    Property-tested equal to the scalar path; NaN where ``nref == 0``.
+    """
+    nref_a = np.asarray(nref, np.float64)
+    nsys_a = np.asarray(nsys, np.float64)
+    ntp_a = np.asarray(ntp, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(nsys_a > 0, ntp_a / np.where(nsys_a > 0, nsys_a, 1), 0.0)
+        r = np.where(nref_a > 0, ntp_a / np.where(nref_a > 0, nref_a, 1), np.nan)
+        f = np.where((p == 0) & (r == 0), 0.0, 2.0 * p * r / (p + r))
+    return np.asarray(f, np.float64)
+
+
+def macro_f_of_totals(totals: Iterable[npt.ArrayLike]) -> float:
+    """Macro F of per-class ``[nref, nsys, ntp]`` totals (``nanmean``; NaN if every class is NaN)."""
+    return macro_f_measure([float(f_measure(*np.asarray(t))) for t in totals])

@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
-from envs.selection import Candidate, f_measure
+from envs.metrics.fscore import f_measure
+from envs.selection import Candidate
 from envs.space import SearchSpace, Setting
 from envs.sweep import sweep_boxes, sweep_class
 from service.problem import DataRef, TuningProblem

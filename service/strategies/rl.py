@@ -203,7 +203,7 @@ def static_table(
     Returns:
         The table, its tuning macro F and the tuning macro F of the plain mode table.
     """
-    from envs.selection import f_measure
+    from envs.metrics.fscore import f_measure
 
     table: dict[str, ClassParams] = {}
     picked: dict[str, I64] = {}
