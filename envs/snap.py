@@ -21,7 +21,6 @@ equals choosing the candidate with the lexicographically smallest distance, whic
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -35,15 +34,8 @@ def nearest(value: float, allowed: Sequence[float]) -> float:
 
 
 def box_settings(space: SearchSpace) -> list[BoxSetting]:
-    """The space's box settings (without gap and minimum duration), in ``space.settings`` order."""
-    if "boxes" not in space.decoders:
-        return []
-    return [
-        BoxSetting(int(k), float(sf), a, r, conf)
-        for k, sf, (a, r), conf in itertools.product(
-            space.box_kernels, space.box_step_filter_s, space.box_merge, space.box_confidence
-        )
-    ]
+    """The space's distinct box settings (gap and minimum duration aside), in ``space.settings`` order."""
+    return list(dict.fromkeys(s.box_setting for s in space.settings if s.decoder == "boxes"))
 
 
 def _merge_distance(p: ClassParams, b: BoxSetting) -> tuple[int, float]:

@@ -85,7 +85,13 @@ class Setting:
     @property
     def box_setting(self) -> BoxSetting:
         """What fixes the boxes (``boxes`` settings)."""
-        return self.with_threshold(0.5).box_setting
+        return BoxSetting(
+            self.median_filter_frames,
+            float(self.step_filter_s or 0.0),
+            self.merge_abs,
+            self.merge_rel,
+            self.confidence,
+        )
 
     @staticmethod
     def of(p: ClassParams) -> Setting:

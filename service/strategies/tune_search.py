@@ -244,17 +244,6 @@ def decode(config: Mapping[str, Any], classes: Sequence[str], space: SearchSpace
     return out
 
 
-def snap(params: ClassParams, space: SearchSpace) -> ClassParams:
-    """The nearest parameters inside the space (:func:`envs.snap.snap_params`).
-
-    Kernel (frames), gap and minimum duration (seconds) go to the nearest allowed value (the
-    smaller on ties), the threshold is clipped to the range, hysteresis is dropped (the
-    space has none). A class whose decoder the space does not search takes the other
-    decoder, at its nearest setting.
-    """
-    return snap_params(params, space)
-
-
 def _value(p: ClassParams, name: str, space: SearchSpace) -> Any:
     """The config value of one dimension for in-space parameters ``p``."""
     if name == _MERGE:
@@ -283,7 +272,7 @@ def encode(params: Mapping[str, ClassParams], classes: Sequence[str], space: Sea
     dims = _dims(space)
     out: dict[str, Any] = {}
     for i, c in enumerate(classes):
-        p = snap(params[c], space)
+        p = snap_params(params[c], space)
         for d in dims:
             if d.decoder is None or d.decoder == p.decoder:
                 out[_key(i, d.name)] = _value(p, d.name, space)
@@ -873,6 +862,5 @@ __all__ = [
     "encode",
     "evaluate_config",
     "param_space",
-    "snap",
     "trial_budget",
 ]

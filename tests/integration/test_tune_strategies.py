@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from envs.errors import SedtuneInputError
 from envs.evaluator import MetricConfig
 from envs.params import ClassParams, ParamFile
+from envs.snap import snap_params as snap
 from envs.space import SearchSpace
 from envs.synth import SynthConfig, SynthResult, generate
 from service.problem import TuningProblem
@@ -30,7 +31,6 @@ from service.strategies.tune_search import (
     decode,
     encode,
     param_space,
-    snap,
     trial_budget,
 )
 from tests.contract.strategy_contract import StrategyContract
