@@ -48,7 +48,7 @@
 #   MLFLOW_SERVER_ALLOWED_HOSTS           --allowed-hosts (Host headers clients use, e.g. mlflow:5000)
 # API (api): SEDTUNE_HOST=0.0.0.0  SEDTUNE_PORT=8000  SEDTUNE_CONFIG (YAML, --config)
 #   SEDTUNE_VERBOSE=1 (INFO logs); every other setting is a SEDTUNE_* variable read by
-#   `sedtune serve` itself (service/settings.py).
+#   `sedtune serve` itself (service/server/settings.py).
 # Job (job SPEC): RAY_ADDRESS=auto; SEDTUNE_JOB_OUTPUT_ROOT: write into <root>/<UTC time> (--output).
 # Shared: SEDTUNE_STATE_DIR=/var/lib/sedtune (where the defaults above put state).
 set -euo pipefail

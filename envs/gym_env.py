@@ -310,7 +310,7 @@ def running_macro_f(counts: npt.NDArray[np.integer[Any]]) -> float:
 
 
 class DataRefLike(Protocol):
-    """Where a set lives (``service.problem.DataRef`` has this shape)."""
+    """Where a set lives (``envs.problem.DataRef`` has this shape)."""
 
     @property
     def scores(self) -> str: ...

@@ -27,7 +27,7 @@ AUTHORS_MERGE: tuple[MergeCriteria, ...] = (
     (0.15, None), (0.2, None), (0.3, None), (None, 1.5), (None, 2.0), (None, 3.0)
 )
 
-# A job's default space (service.spec): both decoders, sized for a 200-evaluation budget.
+# A job's default space (service.tuning.spec): both decoders, sized for a 200-evaluation budget.
 # Boxes: the authors' 18 settings; frames: the DCASE baseline's 0.45 s filter (7 frames at a
 # 0.064 s hop). Measured with tests/benchmarks/bench_strategies.py's protocol (exact, robust,
 # budget 200, 5 splits; held-out macro F1 on dcase2021-student / dcase2020 / dcase2021-teacher):

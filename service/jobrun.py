@@ -3,7 +3,7 @@
 It decodes and re-validates the spec (it trusts nothing on its command line), checks the
 data, connects to the cluster it runs in (``$RAY_ADDRESS``, set by the Ray job supervisor,
 else ``auto``), runs every strategy, writes the results into the spec's output directory,
-logs them to MLflow and keeps ``<output>/status.json`` (:mod:`service.progress_file`) up to
+logs them to MLflow and keeps ``<output>/status.json`` (:mod:`service.results.status`) up to
 date all along. Exit code 0 on success (a tracking failure is recorded in the status file
 but does not fail the job), 2 for a bad spec or data, 1 for any other failure; the reason is
 one line on stderr and in the status file.
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from envs.errors import SedtuneInputError
-from service.problem import TuningProblem
-from service.progress_file import ProgressFile
-from service.spec import JobSpec
+from envs.problem import TuningProblem
+from service.results.status import ProgressFile
 from service.strategies.base import RunContext, Strategy, StrategyResult
+from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger("sedtune.jobrun")
 
@@ -48,7 +48,7 @@ class _Reporting(Strategy):
 
 def _track(spec: JobSpec, output_dir: str) -> tuple[dict[str, Any] | None, str]:
     """Log the result directory to MLflow; (run info or None, one line)."""
-    from service.tracking import try_log
+    from service.results.tracking import try_log
 
     rep, line = try_log(output_dir, spec.tracking.uri, spec.tracking.experiment)
     if rep is None:
@@ -65,9 +65,9 @@ def run(job_id: str, spec: JobSpec) -> int:
         job_id: The job's id (passed to the runner; the process environment is not changed).
         spec: The validated, effective spec.
     """
-    from service.jobcheck import check_job
-    from service.report import write_outputs
-    from service.runner import run_job
+    from service.tuning.check import check_job
+    from service.tuning.outputs import write_outputs
+    from service.tuning.runner import run_job
 
     spec = spec.with_absolute_paths()  # relative paths: against this job's working directory
     status = ProgressFile(spec.output_dir, job_id, [(s.name, s.budget) for s in spec.strategies])
@@ -104,7 +104,7 @@ def run(job_id: str, spec: JobSpec) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry of the Ray job."""
-    from service.entrypoint import JOB_ID_PATTERN, decode_spec
+    from service.server.entrypoint import JOB_ID_PATTERN, decode_spec
 
     parser = argparse.ArgumentParser(prog="python -m service.jobrun", description=__doc__.splitlines()[0])
     parser.add_argument("--job-id", required=True)

@@ -6,7 +6,13 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from service.submitter import AlreadySubmittedError, RayJobState, Submitter, SubmitterError, UnknownJobError
+from service.server.submitter import (
+    AlreadySubmittedError,
+    RayJobState,
+    Submitter,
+    SubmitterError,
+    UnknownJobError,
+)
 
 
 class FakeSubmitter(Submitter):

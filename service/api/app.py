@@ -23,12 +23,12 @@ from fastapi.responses import JSONResponse
 from service.api.auth import BearerAuthMiddleware, bearer_scheme
 from service.api.deps import Services
 from service.api.errors import add_service_error_handlers, validation_handler
-from service.background import Loop
-from service.jobs import Clock, JobService, utcnow
-from service.scheduler import Scheduler
-from service.settings import Settings
+from service.server.jobs import Clock, JobService, utcnow
+from service.server.loops import Loop
+from service.server.scheduler import Scheduler
+from service.server.settings import Settings
+from service.server.submitter import RayJobsSubmitter, Submitter, SubmitterError
 from service.store.repo import Store
-from service.submitter import RayJobsSubmitter, Submitter, SubmitterError
 
 LOG = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from service.jobs import JobService
-from service.scheduler import Scheduler
-from service.settings import Settings
+from service.server.jobs import JobService
+from service.server.scheduler import Scheduler
+from service.server.settings import Settings
+from service.server.submitter import Submitter
 from service.store.repo import Store
-from service.submitter import Submitter
 
 
 @dataclass

@@ -17,10 +17,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.jobs import ConflictError, NotFoundError
-from service.spec import field_path
-from service.specpolicy import FieldError
-from service.submitter import SubmitterError
+from service.server.jobs import ConflictError, NotFoundError
+from service.server.policy import FieldError
+from service.server.submitter import SubmitterError
+from service.tuning.spec import field_path
 
 
 def _field(loc: list[Any] | tuple[Any, ...]) -> str:

@@ -11,10 +11,10 @@ from service.api.auth import bearer_scheme
 from service.api.deps import Services, services
 from service.api.errors import http_error
 from service.api.schemas import NAME_PATTERN, ErrorOut, JobDetail, JobList, JobOut, JobResultOut, MlflowLink
-from service.progress_file import read_status
-from service.results import ResultMissingError, read_result
-from service.spec import JobSpec
+from service.results.read import ResultMissingError, read_result
+from service.results.status import read_status
 from service.store.records import SUCCEEDED, JobRecord
+from service.tuning.spec import JobSpec
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="job id")]

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.spec import JobSpec
 from service.store.records import JobRecord, RunRecord, ScheduleRecord
+from service.tuning.spec import JobSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 

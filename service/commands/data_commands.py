@@ -13,7 +13,7 @@ from envs.errors import SedtuneInputError
 from envs.evaluator import ClassResult, Evaluation, Evaluator, MetricConfig, load_eval_set
 from envs.metrics.counts import Counts
 from envs.params import ClassParams, ParamFile, check_hop, load_params
-from service.progress import progress_bar
+from service.commands.bars import progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

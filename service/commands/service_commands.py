@@ -95,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     from service.api.app import build_app
-    from service.settings import load_settings
+    from service.server.settings import load_settings
 
     settings = load_settings(args.config)
     if not settings.tokens:
@@ -117,7 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from service.client import ServiceClient
+    from service.commands.client import ServiceClient
 
     return ServiceClient(args.server or "", args.token or os.environ.get("SEDTUNE_TOKEN", ""))
 
@@ -131,7 +131,7 @@ def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
 
 
 def _spec_json(path: str) -> dict[str, Any]:
-    from service.spec import load_spec
+    from service.tuning.spec import load_spec
 
     return load_spec(path).model_dump(mode="json", exclude_unset=True)
 
@@ -169,10 +169,10 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def _submit_to_ray(args: argparse.Namespace) -> int:
     """Submit straight to a cluster's Jobs API: the same entrypoint the service builds."""
-    from service.entrypoint import build_entrypoint, new_job_id
-    from service.spec import load_spec
-    from service.specpolicy import check_options
-    from service.submitter import RayJobsSubmitter
+    from service.server.entrypoint import build_entrypoint, new_job_id
+    from service.server.policy import check_options
+    from service.server.submitter import RayJobsSubmitter
+    from service.tuning.spec import load_spec
 
     spec = load_spec(args.spec)
     check_options(spec)

@@ -30,7 +30,7 @@ def run_log(args: argparse.Namespace) -> int:
 
     A directory that is not a result directory is bad input (exit 2, via the CLI).
     """
-    from service.tracking import TrackingError, failure_line, log_results
+    from service.results.tracking import TrackingError, failure_line, log_results
 
     try:
         report = log_results(args.result_dir, args.tracking_uri, args.experiment, force=args.force)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from service.progress import progress_bar
+from service.commands.bars import progress_bar
 
 LOG = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> in
     """Validate, run, write outputs, track, print; shared by ``tune`` and ``demo``."""
     import json
 
-    from service.jobcheck import check_job
-    from service.report import comparison_json, comparison_markdown, write_outputs
-    from service.runner import run_job
+    from service.tuning.check import check_job
+    from service.tuning.outputs import comparison_json, comparison_markdown, write_outputs
+    from service.tuning.runner import run_job
 
     spec = spec.with_absolute_paths()
     resolved = check_job(spec)  # refuses bad specs before any Ray work
@@ -96,7 +96,7 @@ def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> in
 def _track(result: Any) -> str:
     """Log to MLflow if the tracking module is present; one line describing what happened."""
     try:
-        from service.tracking import log_job
+        from service.results.tracking import log_job
     except ModuleNotFoundError:
         return ""
     return log_job(result)
@@ -104,7 +104,7 @@ def _track(result: Any) -> str:
 
 def run_tune(args: argparse.Namespace) -> int:
     """``sedtune tune SPEC``."""
-    from service.spec import load_spec
+    from service.tuning.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.output:
@@ -150,8 +150,8 @@ def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
 def run_demo(args: argparse.Namespace) -> int:
     """``sedtune demo``: synth, tune with every strategy at a small budget, compare."""
     from envs.synth import SynthConfig, generate
-    from service.spec import parse_spec
     from service.strategies.base import REGISTRY
+    from service.tuning.spec import parse_spec
 
     data = os.path.join(args.out, "data")
     if not os.path.exists(os.path.join(data, "ground_truth.tsv")):

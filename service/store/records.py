@@ -32,7 +32,7 @@ class JobRecord:
         started_at: When Ray reported it running (first seen).
         finished_at: When it reached a final state (first seen).
         error: Why it failed or was stopped.
-        result: Summary of a successful result (see :mod:`service.results`).
+        result: Summary of a successful result (see :mod:`service.results.read`).
     """
 
     id: str
@@ -96,7 +96,7 @@ class RunRecord:
         warm_start: Where the bayes strategy was warm-started from (job id and parameter
             file of the schedule's last success), or None.
         drift: Parameter and held-out F1 changes against the previous success, once the job
-            succeeded (see :mod:`service.drift`).
+            succeeded (see :mod:`service.server.drift`).
         created_at: When the fire was recorded.
     """
 

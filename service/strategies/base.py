@@ -27,8 +27,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from envs.params import ClassParams
+from envs.problem import TuningProblem
 from envs.selection import Candidate
-from service.problem import TuningProblem
 
 
 class NoOptions(BaseModel):
@@ -181,7 +181,7 @@ def evaluate_joint(
     Returns:
         The tuning macro F and, per class, counts per fold (n_folds, 3).
     """
-    from service.problem import fold_counts, macro_from_counts
+    from envs.problem import fold_counts, macro_from_counts
 
     counts = fold_counts(problem.evaluator, params, problem.folds, problem.n_folds)
     return macro_from_counts(counts), counts

@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
 from envs.metrics.fscore import f_measure
+from envs.problem import DataRef, TuningProblem
 from envs.selection import Candidate
 from envs.space import SearchSpace, Setting
 from envs.sweep import sweep_boxes, sweep_class
-from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
 
 LOG = logging.getLogger(__name__)

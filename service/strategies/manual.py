@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from envs.problem import TuningProblem
 from envs.selection import Candidate
-from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, evaluate_joint
 
 

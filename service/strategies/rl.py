@@ -55,10 +55,10 @@ from envs.errors import SedtuneInputError
 from envs.evaluator import MetricConfig
 from envs.gym_env import ActionGrid, PostProcessingEnv, replica_shards
 from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem, macro_from_counts
 from envs.scoreset import ScoreSet
 from envs.selection import Candidate
 from envs.space import SearchSpace
-from service.problem import DataRef, TuningProblem, macro_from_counts
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
 from service.strategies.rl_policy import AdaptivePolicy, PolicyNet, ValueNet
 
@@ -477,7 +477,7 @@ class _Run:
 
     def read_out_adaptive(self) -> None:
         """Score the current clip-adaptive policy (already loaded) on the tuning clips."""
-        from service.heldout import clip_counts_of_events, macro_f
+        from envs.heldout import clip_counts_of_events, macro_f
 
         problem = self.problem
         counts = clip_counts_of_events(problem.evaluator, self.policy.events(problem.tuning))

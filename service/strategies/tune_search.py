@@ -21,7 +21,7 @@ full-set evaluation, so the budget is the number of trials (``None`` -> 100), ne
 
 A trial: the function trainable receives the configuration (flat keys by class index, see
 :func:`param_space`) and, through ``tune.with_parameters``, a small :class:`TrialSetup` (the
-:class:`service.problem.DataRef`, the metric, the fold ids of the tuning clips, the space).
+:class:`envs.problem.DataRef`, the metric, the fold ids of the tuning clips, the space).
 On its worker it loads the data by reference (cached per process by ``DataRef.load``),
 keeps one :class:`envs.evaluator.Evaluator` per process (so a reused actor keeps its
 median-filter caches), and reports the macro F (``"f"``) and the per-class fold counts with
@@ -63,10 +63,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
 from envs.params import ClassParams, check_hop, class_params_from_json, load_params
+from envs.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
 from envs.selection import Candidate
 from envs.snap import snap_params
 from envs.space import SearchSpace
-from service.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
 from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory, current_node
 
 if TYPE_CHECKING:

@@ -56,7 +56,7 @@ def serve(port: int, root: str) -> None:
     import uvicorn
 
     from service.api.app import create_app
-    from service.settings import Settings
+    from service.server.settings import Settings
     from service.store.repo import Store
     from tests.fakes import FakeSubmitter
 

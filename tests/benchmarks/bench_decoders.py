@@ -30,12 +30,12 @@ from envs.evaluator import Evaluator
 from envs.importers import import_tsv_folder
 from envs.metrics.event_based import event_counts
 from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem
 from envs.space import AUTHORS_MERGE, AUTHORS_STEP_FILTER_S, SearchSpace
 from envs.sweep import sweep_boxes
-from service.jobcheck import split_clips
-from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext
 from service.strategies.exact import ExactOptions, ExactStrategy
+from service.tuning.check import split_clips
 
 GOAL_S = 2.0
 

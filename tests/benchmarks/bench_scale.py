@@ -53,8 +53,8 @@ def main() -> int:
 
     from envs.evaluator import MetricConfig
     from envs.params import ClassParams
+    from envs.problem import DataRef, TuningProblem
     from envs.space import SearchSpace
-    from service.problem import DataRef, TuningProblem
     from service.strategies.base import RunContext
     from service.strategies.exact import ExactStrategy
 

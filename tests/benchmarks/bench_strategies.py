@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 from envs.importers import import_tsv_folder
-from service.report import comparison_markdown
-from service.runner import JobResult, Row, run_job
-from service.spec import parse_spec
+from service.tuning.outputs import comparison_markdown
+from service.tuning.runner import JobResult, Row, run_job
+from service.tuning.spec import parse_spec
 
 SETS = {
     "student": "dcase2021-baseline-student",

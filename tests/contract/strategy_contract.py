@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from envs.params import ParamFile
-from service.problem import TuningProblem
+from envs.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint
 
 

@@ -45,7 +45,7 @@ def dataset(tmp_path_factory):
 
 
 def _spec(dataset, out, strategies):
-    from service.spec import parse_spec
+    from service.tuning.spec import parse_spec
 
     return parse_spec(
         {
@@ -76,8 +76,8 @@ def _rl_available() -> bool:
 
 _DRIVER = """
 import json, sys
-from service.runner import run_job
-from service.spec import parse_spec
+from service.tuning.runner import run_job
+from service.tuning.spec import parse_spec
 spec = parse_spec(json.loads(sys.argv[2]))
 result = run_job(spec, address=sys.argv[1])
 print("NODES " + json.dumps({k: v[0].info.get("nodes", []) for k, v in result.results.items()}))
@@ -131,7 +131,7 @@ def _job_workers() -> list[psutil.Process]:
 
 
 def test_killed_workers_do_not_fail_the_job(cluster, dataset, tmp_path):
-    from service.runner import run_job
+    from service.tuning.runner import run_job
 
     strategies = [
         {"name": "manual"},

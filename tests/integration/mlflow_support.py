@@ -175,7 +175,7 @@ def _params(threshold: float, kernel: int) -> dict[str, dict[str, Any]]:
 
 
 def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output") -> Path:
-    """A small hand-made result directory in the layout :func:`service.report.write_outputs` writes.
+    """A small hand-made result directory in the layout :func:`service.tuning.outputs.write_outputs` writes.
 
     Strategies manual, random (with ``trials.random.json``) and rl (fractional evaluations,
     ``untrained`` and ``adaptive`` rows, a policy checkpoint named in ``artifacts.json`` by its

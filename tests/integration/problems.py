@@ -12,9 +12,9 @@ from envs.events import ClassEvents
 from envs.groundtruth import write_durations, write_ground_truth
 from envs.importers import import_numpy
 from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem
 from envs.space import SearchSpace
 from envs.synth import SynthResult
-from service.problem import DataRef, TuningProblem
 
 
 def synth_problem(synth: SynthResult, space: SearchSpace, manual: ClassParams) -> TuningProblem:

@@ -20,10 +20,10 @@ import pytest
 from envs.gym_env import ActionGrid
 from envs.metrics.fscore import class_f_measure
 from envs.params import ClassParams, ParamFile, load_params
+from envs.problem import TuningProblem
 from envs.space import SearchSpace
 from envs.stack import apply_stack
 from envs.synth import SynthConfig, SynthResult, generate
-from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
 from service.strategies.rl import RLOptions, RLStrategy, _build, _env_steps, env_config
 from service.strategies.rl_policy import AdaptivePolicy
@@ -116,7 +116,7 @@ def test_warm_start_untrained_policy_is_the_manual_table_on_the_grid(
 
 def test_a_job_restricted_to_some_classes_trains_on_those(synth_set: SynthResult, tmp_path: Path) -> None:
     from envs.evaluator import MetricConfig
-    from service.problem import DataRef
+    from envs.problem import DataRef
 
     picked = (synth_set.classes[2], synth_set.classes[0])
     ref = DataRef(synth_set.scores_uri, synth_set.ground_truth_path, synth_set.durations_path, None, picked)
@@ -130,7 +130,7 @@ def test_a_job_restricted_to_some_classes_trains_on_those(synth_set: SynthResult
 def test_adaptive_readout_is_its_best_scored_iteration(
     problem: TuningProblem, trained: StrategyResult
 ) -> None:
-    from service.heldout import clip_counts_of_events, macro_f
+    from envs.heldout import clip_counts_of_events, macro_f
 
     scored = {int(i): f for i, f in trained.info["adaptive_f"]}
     assert 0 in scored and trained.info["iterations"] in scored
@@ -205,7 +205,7 @@ def test_saved_policy_reloads_without_ray_and_acts_the_same(
     assert Path(path).is_file() and Path(path).with_suffix(".json").is_file()
     code = f"""
 import json, sys
-from service.problem import DataRef
+from envs.problem import DataRef
 from service.strategies.rl_policy import AdaptivePolicy
 policy = AdaptivePolicy.load({path!r})
 ref = DataRef({synth_set.scores_uri!r}, {synth_set.ground_truth_path!r}, {synth_set.durations_path!r})

@@ -313,7 +313,7 @@ def test_logging_from_a_ray_worker_on_another_node(
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from service.tracking import ensure_experiment
+    from service.results.tracking import ensure_experiment
 
     if ray.is_initialized():
         ray.shutdown()  # the module's local Ray; this test needs a cluster of its own
@@ -329,7 +329,7 @@ def test_logging_from_a_ray_worker_on_another_node(
 
         @ray.remote(num_cpus=1)
         def log_there(result_dir: str, uri: str) -> tuple[str, str]:
-            from service.tracking import log_results
+            from service.results.tracking import log_results
 
             report = log_results(result_dir, uri, "trk-cluster")
             return report.run_id, ray.get_runtime_context().get_node_id()

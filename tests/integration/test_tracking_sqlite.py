@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.tracking import log_results
+from service.results.tracking import log_results
 from tests.integration.mlflow_support import fake_result_dir
 
 

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from envs.errors import SedtuneInputError
 from envs.evaluator import MetricConfig
 from envs.params import ClassParams, ParamFile
+from envs.problem import TuningProblem
 from envs.snap import snap_params as snap
 from envs.space import SearchSpace
 from envs.synth import SynthConfig, SynthResult, generate
-from service.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
 from service.strategies.tune_search import (
     BayesOptions,

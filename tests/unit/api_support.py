@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.settings import Settings
+from service.server.settings import Settings
 from service.store.repo import Store
 from tests.fakes import FakeClock, FakeSubmitter
 

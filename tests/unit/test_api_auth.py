@@ -9,7 +9,7 @@ import pytest
 from starlette.routing import Route
 
 from service.api.auth import token_ok
-from service.settings import load_settings
+from service.server.settings import load_settings
 from tests.unit.api_support import (
     AUTH,
     OTHER_TOKEN,

@@ -62,7 +62,7 @@ def test_inspect_list_and_filters(api: Api) -> None:
 def test_progress_best_f_and_mlflow_link_while_running_and_after(api: Api) -> None:
     job = _submit(api)
     out = job["output_dir"]
-    from service.progress_file import ProgressFile
+    from service.results.status import ProgressFile
 
     pf = ProgressFile(out, job["id"], [("manual", None), ("exact", 30.0), ("bayes", 4.0)])
     pf.set(state="running")
@@ -155,7 +155,7 @@ def test_a_queued_job_that_ray_already_has_is_not_run_twice(api: Api) -> None:
 
 
 def _spec_model(api: Api):
-    from service.spec import parse_spec
+    from service.tuning.spec import parse_spec
 
     return parse_spec(api.spec())
 

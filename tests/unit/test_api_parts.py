@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from envs.errors import SedtuneInputError
-from service.cron import CronSchedule
-from service.drift import compute_drift
-from service.entrypoint import build_entrypoint, decode_spec, encode_spec
-from service.progress_file import ProgressFile, read_status
-from service.settings import load_settings
-from service.spec import parse_spec
+from service.results.status import ProgressFile, read_status
+from service.server.cron import CronSchedule
+from service.server.drift import compute_drift
+from service.server.entrypoint import build_entrypoint, decode_spec, encode_spec
+from service.server.settings import load_settings
+from service.tuning.spec import parse_spec
 
 SPEC = {"name": "p", "data": {"scores": "/d/s", "ground_truth": "/d/g.tsv"},
         "strategies": [{"name": "manual"}]}

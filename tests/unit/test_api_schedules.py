@@ -112,7 +112,7 @@ def test_long_downtime_records_a_bounded_number_of_misses(api: Api) -> None:
     _create(api)
     api.clock.advance(3 * 24 * 3600)
     runs = api.svc.scheduler.tick()
-    from service.scheduler import MAX_MISSED_RECORDS
+    from service.server.scheduler import MAX_MISSED_RECORDS
 
     assert len(runs) == MAX_MISSED_RECORDS + 2 and "not recorded one by one" in runs[-2].skip_reason
 

@@ -39,7 +39,7 @@ from envs.metrics.sed_eval_oracle import MACRO_KEY, sed_eval_event_counts
 from envs.params import BoxSetting, ClassParams
 from envs.space import Setting
 from envs.sweep import SweepResult, sweep_boxes, sweep_class
-from service.spec import SpaceSpec
+from service.tuning.spec import SpaceSpec
 from tests.unit import box_oracles as oracle
 
 SET_NAMES = (

@@ -6,9 +6,9 @@ import pytest
 
 from envs.evaluator import MetricConfig
 from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem
 from envs.space import SearchSpace
 from envs.synth import SynthConfig, generate
-from service.problem import DataRef, TuningProblem
 from service.strategies.exact import ExactStrategy
 from service.strategies.manual import ManualStrategy
 from tests.contract.strategy_contract import StrategyContract

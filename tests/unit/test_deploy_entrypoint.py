@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import pytest
 
-from service.settings import _ENV as SETTINGS_ENV
+from service.server.settings import _ENV as SETTINGS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "entrypoint.sh"

@@ -314,7 +314,7 @@ def test_every_reference_resolves(build: str) -> None:
 
 @ALL_BUILDS
 def test_ray_jobs_run_a_spec_file_through_the_entrypoint(build: str) -> None:
-    from service.spec import load_spec
+    from service.tuning.spec import load_spec
 
     docs = render(build)
     specs = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sedtune-job-specs")
@@ -349,7 +349,7 @@ def test_the_nightly_raycronjob_and_the_cronjob_fallback_run_the_same_job() -> N
 
 
 def test_the_api_settings_configmap_is_a_valid_settings_file() -> None:
-    from service.settings import load_settings
+    from service.server.settings import load_settings
 
     docs = render("dev")
     s = load_settings(str(K8S / "base" / "files" / "sedtune-api.yaml"), environ={})

@@ -9,8 +9,8 @@ import numpy as np
 from envs.evaluator import MetricConfig
 from envs.metrics.sed_eval_oracle import sed_eval_event_counts
 from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem
 from envs.space import SearchSpace
-from service.problem import DataRef, TuningProblem
 from service.strategies.base import RunContext
 from service.strategies.exact import ExactStrategy
 

@@ -19,10 +19,10 @@ from envs.gym_env import ActionGrid, PostProcessingEnv, load_shards, observation
 from envs.metrics.counts import Counts
 from envs.metrics.fscore import class_f_measure, macro_f_measure
 from envs.params import ClassParams
+from envs.problem import DataRef
 from envs.scoreset import ClassScores
 from envs.space import SearchSpace
 from envs.synth import SynthConfig, SynthResult, generate
-from service.problem import DataRef
 
 SPACE = SearchSpace(kernels=(1, 5, 9), threshold_low=0.05, threshold_high=0.95, threshold_step=0.1)
 

@@ -33,7 +33,7 @@ def _spec(data, **over):
 
 
 def _run(tmp_path, spec, capsys, monkeypatch, suffix=".yaml"):
-    import service.runner as runner
+    import service.tuning.runner as runner
 
     def no_ray(*a, **k):  # any attempt to start Ray fails the test
         raise AssertionError("Ray was started for an invalid spec")
@@ -126,7 +126,7 @@ def test_json_spec_accepted_structurally(tmp_path, data, capsys, monkeypatch):
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     """Ray workers (Tune trials) run in other directories: local paths must be absolute."""
-    from service.spec import parse_spec
+    from service.tuning.spec import parse_spec
 
     monkeypatch.chdir(tmp_path)
     spec = parse_spec({

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.plots import curve_points, write_plots
-from service.tracking import log_job, resolve_uri
-from service.tracking_layout import CURVE_METRIC, flatten, load_result_dir, plan_job
+from service.results.plots import curve_points, write_plots
+from service.results.tracking import log_job, resolve_uri
+from service.results.tracking_layout import CURVE_METRIC, flatten, load_result_dir, plan_job
 from tests.integration.mlflow_support import fake_result_dir
 from tests.ports import free_port
 

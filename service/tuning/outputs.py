@@ -12,7 +12,7 @@ from envs.params import ClassParams, ParamFile
 from envs.space import Setting
 
 if TYPE_CHECKING:
-    from service.runner import JobResult, Row
+    from service.tuning.runner import JobResult, Row
 
 
 def _num(x: float) -> float | None:
@@ -189,7 +189,7 @@ def write_outputs(result: JobResult) -> dict[str, str]:
                 json.dump(trials, f, indent=2)
             paths[f"trials/{name}"] = tp
     try:
-        from service.plots import write_plots
+        from service.results.plots import write_plots
 
         for name, path in write_plots(comparison, os.path.join(out, "plots")).items():
             paths[f"plots/{name}"] = path

@@ -112,7 +112,7 @@ class ProgressFile:
             self._write(force=True)
 
     def factory(self, label: str, total: float | None) -> Callable[[float], None]:
-        """A progress callback for :func:`service.runner.run_job` (``progress=``).
+        """A progress callback for :func:`service.tuning.runner.run_job` (``progress=``).
 
         Args:
             label: The runner's label, ``"<strategy> (split k/n)"``.

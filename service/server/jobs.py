@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from envs.errors import SedtuneInputError
-from service.drift import FORMAT as DRIFT_FORMAT
-from service.drift import compute_drift
-from service.entrypoint import build_entrypoint, new_job_id
-from service.progress_file import read_status
-from service.results import ResultMissingError, summarize
-from service.settings import Settings
-from service.spec import JobSpec
-from service.specpolicy import FieldError, check_options, check_policy, effective_spec, split_field
+from service.results.read import ResultMissingError, summarize
+from service.results.status import read_status
+from service.server.drift import FORMAT as DRIFT_FORMAT
+from service.server.drift import compute_drift
+from service.server.entrypoint import build_entrypoint, new_job_id
+from service.server.policy import FieldError, check_options, check_policy, effective_spec, split_field
+from service.server.settings import Settings
+from service.server.submitter import AlreadySubmittedError, Submitter, SubmitterError, UnknownJobError
 from service.store.records import (
     ACTIVE,
     FAILED,
@@ -36,7 +36,7 @@ from service.store.records import (
     JobRecord,
 )
 from service.store.repo import Store
-from service.submitter import AlreadySubmittedError, Submitter, SubmitterError, UnknownJobError
+from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class JobService:
         check_policy(spec, self.settings)
         check_options(spec)
         if self.settings.check_data:
-            from service.jobcheck import check_job
+            from service.tuning.check import check_job
 
             try:
                 check_job(spec)

@@ -1,6 +1,6 @@
 """Reading a finished job's result directory for the API, and its summary for the store.
 
-The layout is :func:`service.report.write_outputs`'s: ``comparison.json``,
+The layout is :func:`service.tuning.outputs.write_outputs`'s: ``comparison.json``,
 ``params/<strategy>.<selection>.json``, ``best_params.json``, plus the job's ``status.json``.
 """
 
@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from service.progress_file import read_status
+from service.results.status import read_status
 
 #: Result files larger than this are not served (bytes).
 MAX_FILE_BYTES = 20 * 1024 * 1024

@@ -1,7 +1,7 @@
 """MLflow tracking of a job: one path for online logging and for ``sedtune log``.
 
 :func:`log_results` reads only the files of a result directory (layout and names in
-:mod:`service.tracking_layout`), writes the figures into ``<dir>/plots/``, checks that the
+:mod:`service.results.tracking_layout`), writes the figures into ``<dir>/plots/``, checks that the
 tracking server answers (a short HTTP probe, so an unreachable server costs seconds, not the
 client's minutes of retries), and logs the runs with :class:`mlflow.MlflowClient` against an
 explicit tracking URI (no global MLflow state, so it also works inside Ray workers on other
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from service.tracking_layout import (
+from service.results.tracking_layout import (
     MAX_TAG_LEN,
     ResultFiles,
     RunPlan,
@@ -38,7 +38,7 @@ from service.tracking_layout import (
 )
 
 if TYPE_CHECKING:
-    from service.runner import JobResult
+    from service.tuning.runner import JobResult
 
 LOG = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def _write_plots(files: ResultFiles, stack: contextlib.ExitStack) -> dict[str, s
     }
     if drawn:
         return drawn
-    from service.plots import write_plots
+    from service.results.plots import write_plots
 
     try:
         try:
@@ -384,7 +384,7 @@ def log_job(result: JobResult) -> str:
     """Log a finished job (its written result directory); never raises.
 
     Args:
-        result: The job, after :func:`service.report.write_outputs`.
+        result: The job, after :func:`service.tuning.outputs.write_outputs`.
 
     Returns:
         One line: ``tracked: experiment X, run ID at URI (...)`` or ``tracking failed: ...``.

@@ -55,7 +55,7 @@ def _fields(decoders: set[str]) -> list[str]:
 
 def compute_drift(previous: dict[str, Any], current: dict[str, Any], previous_job_id: str,
                   job_id: str) -> dict[str, Any]:
-    """The drift of ``current`` against ``previous`` (both :func:`service.results.summarize` outputs).
+    """The drift of ``current`` against ``previous`` (both :func:`service.results.read.summarize` outputs).
 
     Args:
         previous: Summary of the previous successful run.

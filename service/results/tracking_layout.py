@@ -1,7 +1,7 @@
 """What a job's results look like in MLflow: a plan of runs, made from the result directory.
 
 Pure code (no MLflow import): :func:`load_result_dir` reads the files a job wrote, and
-:func:`plan_job` turns them into a :class:`RunPlan` tree that :mod:`service.tracking` logs.
+:func:`plan_job` turns them into a :class:`RunPlan` tree that :mod:`service.results.tracking` logs.
 
 Layout (experiment = the job name, or ``tracking.experiment``):
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envs.errors import SedtuneInputError
-from service.plots import curve_points, primary_rows
+from service.results.plots import curve_points, primary_rows
 
 MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
@@ -323,7 +323,7 @@ def plan_job(files: ResultFiles, plots: dict[str, str]) -> tuple[RunPlan, list[s
 
     Args:
         files: The result directory.
-        plots: Figure paths from :func:`service.plots.write_plots` (may be empty).
+        plots: Figure paths from :func:`service.results.plots.write_plots` (may be empty).
 
     Returns:
         The parent run's plan (strategy runs and trial runs as children) and the artifacts

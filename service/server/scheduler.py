@@ -16,7 +16,7 @@ Rules:
   schedule's last successful job (``options.warm_start``); the source is recorded with the
   run (``warm_start``: job id, parameter file, strategies it was given to).
 - **Drift.** When a run's job succeeds, its parameters and held-out F1 are compared with the
-  previous success (:mod:`service.drift`), stored with the run.
+  previous success (:mod:`service.server.drift`), stored with the run.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from service.cron import CronSchedule
-from service.jobs import Clock, ConflictError, JobService, NotFoundError, utcnow
-from service.spec import JobSpec
-from service.specpolicy import FieldError
+from service.server.cron import CronSchedule
+from service.server.jobs import Clock, ConflictError, JobService, NotFoundError, utcnow
+from service.server.policy import FieldError
 from service.store.records import RunRecord, ScheduleRecord
 from service.store.repo import Store
+from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
 

@@ -23,10 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.evaluator import Evaluator
-from envs.metrics.fscore import f_measure
-from envs.params import ClassParams
-from envs.selection import Candidate, select_robust
-from service.heldout import (
+from envs.heldout import (
     ClipCounts,
     GainInterval,
     class_f,
@@ -36,10 +33,13 @@ from service.heldout import (
     gain_interval,
     macro_f,
 )
-from service.jobcheck import DRIVER_CACHED_CLASSES, ResolvedJob, check_job, split_clips
-from service.problem import DataRef, TuningProblem, fold_counts
-from service.spec import JobSpec
+from envs.metrics.fscore import f_measure
+from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem, fold_counts
+from envs.selection import Candidate, select_robust
 from service.strategies.base import RunContext, StrategyResult, TrajectoryPoint, evaluate_joint
+from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job, split_clips
+from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import re
 from urllib.parse import urlparse
 
 from envs.errors import SedtuneInputError
-from service.settings import Settings
-from service.spec import DataSpec, JobSpec
+from service.server.settings import Settings
+from service.tuning.spec import DataSpec, JobSpec
 
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*$")
 
@@ -144,8 +144,8 @@ def check_options(spec: JobSpec) -> None:
     """
     from pydantic import ValidationError
 
-    from service.spec import validation_message
     from service.strategies.base import strategy_class
+    from service.tuning.spec import validation_message
 
     for i, s in enumerate(spec.strategies):
         try:

@@ -1,6 +1,6 @@
 """Semantic validation of a job spec, before any Ray work: files, clips, classes, options.
 
-Structural errors are caught by :mod:`service.spec`; this module opens the data (shard
+Structural errors are caught by :mod:`service.tuning.spec`; this module opens the data (shard
 footers and clip names, the ground truth, the durations), aligns them, and validates every
 strategy's options and budget, all with field paths in the messages.
 """
@@ -20,8 +20,8 @@ from envs.groundtruth import read_durations, read_ground_truth
 from envs.params import ClassParams
 from envs.scoreset import ScoreSet
 from envs.space import SearchSpace, kernels_for_seconds
-from service.spec import DataSpec, JobSpec, validation_message
 from service.strategies.base import Strategy, strategy_class
+from service.tuning.spec import DataSpec, JobSpec, validation_message
 
 I64 = npt.NDArray[np.int64]
 DRIVER_CACHED_CLASSES = 16

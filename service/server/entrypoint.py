@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from envs.errors import SedtuneInputError
-from service.spec import JobSpec, parse_spec
+from service.tuning.spec import JobSpec, parse_spec
 
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,39}$")
 
