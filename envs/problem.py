@@ -20,6 +20,7 @@ from envs.groundtruth import read_durations, read_ground_truth
 from envs.params import ClassParams
 from envs.scoreset import ScoreSet
 from envs.space import SearchSpace
+from envs.split import fold_ids
 
 I64 = npt.NDArray[np.int64]
 
@@ -73,13 +74,6 @@ def _load_cached(ref: DataRef, max_cached_classes: int | None) -> EvalSet:
     part.max_cached_classes = max_cached_classes
     return part
 
-
-def fold_ids(n_clips: int, n_folds: int, seed: int) -> I64:
-    """Balanced random fold id per clip (deterministic by seed)."""
-    rng = np.random.default_rng(seed)
-    ids = np.arange(n_clips, dtype=np.int64) % n_folds
-    rng.shuffle(ids)
-    return ids
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
 from envs.errors import SedtuneInputError
@@ -23,7 +21,6 @@ from envs.space import SearchSpace, kernels_for_seconds
 from service.strategies.base import Strategy, strategy_class
 from service.tuning.spec import DataSpec, JobSpec, validation_message
 
-I64 = npt.NDArray[np.int64]
 DRIVER_CACHED_CLASSES = 16
 
 
@@ -129,16 +126,3 @@ def check_job(spec: JobSpec) -> ResolvedJob:
     if heldout is not None:
         heldout.max_cached_classes = DRIVER_CACHED_CLASSES
     return ResolvedJob(spec, data, heldout, classes, space, metric, manual, strategies)
-
-
-def split_clips(n_clips: int, heldout_fraction: float, seed: int) -> tuple[I64, I64]:
-    """Random tuning / held-out split of clip indices (deterministic by seed).
-
-    Returns:
-        (tuning indices, held-out indices), each sorted.
-    """
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n_clips)
-    n_held = round(n_clips * heldout_fraction)
-    n_held = min(max(n_held, 1), n_clips - 1)
-    return np.sort(perm[n_held:]).astype(np.int64), np.sort(perm[:n_held]).astype(np.int64)

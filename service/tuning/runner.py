@@ -12,7 +12,6 @@ with a plain statement when no strategy beats manual significantly.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from envs.evaluator import Evaluator
+from envs.fingerprint import dataset_fingerprint
 from envs.heldout import (
     ClipCounts,
     GainInterval,
@@ -37,8 +37,9 @@ from envs.metrics.fscore import f_measure
 from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
+from envs.split import split_clips
 from service.strategies.base import RunContext, StrategyResult, TrajectoryPoint, evaluate_joint
-from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job, split_clips
+from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job
 from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
@@ -172,7 +173,9 @@ def run_job(
         spec.output_dir,
         time.perf_counter() - t0,
         results=results,
-        fingerprint=dataset_fingerprint(spec),
+        fingerprint=dataset_fingerprint(
+            (p.scores, p.ground_truth, p.durations) for p in (spec.data, spec.heldout.data) if p is not None
+        ),
         job_id=job_id or os.environ.get("SEDTUNE_JOB_ID", "") or uuid.uuid4().hex[:12],
     )
 
@@ -364,24 +367,3 @@ def recommend(rows: list[Row], selection: str) -> tuple[Row, str]:
             "but manual is as good within noise."
         )
     return best, msg
-
-
-def dataset_fingerprint(spec: JobSpec) -> str:
-    """A short hash of the data: shard names, sizes and schema, ground truth and durations bytes."""
-    from envs.groundtruth import read_text
-    from envs.scoreset import ScoreSet
-
-    h = hashlib.sha256()
-    for part in (spec.data, spec.heldout.data):
-        if part is None:
-            continue
-        scores = ScoreSet.open(part.scores)
-        h.update(repr((scores.classes, scores.frame_hop_s)).encode())
-        for shard in scores.shards:
-            h.update(os.path.basename(shard.path).encode())
-            h.update(repr(scores.fs.get_file_info(shard.path).size).encode())
-            h.update("\n".join(shard.filenames).encode())
-        h.update(read_text(part.ground_truth).encode())
-        if part.durations:
-            h.update(read_text(part.durations).encode())
-    return h.hexdigest()[:16]

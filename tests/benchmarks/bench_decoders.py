@@ -32,10 +32,10 @@ from envs.metrics.event_based import event_counts
 from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem
 from envs.space import AUTHORS_MERGE, AUTHORS_STEP_FILTER_S, SearchSpace
+from envs.split import split_clips
 from envs.sweep import sweep_boxes
 from service.strategies.base import RunContext
 from service.strategies.exact import ExactOptions, ExactStrategy
-from service.tuning.check import split_clips
 
 GOAL_S = 2.0
 
