@@ -16,46 +16,55 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from envs.errors import SedtuneInputError
-from envs.problem import TuningProblem
 from service.results.status import ProgressFile
-from service.strategies.base import RunContext, Strategy, StrategyResult
 from service.tuning.spec import JobSpec
+
+if TYPE_CHECKING:
+    from service.results.tracking import TrackingReport
+    from service.strategies.base import StrategyResult
+    from service.tuning.runner import JobResult
 
 LOG = logging.getLogger("sedtune.jobrun")
 
 
-class _Reporting(Strategy):
-    """Runs a strategy and records its best tuning F in the status file when it ends."""
+class StatusReporter:
+    """Reports the pipeline into the job's status file (:mod:`service.results.status`)."""
 
-    name = "reporting"
+    def __init__(self, status: ProgressFile) -> None:
+        self.status = status
 
-    def __init__(self, inner: Strategy, progress: ProgressFile) -> None:
-        super().__init__(inner.options)
-        self.inner = inner
-        self.progress = progress
+    def stage(self, state: str) -> None:
+        """Record the pipeline's state."""
+        self.status.set(state=state)
 
-    def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
-        """Delegate, then report."""
-        res = self.inner.run(problem, budget, seed, ctx)
-        finite = [p.best_f for p in res.trajectory if math.isfinite(p.best_f)]
-        self.progress.strategy_done(self.inner.name, max(finite) if finite else None)
-        return res
+    def progress(self, label: str, total: float | None) -> Callable[[float], None]:
+        """The status file's progress callback for one strategy run."""
+        return self.status.factory(label, total)
 
+    def strategy_done(self, name: str, result: StrategyResult) -> None:
+        """Record the strategy's best tuning F."""
+        finite = [p.best_f for p in result.trajectory if math.isfinite(p.best_f)]
+        self.status.strategy_done(name, max(finite) if finite else None)
 
-def _track(spec: JobSpec, output_dir: str) -> tuple[dict[str, Any] | None, str]:
-    """Log the result directory to MLflow; (run info or None, one line)."""
-    from service.results.tracking import try_log
+    def written(self, result: JobResult, paths: dict[str, str]) -> None:
+        """Record the recommendation."""
+        rec = result.recommended
+        self.status.set(recommended=rec.key,
+                        heldout_f=None if math.isnan(rec.heldout_f_mean) else round(rec.heldout_f_mean, 6))
 
-    rep, line = try_log(output_dir, spec.tracking.uri, spec.tracking.experiment)
-    if rep is None:
-        return None, line
-    info = {"uri": rep.uri, "experiment": rep.experiment, "experiment_id": rep.experiment_id,
-            "run_id": rep.run_id, "url": rep.ui_url, "strategy_runs": rep.strategy_runs}
-    return info, line
+    def tracked(self, report: TrackingReport | None, line: str) -> None:
+        """Record the MLflow run (or why tracking failed)."""
+        info = None
+        if report is not None:
+            info = {"uri": report.uri, "experiment": report.experiment,
+                    "experiment_id": report.experiment_id, "run_id": report.run_id,
+                    "url": report.ui_url, "strategy_runs": report.strategy_runs}
+        self.status.set(mlflow=info, tracking=line)
+        LOG.info("%s", line)
 
 
 def run(job_id: str, spec: JobSpec) -> int:
@@ -65,29 +74,13 @@ def run(job_id: str, spec: JobSpec) -> int:
         job_id: The job's id (passed to the runner; the process environment is not changed).
         spec: The validated, effective spec.
     """
-    from service.tuning.check import check_job
-    from service.tuning.outputs import write_outputs
-    from service.tuning.runner import run_job
+    from service.tuning.pipeline import run_pipeline
 
     spec = spec.with_absolute_paths()  # relative paths: against this job's working directory
     status = ProgressFile(spec.output_dir, job_id, [(s.name, s.budget) for s in spec.strategies])
     try:
-        status.set(state="validating")
-        resolved = check_job(spec)
-        resolved.strategies = [(n, b, _Reporting(s, status)) for n, b, s in resolved.strategies]
-        status.set(state="running")
         address = os.environ.get("RAY_ADDRESS") or "auto"
-        result = run_job(spec, address=address, progress=status.factory, resolved=resolved, job_id=job_id)
-        status.set(state="writing")
-        write_outputs(result)
-        rec = result.recommended
-        status.set(recommended=rec.key,
-                   heldout_f=None if math.isnan(rec.heldout_f_mean) else round(rec.heldout_f_mean, 6))
-        if spec.tracking.enabled:
-            status.set(state="tracking")
-            info, line = _track(spec, result.output_dir)
-            status.set(mlflow=info, tracking=line)
-            LOG.info("%s", line)
+        run_pipeline(spec, StatusReporter(status), address=address, job_id=job_id)
         status.set(state="succeeded")
         return 0
     except SedtuneInputError as e:

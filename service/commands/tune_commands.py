@@ -7,9 +7,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.commands.bars import progress_bar
+
+if TYPE_CHECKING:
+    from service.results.tracking import TrackingReport
+    from service.strategies.base import StrategyResult
+    from service.tuning.runner import JobResult
+    from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -36,70 +42,73 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=run_demo)
 
 
-# Strategies run one after another: a new bar closes the ones before it (a strategy may end
-# below its budget, e.g. exact's grid), so every bar is drawn once and ends where it stopped.
-_OPEN_BARS: list[Any] = []
+class TerminalReporter:
+    """Progress bars on the terminal for :func:`service.tuning.pipeline.run_pipeline`.
+
+    Strategies run one after another: a new bar closes the ones before it (a strategy may end
+    below its budget, e.g. exact's grid), so every bar is drawn once and ends where it stopped.
+    """
+
+    def __init__(self) -> None:
+        self._open: list[Any] = []
+
+    def stage(self, state: str) -> None:
+        """Close the bars when the runs are over."""
+        if state != "running":
+            self.close()
+
+    def progress(self, label: str, total: float | None) -> Callable[[float], None]:
+        """A bar per strategy run; budgets count fractional evaluations: one decimal."""
+        self.close()
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]"
+        bar = progress_bar(total=total, desc=label, unit="eval", bar_format=fmt if total else None)
+        self._open.append(bar)
+
+        def update(done: float) -> None:
+            bar.n = round(float(done), 1)
+            bar.refresh()
+            if total is not None and done >= total:
+                bar.close()
+
+        return update
+
+    def strategy_done(self, name: str, result: StrategyResult) -> None:
+        """Nothing to add: the bar shows where the strategy stopped."""
+
+    def written(self, result: JobResult, paths: dict[str, str]) -> None:
+        """Nothing to add: the comparison is printed at the end."""
+
+    def tracked(self, report: TrackingReport | None, line: str) -> None:
+        """Nothing to add: the tracking line is printed at the end."""
+
+    def close(self) -> None:
+        """Close every open bar."""
+        while self._open:
+            self._open.pop().close()
 
 
-def _progress(name: str, total: float | None) -> Callable[[float], None]:
-    _close_bars()
-    # Budgets count fractional evaluations (an RL episode over n of N clips is n/N): one decimal.
-    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]"
-    bar = progress_bar(
-        total=total, desc=name, unit="eval", bar_format=fmt if total else None
-    )
-    _OPEN_BARS.append(bar)
-
-    def update(done: float) -> None:
-        bar.n = round(float(done), 1)
-        bar.refresh()
-        if total is not None and done >= total:
-            bar.close()
-
-    return update
-
-
-def _close_bars() -> None:
-    while _OPEN_BARS:
-        _OPEN_BARS.pop().close()
-
-
-def execute(spec: Any, address: str | None, tracking: bool, as_json: bool) -> int:
-    """Validate, run, write outputs, track, print; shared by ``tune`` and ``demo``."""
+def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool) -> int:
+    """Run the pipeline with bars, then print the comparison; shared by ``tune`` and ``demo``."""
     import json
 
-    from service.tuning.check import check_job
-    from service.tuning.outputs import comparison_json, comparison_markdown, write_outputs
-    from service.tuning.runner import run_job
+    from service.tuning.outputs import comparison_json, comparison_markdown
+    from service.tuning.pipeline import run_pipeline
 
-    spec = spec.with_absolute_paths()
-    resolved = check_job(spec)  # refuses bad specs before any Ray work
+    reporter = TerminalReporter()
     try:
-        result = run_job(spec, address=address, progress=_progress, resolved=resolved)
+        run = run_pipeline(spec, reporter, address=address, track=tracking)
     finally:
-        _close_bars()
-    paths = write_outputs(result)
-    tracking_line = ""
-    if tracking and spec.tracking.enabled:
-        tracking_line = _track(result)
+        reporter.close()
+    result = run.result
     if as_json:
         json.dump(comparison_json(result), sys.stdout, indent=2)
         print()
     else:
         print(comparison_markdown(result))
-        print(f"results: {result.output_dir} (best parameters: {paths.get('best_params', 'n/a')})")
-    if tracking_line:
-        print(tracking_line, file=sys.stderr if tracking_line.startswith("tracking failed") else sys.stdout)
+        print(f"results: {result.output_dir} (best parameters: {run.paths.get('best_params', 'n/a')})")
+    if run.tracking_line:
+        print(run.tracking_line, file=sys.stdout if run.tracking is not None else sys.stderr)
     return 0
-
-
-def _track(result: Any) -> str:
-    """Log to MLflow if the tracking module is present; one line describing what happened."""
-    try:
-        from service.results.tracking import log_job
-    except ModuleNotFoundError:
-        return ""
-    return log_job(result)
 
 
 def run_tune(args: argparse.Namespace) -> int:

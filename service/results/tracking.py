@@ -5,7 +5,7 @@
 tracking server answers (a short HTTP probe, so an unreachable server costs seconds, not the
 client's minutes of retries), and logs the runs with :class:`mlflow.MlflowClient` against an
 explicit tracking URI (no global MLflow state, so it also works inside Ray workers on other
-nodes). :func:`log_job` wraps it for the job runner and never raises: it returns the one line
+nodes). :func:`try_log` wraps it for the job pipeline and never raises: it returns the one line
 to print, ``tracked: ...`` or ``tracking failed: ...; results are in DIR; re-log with ...``.
 
 Tracking URI: the given one, else ``$MLFLOW_TRACKING_URI``, else an SQLite store
@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from service.results.tracking_layout import (
@@ -36,9 +36,6 @@ from service.results.tracking_layout import (
     local_artifact,
     plan_job,
 )
-
-if TYPE_CHECKING:
-    from service.tuning.runner import JobResult
 
 LOG = logging.getLogger(__name__)
 
@@ -378,18 +375,6 @@ def failure_line(err: BaseException, result_dir: str, uri: str) -> str:
         f"tracking failed: {_one_line(reason)}; results are in {result_dir}; re-log with "
         f"`sedtune log {shlex.quote(result_dir)} --tracking-uri {shlex.quote(uri)}`"
     )
-
-
-def log_job(result: JobResult) -> str:
-    """Log a finished job (its written result directory); never raises.
-
-    Args:
-        result: The job, after :func:`service.tuning.outputs.write_outputs`.
-
-    Returns:
-        One line: ``tracked: experiment X, run ID at URI (...)`` or ``tracking failed: ...``.
-    """
-    return try_log(result.output_dir, result.spec.tracking.uri, result.spec.tracking.experiment)[1]
 
 
 def try_log(

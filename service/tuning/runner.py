@@ -110,6 +110,7 @@ class JobResult:
 
 
 ProgressFactory = Callable[[str, float | None], Callable[[float], None]]
+StrategyDone = Callable[[str, StrategyResult], None]
 
 
 def _no_progress(name: str, total: float | None) -> Callable[[float], None]:
@@ -136,6 +137,7 @@ def run_job(
     progress: ProgressFactory = _no_progress,
     resolved: ResolvedJob | None = None,
     job_id: str | None = None,
+    on_strategy_done: StrategyDone | None = None,
 ) -> JobResult:
     """Run a job end to end (validation first, so bad specs never reach Ray).
 
@@ -147,6 +149,7 @@ def run_job(
         progress: Makes a progress callback per strategy (name, total evaluations).
         resolved: An already validated job (skips :func:`check_job`).
         job_id: The job's id (default: ``$SEDTUNE_JOB_ID`` or a new one).
+        on_strategy_done: Called with (spec entry name, result) when a strategy ends a split.
     """
     job = resolved or check_job(spec)
     t0 = time.perf_counter()
@@ -154,7 +157,7 @@ def run_job(
     if use_ray:
         started = init_ray(address or spec.resources.address, spec.resources.num_cpus)
     try:
-        outcomes, results = _run_splits(job, use_ray, progress)
+        outcomes, results = _run_splits(job, use_ray, progress, on_strategy_done)
     finally:
         if started:
             import ray
@@ -181,7 +184,7 @@ def run_job(
 
 
 def _run_splits(
-    job: ResolvedJob, use_ray: bool, progress: ProgressFactory
+    job: ResolvedJob, use_ray: bool, progress: ProgressFactory, on_strategy_done: StrategyDone | None
 ) -> tuple[list[list[Outcome]], dict[str, list[StrategyResult]]]:
     spec = job.spec
     n_splits = spec.heldout.splits if job.heldout_data is None else 1
@@ -212,6 +215,8 @@ def _run_splits(
             ctx = RunContext(workdir, progress(f"{name} (split {k + 1}/{n_splits})", budget), use_ray)
             res = strategy.run(problem, budget, spec.seed + k, ctx)
             results.setdefault(name, []).append(res)
+            if on_strategy_done is not None:
+                on_strategy_done(name, res)
             outcomes += _score(problem, held_ev, res, manual_cands)
         all_outcomes.append(outcomes)
     return all_outcomes, results

@@ -34,7 +34,7 @@ def test_budget_progress_reads_as_a_person_writes_it(monkeypatch):
 
     tty = _Tty()
     monkeypatch.setattr(sys, "stderr", tty)
-    update = tune_commands._progress("rl", 40.0)
+    update = tune_commands.TerminalReporter().progress("rl", 40.0)
     update(27.486666666666668)
     text = tty.getvalue()
     assert "27.5/40" in text
@@ -45,10 +45,12 @@ def test_a_new_strategy_closes_the_previous_bar(monkeypatch):
     from service.commands import tune_commands
 
     monkeypatch.setattr(sys, "stderr", _Tty())
-    exact = tune_commands._progress("exact", 40.0)
+    reporter = tune_commands.TerminalReporter()
+    exact = reporter.progress("exact", 40.0)
     exact(36.0)  # exact's grid can end below its budget
-    first = tune_commands._OPEN_BARS[0]
-    tune_commands._progress("random", 40.0)
-    assert len(tune_commands._OPEN_BARS) == 1 and tune_commands._OPEN_BARS[0] is not first
+    first = reporter._open[0]
+    reporter.progress("random", 40.0)
+    assert len(reporter._open) == 1 and reporter._open[0] is not first
     assert first.disable  # tqdm disables a bar when it is closed: it is never drawn again
-    tune_commands._close_bars()
+    reporter.stage("writing")  # the runs are over: no bar left open
+    assert reporter._open == []
