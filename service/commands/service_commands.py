@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -103,14 +104,37 @@ def run_serve(args: argparse.Namespace) -> int:
                                 "(every route but /health needs one)")
     for d in (settings.data_dir, *settings.output_roots):
         os.makedirs(d, exist_ok=True)
+    # Bind first: a port already taken is refused before the app starts its loops (which would
+    # dispatch queued jobs and fire schedules in a process that then cannot serve).
+    sock = _listen(args.host, args.port)
     app = build_app(settings)
     db = make_url(settings.db_url).render_as_string(hide_password=True)
     LOG.info("sedtune serve on http://%s:%d: store %s, Ray %s, data roots %s, output roots %s, %d token(s)",
              args.host, args.port, db, settings.ray_address, list(settings.data_roots),
              list(settings.output_roots), len(settings.tokens))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                log_config=None)
+    config = uvicorn.Config(app, host=args.host, port=args.port,
+                            log_level="info" if args.verbose else "warning", log_config=None)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), listening.
+
+    Raises:
+        SedtuneInputError: The address cannot be bound (taken, not local, no permission).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise SedtuneInputError(f"--host/--port: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 # ---------------------------------------------------------------------- client helpers

@@ -134,3 +134,27 @@ def test_serve_refuses_to_start_without_tokens(tmp_path, capsys, monkeypatch) ->
     assert main(["serve", "--port", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sedtune: error: no bearer tokens configured") and "\n" not in err
+
+
+def test_serve_on_a_taken_port_fails_before_its_loops_start(tmp_path, capsys, monkeypatch) -> None:
+    import socket
+
+    from service.cli import main
+    from service.server import loops
+
+    started: list[str] = []
+    monkeypatch.setattr(loops.Loop, "start", lambda self: started.append(self.name) or self)
+    monkeypatch.setenv("SEDTUNE_TOKENS", "t")
+    monkeypatch.setenv("SEDTUNE_DATA_DIR", str(tmp_path))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sedtune: error: --host/--port: cannot listen on 127.0.0.1:{port}:")
+    assert "\n" not in err
+    assert started == []  # no reconciler, no scheduler: nothing was dispatched
