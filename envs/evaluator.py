@@ -1,19 +1,18 @@
-"""The fast evaluator: a score set aligned to its ground truth, evaluated per class.
+"""The fast evaluator: an aligned set (:mod:`envs.evalset`) evaluated per class.
 
-:func:`load_eval_set` aligns a score set to the ground truth (every ground-truth clip must
-have scores and every scored clip must be in the ground truth, the classes must agree), and
 :class:`Evaluator` scores per-class parameters with sed_eval's semantics (see
-:mod:`envs.metrics`). Class columns are read lazily, one class at a time, and the filtered
-scores and their level index are cached per (class, kernel), so a search that revisits a
-kernel pays for the median filter once. Decoding goes through :class:`envs.levels.LevelIndex`;
-the frame-level path of :mod:`envs.stack` (used by ``apply``) is tested equal to it.
+:mod:`envs.metrics`) on an :class:`envs.evalset.EvalSet`, whose class columns are read
+lazily, one class at a time. The filtered scores and their level index are cached per
+(class, kernel), so a search that revisits a kernel pays for the median filter once.
+Decoding goes through :class:`envs.levels.LevelIndex`; the frame-level path of
+:mod:`envs.stack` (used by ``apply``) is tested equal to it.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -22,15 +21,14 @@ import numpy.typing as npt
 
 from envs.boxes import Boxes, ChangeBoxes, box_events, change_boxes, merge_boxes
 from envs.errors import SedtuneInputError
+from envs.evalset import EvalSet
 from envs.events import ClassEvents
-from envs.groundtruth import GroundTruth, read_durations, read_ground_truth
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
-from envs.metrics.event_based import event_counts, hit_pairs, matched_events
+from envs.metrics.event_based import event_counts, event_counts_by_group
 from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall
 from envs.metrics.segment_based import segment_counts
 from envs.params import BoxSetting, ClassParams
-from envs.scoreset import ClassScores, ScoreSet
 from envs.stack import clean, decode, median_filter_levels, median_filter_values
 
 F64 = npt.NDArray[np.float64]
@@ -90,150 +88,6 @@ class _Lru(Generic[K, V]):
 
     def clear(self) -> None:
         self._d.clear()
-
-
-class EvalSet:
-    """Ground truth and (lazily read) scores of the same clips, in ground-truth order.
-
-    Args:
-        filenames: Clip names (ground-truth order).
-        classes: Class labels (score-set column order).
-        frame_hop_s: Seconds per frame.
-        durations_s: Per clip duration in seconds (NaN where unknown).
-        refs: Per class, its reference events.
-        loader: Reads one class's scores in ``filenames`` order.
-        max_cached_classes: Classes kept in memory after reading (None: all). Workers that
-            sweep one class after another on large sets keep only a few.
-    """
-
-    def __init__(
-        self,
-        filenames: Sequence[str],
-        classes: Sequence[str],
-        frame_hop_s: float,
-        durations_s: F64,
-        refs: Mapping[str, ClassEvents],
-        loader: Callable[[str], ClassScores],
-        max_cached_classes: int | None = None,
-    ) -> None:
-        self.filenames = tuple(filenames)
-        self.classes = list(classes)
-        self.frame_hop_s = frame_hop_s
-        self.durations_s = durations_s
-        self.refs = {c: refs.get(c, ClassEvents.empty()) for c in self.classes}
-        self._loader = loader
-        self._scores: OrderedDict[str, ClassScores] = OrderedDict()
-        self.max_cached_classes = max_cached_classes
-
-    def __len__(self) -> int:
-        return len(self.filenames)
-
-    def scores(self, label: str) -> ClassScores:
-        """One class's scores (read on first use, then kept up to ``max_cached_classes``)."""
-        if label in self._scores:
-            self._scores.move_to_end(label)
-            return self._scores[label]
-        scores = self._loader(label)
-        self._scores[label] = scores
-        if self.max_cached_classes is not None:
-            while len(self._scores) > self.max_cached_classes:
-                self._scores.popitem(last=False)
-        return scores
-
-    def restricted(self, classes: Sequence[str]) -> EvalSet:
-        """The same clips evaluated on a subset of the classes, in the given order."""
-        return EvalSet(
-            self.filenames,
-            list(classes),
-            self.frame_hop_s,
-            self.durations_s,
-            {c: self.refs[c] for c in classes},
-            self.scores,
-            self.max_cached_classes,
-        )
-
-    def subset(self, clip_indices: Sequence[int] | I64) -> EvalSet:
-        """The same data restricted to some clips (in the given order)."""
-        idx = np.asarray(clip_indices, dtype=np.int64)
-        gt = GroundTruth(self.filenames, dict(self.refs)).subset(idx)
-        parent = self
-        return EvalSet(
-            gt.filenames,
-            self.classes,
-            self.frame_hop_s,
-            self.durations_s[idx],
-            gt.events,
-            lambda c: parent.scores(c).take(idx),
-            self.max_cached_classes,
-        )
-
-
-def align(
-    scores: ScoreSet,
-    truth: GroundTruth,
-    durations: Mapping[str, float] | None,
-    where: str,
-) -> EvalSet:
-    """Align a score set to a ground truth, refusing any mismatch.
-
-    Args:
-        scores: Opened score set.
-        truth: Ground truth.
-        durations: Optional clip durations (seconds).
-        where: Names the inputs in error messages.
-
-    Returns:
-        The aligned set (scores read lazily).
-
-    Raises:
-        SedtuneInputError: Clips or classes that do not match.
-    """
-    score_index = {n: i for i, n in enumerate(scores.filenames)}
-    missing = [n for n in truth.filenames if n not in score_index]
-    if missing:
-        raise SedtuneInputError(
-            f"{where}: clip {missing[0]!r} is in the ground truth but has no scores "
-            f"({len(missing)} such clip(s))"
-        )
-    gt_names = set(truth.filenames)
-    extra = [n for n in scores.filenames if n not in gt_names]
-    if extra:
-        raise SedtuneInputError(
-            f"{where}: clip {extra[0]!r} has scores but is not in the ground truth "
-            f"({len(extra)} such clip(s))"
-        )
-    unknown = [c for c in truth.labels if c not in scores.classes]
-    if unknown:
-        raise SedtuneInputError(
-            f"{where}: ground-truth class {unknown[0]!r} is not among the score classes {scores.classes}"
-        )
-    absent = [c for c in scores.classes if c not in truth.events]
-    if absent:
-        raise SedtuneInputError(
-            f"{where}: score class {absent[0]!r} has no event in the ground truth (class sets differ)"
-        )
-    dur = np.full(len(truth.filenames), np.nan)
-    if durations is not None:
-        no_dur = [n for n in truth.filenames if n not in durations]
-        if no_dur:
-            raise SedtuneInputError(f"{where}: clip {no_dur[0]!r} has no duration")
-        dur = np.array([durations[n] for n in truth.filenames], dtype=np.float64)
-    order = np.array([score_index[n] for n in truth.filenames], dtype=np.int64)
-    identity = bool(np.array_equal(order, np.arange(len(order))))
-
-    def load(label: str) -> ClassScores:
-        cs = scores.read_class(label)
-        return cs if identity else cs.take(order)
-
-    return EvalSet(truth.filenames, scores.classes, scores.frame_hop_s, dur, truth.events, load)
-
-
-def load_eval_set(scores_uri: str, ground_truth_uri: str, durations_uri: str | None = None) -> EvalSet:
-    """Open a score set, its ground truth and optional durations, aligned and validated."""
-    scores = ScoreSet.open(scores_uri)
-    truth = read_ground_truth(ground_truth_uri)
-    durations = read_durations(durations_uri) if durations_uri else None
-    return align(scores, truth, durations, f"{scores_uri} vs {ground_truth_uri}")
 
 
 @dataclass(frozen=True)
@@ -401,15 +255,14 @@ class Evaluator:
             Array (n_groups, 3) of [nref, nsys, ntp].
         """
         m = self.metric
-        refs = self.data.refs[label]
-        est = self.events(label, params)
-        r_hit, e_hit = hit_pairs(refs, est, m.t_collar_s, m.percentage_of_length)
-        matched = matched_events(r_hit, e_hit)
-        out = np.zeros((n_groups, 3), np.int64)
-        out[:, 0] = np.bincount(groups[refs.clip], minlength=n_groups)
-        out[:, 1] = np.bincount(groups[est.clip], minlength=n_groups)
-        out[:, 2] = np.bincount(groups[est.clip[matched]], minlength=n_groups)
-        return out
+        return event_counts_by_group(
+            self.data.refs[label],
+            self.events(label, params),
+            groups,
+            n_groups,
+            m.t_collar_s,
+            m.percentage_of_length,
+        )
 
     def evaluate(self, params: Mapping[str, ClassParams]) -> Evaluation:
         """Event-based figures for every class of the set.

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from envs.errors import SedtuneInputError
 from envs.events import ClassEvents
-from envs.scoreset import resolve
+from envs.scoreformat import resolve
 
 GT_COLUMNS = ("filename", "onset", "offset", "event_label")
 

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from envs.evaluator import Evaluator
 from envs.events import ClassEvents
-from envs.metrics.event_based import hit_pairs, matched_events
+from envs.metrics.event_based import event_counts_by_group
 from envs.metrics.fscore import f_measure, macro_f_of_totals
 from envs.params import ClassParams
 
@@ -37,17 +37,13 @@ def clip_counts_of_events(evaluator: Evaluator, events: Mapping[str, ClassEvents
     """Per class, counts per clip for given events (e.g. a clip-adaptive policy's)."""
     n = len(evaluator.data)
     m = evaluator.metric
-    out = {}
-    for c in evaluator.data.classes:
-        refs, est = evaluator.data.refs[c], events[c]
-        r, e = hit_pairs(refs, est, m.t_collar_s, m.percentage_of_length)
-        matched = matched_events(r, e)
-        arr = np.zeros((n, 3), np.int64)
-        arr[:, 0] = np.bincount(refs.clip, minlength=n)
-        arr[:, 1] = np.bincount(est.clip, minlength=n)
-        arr[:, 2] = np.bincount(est.clip[matched], minlength=n)
-        out[c] = arr
-    return out
+    clips = np.arange(n, dtype=np.int64)
+    return {
+        c: event_counts_by_group(
+            evaluator.data.refs[c], events[c], clips, n, m.t_collar_s, m.percentage_of_length
+        )
+        for c in evaluator.data.classes
+    }
 
 
 def macro_f(counts: ClipCounts) -> float:

@@ -22,7 +22,8 @@ import numpy.typing as npt
 import pyarrow.fs as pafs
 
 from envs.errors import SedtuneInputError
-from envs.scoreset import ScoreSetWriter, check_classes, check_scores, resolve
+from envs.scoreformat import check_classes, check_scores, resolve
+from envs.scorewriter import ScoreSetWriter
 
 LOG = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A tuning problem: what every strategy searches, and how its candidates are scored.
 
-The problem holds the tuning clips (an :class:`envs.evaluator.EvalSet`), the search space,
+The problem holds the tuning clips (an :class:`envs.evalset.EvalSet`), the search space,
 the metric, the manual reference setting and the cross-validation folds of the tuning clips.
 :class:`DataRef` is the small, picklable description of the same data that Ray workers use to
 read the shards themselves (nothing but names and paths travels to them).
@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from envs.evaluator import EvalSet, Evaluator, MetricConfig, align
-from envs.groundtruth import read_durations, read_ground_truth
+from envs.evalset import EvalSet, open_eval_set
+from envs.evaluator import Evaluator, MetricConfig
 from envs.params import ClassParams
-from envs.scoreset import ScoreSet
 from envs.space import SearchSpace
 from envs.split import fold_ids
 
@@ -57,10 +56,7 @@ class DataRef:
 def _load_cached(ref: DataRef, max_cached_classes: int | None) -> EvalSet:
     # Cached per process: Tune reuses actors and RLlib env runners live long, so a worker
     # reads its data once.
-    scores = ScoreSet.open(ref.scores)
-    truth = read_ground_truth(ref.ground_truth)
-    durations = read_durations(ref.durations) if ref.durations else None
-    full = align(scores, truth, durations, f"{ref.scores} vs {ref.ground_truth}")
+    full = open_eval_set(ref.scores, ref.ground_truth, ref.durations)
     if ref.classes is not None:
         full.max_cached_classes = 0  # the restricted view below keeps the columns
         full = full.restricted(ref.classes)

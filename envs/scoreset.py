@@ -1,27 +1,15 @@
-"""Score sets: frame-level class probabilities as Parquet shards.
+"""Reading a score set: shard footers and clip names first, then class columns on demand.
 
-A score set is a directory (local path or any pyarrow filesystem URI such as ``s3://``) of
-Parquet shards named ``part-NNNNN.parquet``. Each shard holds one row per clip:
-
-- ``filename`` (string): the clip's name as in the ground truth, with extension;
-- ``n_frames`` (int32): the clip's number of frames;
-- one ``list<float32>`` column per class, named after the class, holding that class's
-  frame probabilities (length ``n_frames``).
-
-The schema metadata carries ``sedtune.format`` (``sedtune.scores/1``),
-``sedtune.frame_hop_s`` (seconds between frame onsets) and ``sedtune.classes`` (JSON list).
-One column per class lets a worker read one class without reading the others (column
-projection), which is what keeps 400-class sets cheap.
+The format is :mod:`envs.scoreformat`'s; :class:`ScoreSet` opens a set (every shard's
+header validated), :class:`ClassScores` is one class's frames of all its clips.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,212 +18,19 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from envs.errors import SedtuneInputError
-
-LOG = logging.getLogger(__name__)
-
-FORMAT = "sedtune.scores/1"
-META_FORMAT = b"sedtune.format"
-META_HOP = b"sedtune.frame_hop_s"
-META_CLASSES = b"sedtune.classes"
-RESERVED_COLUMNS = ("filename", "n_frames")
+from envs.scoreformat import (
+    FORMAT,
+    META_CLASSES,
+    META_FORMAT,
+    META_HOP,
+    RESERVED_COLUMNS,
+    check_classes,
+    check_scores,
+    resolve,
+)
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Split a path or URI into a pyarrow filesystem and a path on it.
-
-    Args:
-        uri: Local path or filesystem URI (``file://``, ``s3://``, ``gs://``, ``hdfs://``).
-
-    Returns:
-        The filesystem and the path within it.
-    """
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def _schema(classes: Sequence[str], frame_hop_s: float) -> pa.Schema:
-    fields = [pa.field("filename", pa.string(), nullable=False), pa.field("n_frames", pa.int32())]
-    fields += [pa.field(c, pa.list_(pa.float32())) for c in classes]
-    meta = {
-        META_FORMAT: FORMAT.encode(),
-        META_HOP: repr(float(frame_hop_s)).encode(),
-        META_CLASSES: json.dumps(list(classes)).encode(),
-    }
-    return pa.schema(fields, metadata=meta)
-
-
-def check_classes(classes: Sequence[str], source: str) -> list[str]:
-    """Validate a class list: non-empty, unique, no reserved or blank names.
-
-    Args:
-        classes: Class labels in column order.
-        source: File or set named in error messages.
-
-    Returns:
-        The classes as a list.
-
-    Raises:
-        SedtuneInputError: If the list breaks a rule.
-    """
-    out = [str(c) for c in classes]
-    if not out:
-        raise SedtuneInputError(f"{source}: the class list is empty")
-    seen: set[str] = set()
-    for c in out:
-        if not c.strip():
-            raise SedtuneInputError(f"{source}: a class name is blank")
-        if c in RESERVED_COLUMNS:
-            raise SedtuneInputError(f"{source}: class name {c!r} is reserved")
-        if c in seen:
-            raise SedtuneInputError(f"{source}: class {c!r} appears twice")
-        seen.add(c)
-    return out
-
-
-def check_scores(values: npt.NDArray[Any], where: str) -> None:
-    """Require finite probabilities in [0, 1].
-
-    Args:
-        values: Probabilities of any shape.
-        where: Location named in the error (file, clip, class).
-
-    Raises:
-        SedtuneInputError: On NaN, infinity or a value outside [0, 1].
-    """
-    if values.size == 0:
-        return
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = values[~finite].flat[0]
-        raise SedtuneInputError(f"{where}: score {bad} is not finite (NaN or inf)")
-    # numpy scalars print float32 values as written (-0.1), not widened (-0.10000000149011612)
-    lo, hi = values.min(), values.max()
-    if lo < 0.0 or hi > 1.0:
-        bad_value = lo if lo < 0.0 else hi
-        raise SedtuneInputError(f"{where}: score {bad_value!s} is outside [0, 1]")
-
-
-class ScoreSetWriter:
-    """Streams clips into Parquet shards of at most ``clips_per_shard`` rows.
-
-    Memory holds one shard at most, so sets of any size can be written clip by clip.
-
-    Args:
-        uri: Output directory (created); local path or filesystem URI.
-        classes: Class labels, in column order.
-        frame_hop_s: Seconds between frame onsets (> 0).
-        clips_per_shard: Rows per shard file.
-    """
-
-    def __init__(
-        self, uri: str, classes: Sequence[str], frame_hop_s: float, clips_per_shard: int = 2000
-    ) -> None:
-        if not (frame_hop_s > 0 and math.isfinite(frame_hop_s)):
-            raise SedtuneInputError(f"frame_hop_s must be > 0, but got {frame_hop_s=}")
-        if clips_per_shard < 1:
-            raise SedtuneInputError(f"clips_per_shard must be >= 1, but got {clips_per_shard=}")
-        self.uri = uri
-        self.classes = check_classes(classes, uri)
-        self.frame_hop_s = float(frame_hop_s)
-        self.clips_per_shard = clips_per_shard
-        self.fs, self.root = resolve(uri)
-        self.fs.create_dir(self.root, recursive=True)
-        self.schema = _schema(self.classes, self.frame_hop_s)
-        self._names: list[str] = []
-        self._mats: list[npt.NDArray[np.float32]] = []
-        self._seen: set[str] = set()
-        self.n_shards = 0
-        self.n_clips = 0
-
-    def add(self, filename: str, scores: npt.ArrayLike) -> None:
-        """Add one clip.
-
-        Args:
-            filename: Clip name as in the ground truth (with extension).
-            scores: Probabilities, shape (frames, classes), in [0, 1].
-
-        Raises:
-            SedtuneInputError: On a duplicate clip, a wrong shape or bad values.
-        """
-        mat = np.asarray(scores, dtype=np.float32)
-        where = f"{self.uri}, clip {filename!r}"
-        if filename in self._seen:
-            raise SedtuneInputError(f"{where}: duplicate clip")
-        if mat.ndim != 2 or mat.shape[1] != len(self.classes):
-            raise SedtuneInputError(
-                f"{where}: scores must have shape (frames, {len(self.classes)}), but got {mat.shape}"
-            )
-        check_scores(mat, where)
-        self._seen.add(filename)
-        self._names.append(filename)
-        self._mats.append(mat)
-        if len(self._names) >= self.clips_per_shard:
-            self.flush()
-
-    def add_many(self, clips: Iterable[tuple[str, npt.ArrayLike]]) -> None:
-        """Add clips from an iterable of (filename, scores)."""
-        for name, mat in clips:
-            self.add(name, mat)
-
-    def flush(self) -> None:
-        """Write the buffered clips as one shard."""
-        if not self._names:
-            return
-        lengths = np.array([m.shape[0] for m in self._mats], dtype=np.int32)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        stacked = np.concatenate(self._mats, axis=0)
-        arrays: list[pa.Array] = [pa.array(self._names, pa.string()), pa.array(lengths)]
-        pa_offsets = pa.array(offsets)
-        for k in range(len(self.classes)):
-            col = np.ascontiguousarray(stacked[:, k])
-            arrays.append(pa.ListArray.from_arrays(pa_offsets, pa.array(col)))
-        table = pa.Table.from_arrays(arrays, schema=self.schema)
-        path = f"{self.root}/part-{self.n_shards:05d}.parquet"
-        with self.fs.open_output_stream(path) as sink:
-            # Dictionary encoding only pays for names: noisy float columns would write a large
-            # dictionary and fall back to plain encoding, making shards bigger and slower.
-            pq.write_table(table, sink, compression="zstd", use_dictionary=["filename"])
-        self.n_shards += 1
-        self.n_clips += len(self._names)
-        self._names, self._mats = [], []
-
-    def close(self) -> ScoreSetWriter:
-        """Flush the last shard; returns self."""
-        self.flush()
-        if self.n_clips == 0:
-            raise SedtuneInputError(f"{self.uri}: no clips were written")
-        return self
-
-    def abort(self) -> None:
-        """Delete the shards this writer wrote and drop its buffer (after a failed write).
-
-        Shards already flushed would otherwise look like a complete, valid set.
-        """
-        self._names, self._mats = [], []
-        for i in range(self.n_shards):
-            path = f"{self.root}/part-{i:05d}.parquet"
-            try:
-                self.fs.delete_file(path)
-            except OSError:
-                LOG.warning("could not delete the partial shard %s", path)
-        self.n_shards = self.n_clips = 0
-
-    def __enter__(self) -> ScoreSetWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 @dataclass(frozen=True)
@@ -429,6 +224,33 @@ class ScoreSet:
         for i, name in enumerate(self.filenames):
             out[name] = np.stack([c.clip(i) for c in cols], axis=1)
         return out
+
+
+def open_shards(uri: str, shard_indices: Sequence[int], shard_paths: Sequence[str] | None = None) -> ScoreSet:
+    """Open some shards of a score set (e.g. the shards one environment replica reads).
+
+    Args:
+        uri: The set's directory (path or URI).
+        shard_indices: Shards to read (indices into the set's shard list), in this order.
+        shard_paths: The set's shard paths in order, if known (then only the chosen shards'
+            headers are read; otherwise every shard's clip names are listed first).
+
+    Returns:
+        The set restricted to the chosen shards.
+
+    Raises:
+        SedtuneInputError: No such shard, or what :meth:`ScoreSet.open` raises.
+    """
+    if shard_paths is not None:
+        bad = [i for i in shard_indices if not 0 <= i < len(shard_paths)]
+        if bad:
+            raise SedtuneInputError(f"{uri}: no shard {bad[0]} (the set has {len(shard_paths)})")
+        return ScoreSet.open(uri, [shard_paths[i] for i in shard_indices])
+    full = ScoreSet.open(uri)
+    bad = [i for i in shard_indices if not 0 <= i < len(full.shards)]
+    if bad:
+        raise SedtuneInputError(f"{uri}: no shard {bad[0]} (the set has {len(full.shards)})")
+    return full.subset(list(shard_indices))
 
 
 def _raise_bad_clip(flat: FloatArray, lengths: IndexArray, shard: Shard, label: str) -> None:

@@ -161,3 +161,32 @@ def event_counts(
     """
     r, e = hit_pairs(reference, estimated, t_collar_s, percentage_of_length)
     return Counts(len(reference), len(estimated), max_matching_size(r, e))
+
+
+def event_counts_by_group(
+    reference: ClassEvents, estimated: ClassEvents, groups: I64, n_groups: int,
+    t_collar_s: float = 0.2, percentage_of_length: float = 0.2,
+) -> I64:
+    """sed_eval's class-wise Nref, Nsys and Ntp for one class, split by clip groups.
+
+    Matching never crosses clips, so the counts of a group are those of its clips alone and
+    the group totals add up to :func:`event_counts`. One group per clip gives per-clip counts.
+
+    Args:
+        reference: Reference events of one class, sorted by (clip, onset).
+        estimated: System events of the class.
+        groups: Group id of every clip (indexed by the events' clip indices).
+        n_groups: Number of groups.
+        t_collar_s: Collar in seconds.
+        percentage_of_length: Offset tolerance as a fraction of the reference length.
+
+    Returns:
+        Array (n_groups, 3) of [nref, nsys, ntp].
+    """
+    r_hit, e_hit = hit_pairs(reference, estimated, t_collar_s, percentage_of_length)
+    matched = matched_events(r_hit, e_hit)
+    out = np.zeros((n_groups, 3), np.int64)
+    out[:, 0] = np.bincount(groups[reference.clip], minlength=n_groups)
+    out[:, 1] = np.bincount(groups[estimated.clip], minlength=n_groups)
+    out[:, 2] = np.bincount(groups[estimated.clip[matched]], minlength=n_groups)
+    return out

@@ -10,7 +10,8 @@ import sys
 from typing import Any
 
 from envs.errors import SedtuneInputError
-from envs.evaluator import ClassResult, Evaluation, Evaluator, MetricConfig, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import ClassResult, Evaluation, Evaluator, MetricConfig
 from envs.metrics.counts import Counts
 from envs.params import ClassParams, ParamFile, check_hop, load_params
 from service.commands.bars import progress_bar
@@ -92,7 +93,8 @@ def _params(args: argparse.Namespace, classes: list[str], hop: float) -> ParamFi
 
 def run_synth(args: argparse.Namespace) -> int:
     """``sedtune synth``."""
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
 
     cfg = SynthConfig(
         n_clips=args.clips,
@@ -153,7 +155,7 @@ def evaluation_json(ev: Evaluation, seg: Evaluation | None) -> dict[str, Any]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``sedtune evaluate``."""
-    data = load_eval_set(args.scores, args.ground_truth, args.durations)
+    data = open_eval_set(args.scores, args.ground_truth, args.durations)
     params = _params(args, data.classes, data.frame_hop_s)
     metric = MetricConfig(t_collar_s=args.collar_s, percentage_of_length=args.pct_length)
     evaluator = Evaluator(data, metric)

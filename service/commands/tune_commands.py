@@ -158,7 +158,8 @@ def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``sedtune demo``: synth, tune with every strategy at a small budget, compare."""
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
     from service.strategies.base import REGISTRY
     from service.tuning.spec import parse_spec
 

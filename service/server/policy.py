@@ -16,6 +16,9 @@ violation:
 - ``tracking.uri`` is the service's tracking URI or absent (a job must not write an SQLite
   file anywhere, nor post to an arbitrary server).
 
+:func:`check_options` applies every strategy's budget rule (no data is opened), so a budget the
+strategy cannot run is refused at submission, not after Ray started.
+
 :func:`effective_spec` then fixes what the job runs with: its own output directory
 ``<output or first output root/name>/<job id>`` (so runs of a schedule never overwrite each
 other), the service's tracking URI, and no ``resources.address`` (the job connects to the
@@ -124,9 +127,9 @@ def check_policy(spec: JobSpec, settings: Settings) -> None:
         _check_location(spec.output, "output", settings.output_roots, settings, "output")
     for i, s in enumerate(spec.strategies):
         where = f"strategies[{i}].options"
-        if "fault_marker" in s.options:
+        if getattr(s.options, "fault_marker", None) is not None:
             raise FieldError(f"{where}.fault_marker", "is a test-only option; the service does not accept it")
-        warm = s.options.get("warm_start")
+        warm = getattr(s.options, "warm_start", None)
         if isinstance(warm, str):
             _check_location(warm, f"{where}.warm_start", settings.data_roots + settings.output_roots,
                             settings, "data or output")
@@ -137,23 +140,19 @@ def check_policy(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_options(spec: JobSpec) -> None:
-    """Validate every strategy's options (cheap: no data is opened).
+    """Apply every strategy's budget rule to its options (cheap: no data is opened).
+
+    The options themselves were validated with the spec (each strategy entry is typed by its
+    name); the rule lives with them (:meth:`service.strategies.options.StrategyOptions.budget_error`).
 
     Raises:
-        FieldError: ``strategies[i].options.<name>`` and the rule.
+        FieldError: ``strategies[i].budget`` and the rule.
     """
-    from pydantic import ValidationError
-
-    from service.strategies.base import strategy_class
-    from service.tuning.spec import validation_message
-
+    n_settings = len(spec.space.to_space().settings)
     for i, s in enumerate(spec.strategies):
-        try:
-            strategy_class(s.name).Options.model_validate(s.options)
-        except ValidationError as e:
-            msg = validation_message(e, f"strategies[{i}].options").replace("options: ", "options.", 1)
-            field, rule = split_field(msg)
-            raise FieldError(field or f"strategies[{i}].options", rule) from None
+        error = s.options.budget_error(s.budget, n_settings)
+        if error is not None:
+            raise FieldError(f"strategies[{i}].budget", error)
 
 
 def effective_spec(spec: JobSpec, settings: Settings, job_id: str) -> JobSpec:

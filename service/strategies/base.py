@@ -10,7 +10,13 @@ tuning clips counts n / N. A result carries
 - ``candidates``: per class, every per-class setting it evaluated with its counts per
   cross-validation fold of the tuning clips, from which :mod:`envs.selection` makes the
   robust recommendation;
-- ``trajectory``: best tuning macro F so far against evaluations spent.
+- ``trajectory``: best tuning macro F so far against evaluations spent;
+- optionally, read-outs of its own that the runner scores beside ``naive`` and ``robust``:
+  further static tables (``readouts``, e.g. rl's untrained policy's table) and clip-adaptive
+  policies (``policies``).
+
+A strategy's options are a model of :mod:`service.strategies.options` (no Ray or torch), which
+also holds its budget rule.
 """
 
 from __future__ import annotations
@@ -18,23 +24,20 @@ from __future__ import annotations
 import importlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
 
+from envs.errors import SedtuneInputError
+from envs.evalset import EvalSet
+from envs.events import ClassEvents
 from envs.params import ClassParams
 from envs.problem import TuningProblem
 from envs.selection import Candidate
-
-
-class NoOptions(BaseModel):
-    """A strategy without options."""
-
-    model_config = ConfigDict(extra="forbid")
+from service.strategies.options import StrategyOptions
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ class Trajectory:
         return improved
 
 
+class ClipPolicy(Protocol):
+    """A clip-adaptive read-out: per class, events from settings chosen clip by clip."""
+
+    def events(self, evalset: EvalSet) -> Mapping[str, ClassEvents]:
+        """Per class, the events over ``evalset``'s clips."""
+
+
 @dataclass
 class StrategyResult:
     """What a strategy found and how.
@@ -88,10 +98,11 @@ class StrategyResult:
         trajectory: Best tuning macro F so far against evaluations.
         evaluations: Full-set evaluations spent.
         wall_s: Wall-clock seconds.
-        artifacts: Named files the strategy produced (e.g. ``policy``: a checkpoint directory).
-        adaptive: Optional clip-adaptive read-out (RL): per class, events from a policy; used
-            by the runner to score the policy itself on held-out clips.
-        adaptive_untrained: The same read-out of the untrained policy (RL), its reference.
+        artifacts: Named files the strategy produced (e.g. ``policy``: a checkpoint file).
+        readouts: Further static tables by row name (e.g. rl's ``untrained``), scored by the
+            runner after ``naive`` and ``robust``, in this order.
+        policies: Clip-adaptive read-outs by row name (e.g. rl's ``adaptive`` and
+            ``untrained_adaptive``), scored by the runner after the static tables, in this order.
         info: Free-form details (e.g. settings swept, trials, episodes).
     """
 
@@ -102,8 +113,8 @@ class StrategyResult:
     evaluations: float
     wall_s: float
     artifacts: dict[str, str] = field(default_factory=dict)
-    adaptive: Any = None
-    adaptive_untrained: Any = None
+    readouts: dict[str, dict[str, ClassParams]] = field(default_factory=dict)
+    policies: dict[str, ClipPolicy] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,18 +139,35 @@ class RunContext:
 class Strategy(ABC):
     """A search strategy.
 
-    Subclasses set ``name`` and ``Options`` (a pydantic model of their options, validated
-    with the job spec) and implement :meth:`run`.
+    Subclasses set ``name`` and ``Options`` (their model in :mod:`service.strategies.options`,
+    validated with the job spec) and implement :meth:`run`; ``robust_selection`` False makes
+    the runner report the result as it is (one row, ``fixed``) instead of ``naive`` and the
+    robust selection from its candidates.
 
     Args:
-        options: Validated options.
+        options: Validated options (default: the defaults).
     """
 
     name: ClassVar[str]
-    Options: ClassVar[type[BaseModel]] = NoOptions
+    Options: ClassVar[type[StrategyOptions]]
+    robust_selection: ClassVar[bool] = True
 
-    def __init__(self, options: BaseModel | None = None) -> None:
+    def __init__(self, options: StrategyOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
+
+    def check_budget(self, budget: float | None, n_settings: int) -> None:
+        """Apply the options' budget rule (for callers that run a strategy without ``check_job``).
+
+        Args:
+            budget: Full-set evaluations allowed (None: the strategy's default).
+            n_settings: Discrete settings per class of the problem's space.
+
+        Raises:
+            SedtuneInputError: The budget breaks the rule.
+        """
+        error = self.options.budget_error(budget, n_settings)
+        if error is not None:
+            raise SedtuneInputError(f"{self.name}: budget: {error}")
 
     @abstractmethod
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:

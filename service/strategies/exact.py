@@ -29,9 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
-from envs.errors import SedtuneInputError
 from envs.evaluator import Evaluator, MetricConfig
 from envs.metrics.fscore import f_measure
 from envs.problem import DataRef, TuningProblem
@@ -39,20 +37,11 @@ from envs.selection import Candidate
 from envs.space import SearchSpace, Setting
 from envs.sweep import sweep_boxes, sweep_class
 from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory, current_node
+from service.strategies.options import ExactOptions
 
 LOG = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-
-
-class ExactOptions(BaseModel):
-    """Options of the exact strategy."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_candidates_per_setting: int = Field(
-        default=400, ge=2, description="thresholds kept per (class, setting) for selection"
-    )
-    classes_cached_per_worker: int = Field(default=2, ge=1, description="class columns a worker keeps")
 
 
 @dataclass(frozen=True)
@@ -172,17 +161,13 @@ def _evaluator(ref: DataRef, metric: MetricConfig, cached_classes: int) -> Evalu
 def threshold_grid(space: SearchSpace, budget: float | None) -> tuple[float, ...] | None:
     """The per-setting threshold grid a budget allows (None: every decision).
 
-    Raises:
-        SedtuneInputError: If the budget is smaller than the number of settings.
+    Args:
+        space: The per-class space.
+        budget: Full-set evaluations, at least one per setting (:meth:`ExactOptions.budget_error`).
     """
     if budget is None:
         return None
-    n_settings = len(space.settings)
-    per = math.floor(budget / n_settings + 1e-9)
-    if per < 1:
-        raise SedtuneInputError(
-            f"strategies.exact.budget: must be >= the number of settings ({n_settings}), but got {budget}"
-        )
+    per = math.floor(budget / len(space.settings) + 1e-9)
     if per == 1:
         return ((space.threshold_low + space.threshold_high) / 2,)
     return tuple(float(x) for x in np.linspace(space.threshold_low, space.threshold_high, per))
@@ -199,6 +184,7 @@ class ExactStrategy(Strategy):
         opts: ExactOptions = self.options  # type: ignore[assignment]
         t0 = time.perf_counter()
         space = problem.space
+        self.check_budget(budget, len(space.settings))
         grid = threshold_grid(space, budget)
         tasks = [
             SweepTask(

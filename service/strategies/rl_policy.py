@@ -6,7 +6,7 @@ frames) and the action grid; for every clip it picks each class's setting (a ``f
 kernel or a box setting, gap, minimum duration) and threshold, and decodes with them
 (:func:`envs.decoders.class_events`, either decoder). Saved as ``policy.pt`` (weights) +
 ``policy.json`` (description, format :data:`POLICY_FORMAT`: the grid of
-:meth:`envs.gym_env.ActionGrid.to_json`, whose ``boxes`` list holds the box settings;
+:meth:`envs.action_grid.ActionGrid.to_json`, whose ``boxes`` list holds the box settings;
 descriptions of format ``sedtune.rl_policy/1``, ``frames`` grids without that list, still
 load). :class:`ValueNet` is the PPO critic, needed in training only.
 """
@@ -25,10 +25,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from envs.action_grid import ActionGrid
 from envs.decoders import class_events
-from envs.evaluator import EvalSet
+from envs.evalset import EvalSet
 from envs.events import ClassEvents
-from envs.gym_env import ActionGrid, observations
+from envs.gym_data import observations
 from envs.scoreset import ClassScores
 
 I64 = npt.NDArray[np.int64]

@@ -1,31 +1,14 @@
 """Random and Bayesian (Optuna TPE) search over the joint per-class space, on Ray Tune.
 
-Both strategies search every class's parameters at once (the *joint* space: per class a
-median-filter kernel, a threshold and, where the space offers more than one value, a gap
-fill and a minimum duration). They ignore that the objective is separable: they are the
-plain black-box baselines the exact strategy is measured against (DESIGN.md, "Search
-strategies").
+Both strategies search every class's parameters at once (the joint space of
+:mod:`service.strategies.search_codec`). They ignore that the objective is separable: they are
+the plain black-box baselines the exact strategy is measured against (DESIGN.md, "Search
+strategies"). One trial (:mod:`service.strategies.tune_trial`) evaluates one joint
+configuration on all tuning clips on a Ray worker; this module is the driver: it builds the
+searcher, runs the Tuner, records every trial and turns them into a result.
 
-Two decoders (:func:`param_space`): when the space searches both ``frames`` and ``boxes``,
-every class gets a categorical ``decoder`` dimension; the ``frames`` kernel and the box
-stages (box kernel, step filter, merge criterion, confidence: separate categoricals, each only
-when it has more than one value) apply only under their decoder; the threshold, gap and
-minimum duration are shared. Random search draws every dimension and ignores the inactive
-ones (the same distribution as drawing them conditionally). TPE gets the conditional space
-as an Optuna define-by-run function (:class:`ConditionalSpace`): an inactive dimension is
-not suggested, so it never enters TPE's model through trials where it had no effect. With one
-decoder the Tune config is the ``frames``-only one of before (no decoder dimension).
-
-Budget: one Tune trial evaluates one joint configuration on all tuning clips, i.e. one
-full-set evaluation, so the budget is the number of trials (``None`` -> 100), never more.
-
-A trial: the function trainable receives the configuration (flat keys by class index, see
-:func:`param_space`) and, through ``tune.with_parameters``, a small :class:`TrialSetup` (the
-:class:`envs.problem.DataRef`, the metric, the fold ids of the tuning clips, the space).
-On its worker it loads the data by reference (cached per process by ``DataRef.load``),
-keeps one :class:`envs.evaluator.Evaluator` per process (so a reused actor keeps its
-median-filter caches), and reports the macro F (``"f"``) and the per-class fold counts with
-``ray.tune.report``. Score arrays never travel through Ray.
+Budget: one Tune trial is one full-set evaluation, so the budget is the number of trials
+(``None`` -> 100), never more (rule: :meth:`service.strategies.options.TuneOptions.budget_error`).
 
 Determinism: the result is built in trial-creation order, never completion order, and the
 naive pick breaks ties by trial index. Random search draws every configuration from
@@ -53,21 +36,27 @@ import time
 import uuid
 import warnings
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from envs.errors import SedtuneInputError
-from envs.evaluator import Evaluator, MetricConfig
-from envs.params import ClassParams, check_hop, class_params_from_json, load_params
-from envs.problem import DataRef, TuningProblem, fold_counts, macro_from_counts
+from envs.params import ClassParams
+from envs.problem import TuningProblem
 from envs.selection import Candidate
-from envs.snap import snap_params
 from envs.space import SearchSpace
-from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory, current_node
+from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.options import (
+    SYSTEMATIC_FAILURES,
+    BayesOptions,
+    RandomOptions,
+    StrategyOptions,
+    TuneOptions,
+)
+from service.strategies.search_codec import ConditionalSpace, decode, encode, param_space
+from service.strategies.tune_trial import TrialSetup, trainable
+from service.strategies.warm_start import complete_params, warm_start_params
 
 if TYPE_CHECKING:
     from ray.tune import Callback, Stopper
@@ -77,296 +66,20 @@ LOG = logging.getLogger(__name__)
 
 #: Trials when the job gives no budget.
 DEFAULT_BUDGET = 100
-#: Stop the experiment when this many trials have failed (after retries) and none succeeded:
-#: the failure is systematic (unreadable data on the workers, a bug), not a flaky worker.
-SYSTEMATIC_FAILURES = 3
 
-# Tune config keys per class field. Keys are flat and name the class by index: class labels
-# may hold any character, and Tune splits nested config keys on "/".
-_KERNEL, _THRESHOLD, _GAP, _MIN_DUR = "kernel", "threshold", "gap", "min_dur"
-# Two-decoder and boxes dimensions (the merge criterion is an index into space.box_merge:
-# Optuna categoricals hold scalars, not (abs, rel) pairs).
-_DECODER, _BOX_KERNEL, _STEP, _MERGE, _CONF = "decoder", "box_kernel", "step_filter", "merge", "confidence"
-
-_O = TypeVar("_O", bound=BaseModel)
-
-#: A warm start: a parameter-file path, or inline ``{class: {field: value}}``.
-WarmStart = str | dict[str, dict[str, Any]]
-
-
-def _key(class_index: int, name: str) -> str:
-    return f"c{class_index:04d}_{name}"
-
-
-# --------------------------------------------------------------------------- the space
-
-
-@dataclass(frozen=True)
-class _Dim:
-    """One per-class dimension of the Tune config.
-
-    Attributes:
-        name: Key suffix (``kernel``, ``threshold``, ...).
-        choices: Categorical values; None for the threshold (uniform in the space's range).
-        decoder: The decoder under which it applies (two-decoder spaces), None: always.
-    """
-
-    name: str
-    choices: tuple[Any, ...] | None
-    decoder: str | None = None
-
-
-def _dims(space: SearchSpace) -> list[_Dim]:
-    """Every class's dimensions in config order; a stage with one value takes none.
-
-    ``frames`` only: kernel, threshold, gap, minimum duration (the order of old configs).
-    """
-    two = len(space.decoders) > 1
-    out: list[_Dim] = []
-    if two:
-        out.append(_Dim(_DECODER, tuple(space.decoders)))
-    if "frames" in space.decoders and len(space.kernels) > 1:
-        out.append(_Dim(_KERNEL, tuple(int(k) for k in space.kernels), "frames" if two else None))
-    if "boxes" in space.decoders:
-        box_dims: list[tuple[str, tuple[Any, ...]]] = [
-            (_BOX_KERNEL, tuple(int(k) for k in space.box_kernels)),
-            (_STEP, tuple(float(x) for x in space.box_step_filter_s)),
-            (_MERGE, tuple(range(len(space.box_merge)))),
-            (_CONF, tuple(str(c) for c in space.box_confidence)),
-        ]
-        out += [_Dim(n, v, "boxes" if two else None) for n, v in box_dims if len(v) > 1]
-    out.append(_Dim(_THRESHOLD, None))
-    if len(space.fill_gap_s) > 1:
-        out.append(_Dim(_GAP, tuple(float(g) for g in space.fill_gap_s)))
-    if len(space.min_duration_s) > 1:
-        out.append(_Dim(_MIN_DUR, tuple(float(d) for d in space.min_duration_s)))
-    return out
-
-
-def param_space(space: SearchSpace, n_classes: int) -> dict[str, Any]:
-    """The Tune search space of the joint per-class problem (every dimension, flat).
-
-    A discrete dimension (decoder, kernel, box stages, gap, minimum duration) is a
-    ``tune.choice`` included only when the space offers more than one value; the threshold
-    is uniform in the space's range. With two decoders the dimensions of the decoder a class
-    did not draw are drawn too and ignored (:func:`decode`); TPE uses
-    :class:`ConditionalSpace` instead.
-
-    Args:
-        space: The per-class space.
-        n_classes: Number of classes.
-
-    Returns:
-        Flat dict of Tune domains keyed ``c0000_kernel``, ``c0000_threshold``, ...
-    """
-    from ray import tune
-
-    dims = _dims(space)
-    out: dict[str, Any] = {}
-    for i in range(n_classes):
-        for d in dims:
-            if d.choices is None:
-                out[_key(i, d.name)] = tune.uniform(space.threshold_low, space.threshold_high)
-            else:
-                out[_key(i, d.name)] = tune.choice(list(d.choices))
-    return out
-
-
-@dataclass(frozen=True)
-class ConditionalSpace:
-    """The joint space as an Optuna define-by-run function (TPE on two-decoder spaces).
-
-    Per class it suggests the decoder first, then only that decoder's dimensions, then the
-    shared threshold, gap and minimum duration: TPE models a conditional dimension on the
-    trials where it was active only. Keys and values are those of :func:`param_space`.
-    A module-level class, not a closure, so that Tune can pickle the searcher.
-
-    Attributes:
-        space: The per-class space.
-        n_classes: Number of classes.
-    """
-
-    space: SearchSpace
-    n_classes: int
-
-    def __call__(self, trial: Any) -> None:
-        """Suggest every class's active dimensions on an ``optuna.Trial``."""
-        dims = _dims(self.space)
-        for i in range(self.n_classes):
-            decoder = self.space.decoders[0]
-            for d in dims:
-                if d.decoder is not None and d.decoder != decoder:
-                    continue
-                name = _key(i, d.name)
-                if d.choices is None:
-                    trial.suggest_float(name, self.space.threshold_low, self.space.threshold_high)
-                    continue
-                value = trial.suggest_categorical(name, list(d.choices))
-                if d.name == _DECODER:
-                    decoder = str(value)
-
-
-def decode(config: Mapping[str, Any], classes: Sequence[str], space: SearchSpace) -> dict[str, ClassParams]:
-    """Per-class parameters of a Tune config; dimensions left out take the space's only value.
-
-    Dimensions of the decoder a class did not choose are ignored.
-    """
-    out = {}
-    for i, c in enumerate(classes):
-
-        def get(name: str, default: Any, i: int = i) -> Any:
-            return config.get(_key(i, name), default)
-
-        decoder = str(get(_DECODER, space.decoders[0]))
-        threshold = float(config[_key(i, _THRESHOLD)])
-        gap = float(get(_GAP, space.fill_gap_s[0]))
-        dur = float(get(_MIN_DUR, space.min_duration_s[0]))
-        if decoder == "frames":
-            out[c] = ClassParams(
-                median_filter_frames=int(get(_KERNEL, space.kernels[0])),
-                threshold=threshold,
-                fill_gap_s=gap,
-                min_duration_s=dur,
-            )
-            continue
-        merge_abs, merge_rel = space.box_merge[int(get(_MERGE, 0))]
-        out[c] = ClassParams(
-            median_filter_frames=int(get(_BOX_KERNEL, space.box_kernels[0])),
-            threshold=threshold,
-            fill_gap_s=gap,
-            min_duration_s=dur,
-            decoder="boxes",
-            step_filter_s=float(get(_STEP, space.box_step_filter_s[0])),
-            merge_abs=merge_abs,
-            merge_rel=merge_rel,
-            confidence=str(get(_CONF, space.box_confidence[0])),
-        )
-    return out
-
-
-def _value(p: ClassParams, name: str, space: SearchSpace) -> Any:
-    """The config value of one dimension for in-space parameters ``p``."""
-    if name == _MERGE:
-        pair = (p.merge_abs, p.merge_rel)
-        return next(j for j, m in enumerate(space.box_merge) if tuple(m) == pair)
-    attr = {
-        _DECODER: "decoder",
-        _KERNEL: "median_filter_frames",
-        _BOX_KERNEL: "median_filter_frames",
-        _STEP: "step_filter_s",
-        _CONF: "confidence",
-        _THRESHOLD: "threshold",
-        _GAP: "fill_gap_s",
-        _MIN_DUR: "min_duration_s",
-    }[name]
-    return getattr(p, attr)
-
-
-def encode(params: Mapping[str, ClassParams], classes: Sequence[str], space: SearchSpace) -> dict[str, Any]:
-    """A Tune config (a ``points_to_evaluate`` entry) of per-class parameters, snapped into the space.
-
-    Only the dimensions of :func:`param_space` appear (searchers require warm-start points
-    with exactly the space's keys), and of a two-decoder space only those of each class's
-    decoder (:class:`ConditionalSpace`'s keys).
-    """
-    dims = _dims(space)
-    out: dict[str, Any] = {}
-    for i, c in enumerate(classes):
-        p = snap_params(params[c], space)
-        for d in dims:
-            if d.decoder is None or d.decoder == p.decoder:
-                out[_key(i, d.name)] = _value(p, d.name, space)
-    return out
+_O = TypeVar("_O", bound=StrategyOptions)
 
 
 def trial_budget(budget: float | None) -> int:
     """Trials for a budget in full-set evaluations (one trial = one evaluation; never more).
 
-    Raises:
-        SedtuneInputError: A budget below one evaluation.
+    Args:
+        budget: Full-set evaluations, at least 1 (:meth:`TuneOptions.budget_error`); None:
+            :data:`DEFAULT_BUDGET`.
     """
     if budget is None:
         return DEFAULT_BUDGET
-    if not budget >= 1:
-        raise SedtuneInputError(
-            f"budget: must be >= 1 full-set evaluation for a Tune search, but got {budget!r}"
-        )
     return math.floor(budget)
-
-
-# --------------------------------------------------------------------------- the trial
-
-
-@dataclass(frozen=True)
-class TrialSetup:
-    """What every trial needs besides its configuration (small and picklable).
-
-    Attributes:
-        data: Reference to the tuning clips; each worker reads them itself.
-        metric: Collars.
-        classes: Class labels, in the order of the config's class indices.
-        space: The per-class space (values of dimensions the config leaves out).
-        folds: Fold id of every tuning clip.
-        n_folds: Number of folds.
-        fault_marker: Test only: the first trial that finds no file at this path creates it
-            and kills its worker process (``os._exit``), to exercise Tune's retries.
-    """
-
-    data: DataRef
-    metric: MetricConfig
-    classes: tuple[str, ...]
-    space: SearchSpace
-    folds: tuple[int, ...]
-    n_folds: int
-    fault_marker: str | None = None
-
-
-# Per worker process: a reused actor keeps the evaluator and its median-filter caches.
-_EVALUATORS: dict[tuple[DataRef, MetricConfig], Evaluator] = {}
-
-
-def _evaluator(data: DataRef, metric: MetricConfig) -> Evaluator:
-    key = (data, metric)
-    if key not in _EVALUATORS:
-        _EVALUATORS[key] = Evaluator(data.load(), metric)
-    return _EVALUATORS[key]
-
-
-def evaluate_config(setup: TrialSetup, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluate one joint configuration on the tuning clips, in this process.
-
-    Returns:
-        ``{"f": tuning macro F, "counts": per class (``setup.classes`` order) the
-        [nref, nsys, ntp] of every fold, as nested lists}``.
-    """
-    params = decode(config, setup.classes, setup.space)
-    folds = np.asarray(setup.folds, dtype=np.int64)
-    counts = fold_counts(_evaluator(setup.data, setup.metric), params, folds, setup.n_folds)
-    return {"f": float(macro_from_counts(counts)), "counts": [counts[c].tolist() for c in setup.classes]}
-
-
-def _fail_once(marker: str | None) -> None:
-    if marker is None:
-        return
-    try:
-        # O_EXCL: of concurrent trials exactly one creates the marker, and only that one dies.
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    LOG.warning("fault_marker %s: killing this worker process (test hook)", marker)
-    os._exit(1)
-
-
-def _trainable(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune function trainable: one full-set evaluation, reported once."""
-    from ray import tune
-
-    _fail_once(setup.fault_marker)
-    t0 = time.perf_counter()
-    out = evaluate_config(setup, config)
-    # Diagnostics: seconds spent evaluating, the worker process (shows actor reuse) and node.
-    out.update(eval_s=time.perf_counter() - t0, pid=os.getpid(), node=current_node())
-    tune.report(out)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -489,76 +202,6 @@ def _auto_concurrency(cpus_per_trial: float) -> int:
     return max(1, int((cpus - 1.0) // cpus_per_trial))
 
 
-class TuneOptions(BaseModel):
-    """Options shared by the Tune strategies.
-
-    Attributes:
-        cpus_per_trial: CPUs reserved per trial (one evaluation is single-threaded).
-        max_failures: Retries of a failed trial (e.g. its worker died). A trial failing every
-            retry is counted in ``info["failed_trials"]`` and the search goes on, unless the
-            first :data:`SYSTEMATIC_FAILURES` finished trials all failed: then it stops.
-        reuse_actors: Run trial after trial in the same worker (about 0.25 s per trial
-            instead of about 1 s). Off, every trial gets a fresh worker, placed wherever the
-            cluster has a free CPU at that moment.
-        fault_marker: Test only (see :class:`TrialSetup`); leave unset.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    cpus_per_trial: float = Field(default=1.0, gt=0)
-    max_failures: int = Field(default=3, ge=0)
-    reuse_actors: bool = True
-    fault_marker: str | None = None
-
-
-class RandomOptions(TuneOptions):
-    """Options of :class:`RandomStrategy`.
-
-    Attributes:
-        max_concurrent_trials: Trials running at once; None: all CPUs of the cluster but
-            one, divided by ``cpus_per_trial``. The result does not depend on it.
-    """
-
-    max_concurrent_trials: int | None = Field(default=None, ge=1)
-
-
-class BayesOptions(TuneOptions):
-    """Options of :class:`BayesStrategy`.
-
-    Attributes:
-        max_concurrent_trials: Trials running at once. 1 keeps TPE deterministic for a seed;
-            more is faster on a cluster but suggestions then depend on completion order.
-        warm_start: A configuration evaluated first: a sedtune parameter file (path, same
-            frame hop as the scores) or inline ``{class: {"threshold": ...,
-            "median_filter_frames": ...}}`` (any fields of a parameter file's class entry,
-            ``decoder`` included). Classes it leaves out take the manual setting; values
-            outside the space are snapped into it (:func:`snap`; a class whose decoder the
-            space does not search takes the other decoder's nearest setting).
-        include_manual: Evaluate the problem's manual setting first (before ``warm_start``).
-        n_startup_trials: Trials TPE samples at random (warm-start points included) before
-            it models the objective.
-    """
-
-    max_concurrent_trials: int = Field(default=1, ge=1)
-    warm_start: WarmStart | None = None
-    include_manual: bool = True
-    n_startup_trials: int = Field(default=10, ge=0)
-
-    @field_validator("warm_start")
-    @classmethod
-    def _check_inline(cls, v: WarmStart | None) -> WarmStart | None:
-        # A path is checked at run time: a nightly retune names a file written later.
-        if isinstance(v, dict):
-            if not v:
-                raise ValueError("must name at least one class")
-            for label, entry in v.items():
-                try:
-                    class_params_from_json(entry, f"class {label!r}")
-                except SedtuneInputError as e:
-                    raise ValueError(str(e)) from None
-        return v
-
-
 class _TuneStrategy(Strategy):
     """Shared driver: build the space, run the Tuner, turn the trials into a result."""
 
@@ -605,6 +248,7 @@ class _TuneStrategy(Strategy):
             SedtuneInputError: A budget below 1, an unusable warm start.
             RuntimeError: No trial produced a result.
         """
+        self.check_budget(budget, len(problem.space.settings))
         import ray
         from ray import tune
 
@@ -628,7 +272,7 @@ class _TuneStrategy(Strategy):
         )
         trials = _Trials(records={}, started_at=t0)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_trainable, setup=setup), {"cpu": opts.cpus_per_trial}),
+            tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": opts.cpus_per_trial}),
             param_space=self._tune_space(problem.space, len(classes)),
             tune_config=tune.TuneConfig(
                 metric="f",
@@ -733,7 +377,7 @@ class RandomStrategy(_TuneStrategy):
     """
 
     name: ClassVar[str] = "random"
-    Options: ClassVar[type[BaseModel]] = RandomOptions
+    Options: ClassVar[type[StrategyOptions]] = RandomOptions
 
     def _search(
         self, points: list[dict[str, Any]], seed: int, n_trials: int, space: SearchSpace, n_classes: int
@@ -765,15 +409,15 @@ class BayesStrategy(_TuneStrategy):
     """
 
     name: ClassVar[str] = "bayes"
-    Options: ClassVar[type[BaseModel]] = BayesOptions
+    Options: ClassVar[type[StrategyOptions]] = BayesOptions
 
     def _points(self, problem: TuningProblem) -> list[dict[str, ClassParams]]:
         opts = self._options_as(BayesOptions)
         out = []
         if opts.include_manual:
-            out.append(_complete(problem.manual, problem, "manual"))
+            out.append(complete_params(problem.manual, problem, "manual"))
         if opts.warm_start is not None:
-            out.append(_warm_start(opts.warm_start, problem))
+            out.append(warm_start_params(opts.warm_start, problem))
         return out
 
     def _tune_space(self, space: SearchSpace, n_classes: int) -> dict[str, Any]:
@@ -809,58 +453,3 @@ class BayesStrategy(_TuneStrategy):
             points_to_evaluate=points or None,
         )
         return searcher, opts.max_concurrent_trials
-
-
-def _complete(given: Mapping[str, ClassParams], problem: TuningProblem, where: str) -> dict[str, ClassParams]:
-    """Parameters for every class: ``given``, else the manual setting.
-
-    Raises:
-        SedtuneInputError: ``given`` names classes the problem does not have, or a class has
-            neither an entry nor a manual setting.
-    """
-    unknown = sorted(set(given) - set(problem.classes))
-    if unknown:
-        raise SedtuneInputError(
-            f"{where}: classes {unknown} are not among the problem's classes {problem.classes}"
-        )
-    missing = [c for c in problem.classes if c not in given]
-    if missing:
-        no_manual = [c for c in missing if c not in problem.manual]
-        if no_manual:
-            raise SedtuneInputError(f"{where}: no parameters for classes {no_manual}")
-        LOG.info("%s: no entry for %s; using the manual setting for them", where, missing)
-    return {c: given[c] if c in given else problem.manual[c] for c in problem.classes}
-
-
-def _warm_start(source: WarmStart, problem: TuningProblem) -> dict[str, ClassParams]:
-    """Per-class warm-start parameters for every class of the problem (before snapping).
-
-    Raises:
-        SedtuneInputError: Unreadable file, another frame hop, unknown classes.
-    """
-    where = "options.warm_start"
-    if isinstance(source, str):
-        pf = load_params(source)
-        # Kernels are in frames: another hop would mean other filter lengths.
-        check_hop(pf, problem.tuning.frame_hop_s, f"{where} ({source})")
-        given = pf.classes
-    else:
-        given = {str(k): class_params_from_json(v, f"{where}.{k}") for k, v in source.items()}
-    return _complete(given, problem, where)
-
-
-__all__ = [
-    "DEFAULT_BUDGET",
-    "BayesOptions",
-    "BayesStrategy",
-    "ConditionalSpace",
-    "RandomOptions",
-    "RandomStrategy",
-    "TrialSetup",
-    "TuneOptions",
-    "decode",
-    "encode",
-    "evaluate_config",
-    "param_space",
-    "trial_budget",
-]

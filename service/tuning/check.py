@@ -1,8 +1,8 @@
-"""Semantic validation of a job spec, before any Ray work: files, clips, classes, options.
+"""Semantic validation of a job spec, before any Ray work: files, clips, classes, budgets.
 
-Structural errors are caught by :mod:`service.tuning.spec`; this module opens the data (shard
-footers and clip names, the ground truth, the durations), aligns them, and validates every
-strategy's options and budget, all with field paths in the messages.
+Structural errors (strategy options included) are caught by :mod:`service.tuning.spec`; this
+module opens the data (shard footers and clip names, the ground truth, the durations), aligns
+them, and applies every strategy's budget rule, all with field paths in the messages.
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
-
 from envs.errors import SedtuneInputError
-from envs.evaluator import EvalSet, MetricConfig, align
-from envs.groundtruth import read_durations, read_ground_truth
+from envs.evalset import EvalSet, open_eval_set
+from envs.evaluator import MetricConfig
 from envs.params import ClassParams
-from envs.scoreset import ScoreSet
 from envs.space import SearchSpace, kernels_for_seconds
 from service.strategies.base import Strategy, strategy_class
-from service.tuning.spec import DataSpec, JobSpec, validation_message
+from service.tuning.spec import DataSpec, JobSpec
 
 DRIVER_CACHED_CLASSES = 16
 
@@ -50,19 +47,8 @@ class ResolvedJob:
 
 
 def _open(data: DataSpec, where: str) -> EvalSet:
-    def wrap(field: str, fn, *a):  # type: ignore[no-untyped-def]
-        try:
-            return fn(*a)
-        except SedtuneInputError as e:
-            raise SedtuneInputError(f"{where}.{field}: {e}") from None
-
-    scores = wrap("scores", ScoreSet.open, data.scores)
-    truth = wrap("ground_truth", read_ground_truth, data.ground_truth)
-    durations = wrap("durations", read_durations, data.durations) if data.durations else None
-    try:
-        return align(scores, truth, durations, f"{data.scores} vs {data.ground_truth}")
-    except SedtuneInputError as e:
-        raise SedtuneInputError(f"{where}: {e}") from None
+    """Open and align a spec's data, errors prefixed with the field path ``where``."""
+    return open_eval_set(data.scores, data.ground_truth, data.durations, where=where)
 
 
 def check_job(spec: JobSpec) -> ResolvedJob:
@@ -70,7 +56,7 @@ def check_job(spec: JobSpec) -> ResolvedJob:
 
     Raises:
         SedtuneInputError: Missing files, mismatched clips or classes, unknown classes in
-            ``data.classes``, invalid strategy options or budgets.
+            ``data.classes``, a budget its strategy's options refuse.
     """
     data = _open(spec.data, "data")
     classes = list(data.classes)
@@ -107,19 +93,11 @@ def check_job(spec: JobSpec) -> ResolvedJob:
     }
     strategies = []
     for i, s in enumerate(spec.strategies):
-        cls = strategy_class(s.name)
-        try:
-            opts: BaseModel = cls.Options.model_validate(s.options)
-        except ValidationError as e:
-            raise SedtuneInputError(
-                validation_message(e, f"strategies[{i}].options").replace("options: ", "options.", 1)
-            ) from None
-        if s.name == "exact" and s.budget is not None and s.budget < len(space.settings):
-            raise SedtuneInputError(
-                f"strategies[{i}].budget: exact needs at least one threshold per setting, "
-                f"so budget must be >= {len(space.settings)}, but got {s.budget}"
-            )
-        strategies.append((s.name, s.budget, cls(opts)))
+        # Options were validated with the spec; each options model owns its budget rule.
+        error = s.options.budget_error(s.budget, len(space.settings))
+        if error is not None:
+            raise SedtuneInputError(f"strategies[{i}].budget: {error}")
+        strategies.append((s.name, s.budget, strategy_class(s.name)(s.options)))
     # The driver evaluates every class (manual, held-out scores) one after another: keep a
     # few columns in memory, not all of a 400-class set.
     data.max_cached_classes = DRIVER_CACHED_CLASSES

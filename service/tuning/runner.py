@@ -4,8 +4,10 @@ For every seeded split of the clips into tuning and held-out parts (or a separat
 set), every strategy of the job searches the tuning clips; its evaluated candidates become
 two recommendations, ``naive`` (best tuning F) and ``robust`` (:mod:`envs.selection`), and
 both are scored on the held-out clips with a paired bootstrap interval of the gain over the
-manual setting. The RL strategy adds its clip-adaptive policy and, as references, the
-untrained policy's static table (``untrained``) and clip-adaptive read-out. The
+manual setting. A strategy without robust selection (manual) gives one row, ``fixed``; a
+strategy may add read-outs of its own, scored the same way after those rows: static tables
+(``StrategyResult.readouts``; rl: its untrained policy's, ``untrained``) and clip-adaptive
+policies (``StrategyResult.policies``; rl: ``adaptive`` and ``untrained_adaptive``). The
 recommendation is the row with the best mean held-out F among the job's selection mode,
 with a plain statement when no strategy beats manual significantly.
 """
@@ -38,7 +40,7 @@ from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
 from envs.split import split_clips
-from service.strategies.base import RunContext, StrategyResult, TrajectoryPoint, evaluate_joint
+from service.strategies.base import RunContext, Strategy, StrategyResult, TrajectoryPoint, evaluate_joint
 from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job
 from service.tuning.spec import JobSpec
 
@@ -217,18 +219,25 @@ def _run_splits(
             results.setdefault(name, []).append(res)
             if on_strategy_done is not None:
                 on_strategy_done(name, res)
-            outcomes += _score(problem, held_ev, res, manual_cands)
+            outcomes += _score(problem, held_ev, strategy, res, manual_cands)
         all_outcomes.append(outcomes)
     return all_outcomes, results
 
 
 def _score(
-    problem: TuningProblem, held_ev: Evaluator, res: StrategyResult, manual_cands: dict[str, Candidate]
+    problem: TuningProblem,
+    held_ev: Evaluator,
+    strategy: Strategy,
+    res: StrategyResult,
+    manual_cands: dict[str, Candidate],
 ) -> list[Outcome]:
+    """One outcome per read-out of ``res``, on the tuning and the held-out clips.
+
+    Rows, in order: ``naive`` and ``robust`` (selected from the candidates), or ``fixed`` for a
+    strategy without robust selection; then ``res.readouts`` and ``res.policies``, in their order.
+    """
     picks: list[tuple[str, dict[str, ClassParams]]]
-    if res.strategy == "manual":
-        picks = [("fixed", res.naive)]
-    else:
+    if strategy.robust_selection:
         robust, report = select_robust(res.candidates, manual_cands)
         res.info["selection"] = {
             "width": report.width,
@@ -237,8 +246,9 @@ def _score(
             "cv_macro_f": report.cv_macro_f,
         }
         picks = [("naive", res.naive), ("robust", robust)]
-    if "untrained_params" in res.info:
-        picks.append(("untrained", res.info["untrained_params"]))
+    else:
+        picks = [("fixed", res.naive)]
+    picks.extend(res.readouts.items())
     out = []
     for selection, params in picks:
         tuning_f, counts = evaluate_joint(problem, params)
@@ -261,9 +271,7 @@ def _score(
                 res.trajectory,
             )
         )
-    for selection, policy in (("adaptive", res.adaptive), ("untrained_adaptive", res.adaptive_untrained)):
-        if policy is None:
-            continue
+    for selection, policy in res.policies.items():
         tuning_counts = clip_counts_of_events(problem.evaluator, policy.events(problem.tuning))
         hc = clip_counts_of_events(held_ev, policy.events(held_ev.data))
         out.append(

@@ -22,8 +22,11 @@ Example (every field but ``name``, ``data`` and ``strategies`` has a default)::
     seed: 0
     output: sedtune-out/desed-student
 
-Structural errors name the field path (``strategies[2].budget: ...``); semantic checks (files
-exist, classes known, strategy options) are made by :func:`check_job` with the same paths.
+Each strategy entry is typed by its name (:data:`StrategySpec`), so its ``options`` are
+validated here with the model of :mod:`service.strategies.options` (no Ray or torch is
+imported). Structural errors name the field path (``strategies[2].budget: ...``,
+``strategies[1].options.lr: ...``); semantic checks (files exist, classes known, each
+strategy's budget rule) are made by :func:`service.tuning.check.check_job` with the same paths.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from envs.errors import SedtuneInputError
 from envs.params import MAX_STEP_FILTER_S
@@ -46,10 +59,10 @@ from envs.space import (
     DEFAULT_FRAME_KERNELS,
     SearchSpace,
 )
+from service.strategies.options import OPTIONS, StrategyOptions
 
 # A budget is full-set evaluations; 100000 is days of search on any set a job can hold.
 MAX_BUDGET = 100_000.0
-StrategyName = Literal["manual", "exact", "random", "bayes", "rl"]
 
 
 class _Model(BaseModel):
@@ -201,18 +214,66 @@ class ManualSpec(_Model):
     median_filter_s: float = Field(default=0.45, ge=0.0, description="filter length (s), odd frames")
 
 
-class StrategySpec(_Model):
-    """One strategy of the job."""
-
-    name: StrategyName
-    budget: float | None = Field(
+def _budget(description: str) -> Any:
+    """The ``budget`` field of a strategy entry: full-set evaluations, finite, at most MAX_BUDGET."""
+    return Field(
         default=None,
         gt=0.0,
         le=MAX_BUDGET,
         allow_inf_nan=False,
-        description=f"full-set evaluations (finite, at most {MAX_BUDGET:g}); none: every threshold (exact)",
+        description=f"full-set evaluations (finite, at most {MAX_BUDGET:g}); {description}",
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+
+class StrategyEntry(_Model):
+    """One strategy of the job: its name, budget and options (typed by the name)."""
+
+    name: str
+    budget: float | None = None
+    options: StrategyOptions = Field(default_factory=StrategyOptions)
+
+
+def _entry_model(name: str, options: type[StrategyOptions]) -> type[StrategyEntry]:
+    """The entry model of one strategy: ``name`` fixed, its budget rule and options documented."""
+    model = create_model(
+        f"{name.capitalize()}StrategySpec",
+        __base__=StrategyEntry,
+        __doc__=options.summary or f"The {name} strategy.",
+        name=(Literal[name], Field(description="the strategy")),  # type: ignore[valid-type,arg-type]
+        budget=(float | None, _budget(options.budget_doc)),
+        options=(options, Field(default_factory=options, description=f"options of the {name} strategy")),
+    )
+    return model
+
+
+#: The entry model of every strategy, by name (from :data:`service.strategies.options.OPTIONS`).
+ENTRY_MODELS: dict[str, type[StrategyEntry]] = {n: _entry_model(n, o) for n, o in OPTIONS.items()}
+
+
+#: A strategy entry's name alone: a missing or unknown name is refused as ``strategies[i].name``.
+_Named = create_model(
+    "_Named",
+    __base__=BaseModel,
+    name=(Literal[tuple(ENTRY_MODELS)], ...),  # type: ignore[valid-type,arg-type]
+)
+
+
+def _known_name(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Refuse a missing or unknown strategy name as ``strategies[i].name`` (not as a union tag)."""
+    if isinstance(value, dict):
+        _Named.model_validate({k: v for k, v in value.items() if k == "name"})
+    return handler(value)
+
+
+if TYPE_CHECKING:
+    StrategySpec = StrategyEntry
+else:
+    #: One strategy of the job: the entry model of its name (each with its own ``options`` model).
+    StrategySpec = Annotated[
+        Union[tuple(ENTRY_MODELS.values())],  # noqa: UP007 - a union built from the registry
+        Field(discriminator="name"),
+        WrapValidator(_known_name),
+    ]
 
 
 class ResourcesSpec(_Model):
@@ -292,12 +353,17 @@ def _absolute(path: str | None) -> str | None:
 def field_path(loc: Sequence[object], empty: str = "spec") -> str:
     """A pydantic error location as a field path: ``strategies[1].budget``.
 
+    The union tag pydantic puts after a strategy entry's index (``strategies.1.exact.budget``)
+    is left out: the path names the entry's field.
+
     Args:
         loc: The location parts (names and list indices).
         empty: What an empty location is called.
     """
     out = ""
-    for part in loc:
+    for j, part in enumerate(loc):
+        if j == 2 and loc[0] == "strategies" and isinstance(loc[1], int) and part in ENTRY_MODELS:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -35,7 +35,8 @@ from envs.space import AUTHORS_MERGE, AUTHORS_STEP_FILTER_S, SearchSpace
 from envs.split import split_clips
 from envs.sweep import sweep_boxes
 from service.strategies.base import RunContext
-from service.strategies.exact import ExactOptions, ExactStrategy
+from service.strategies.exact import ExactStrategy
+from service.strategies.options import ExactOptions
 
 GOAL_S = 2.0
 

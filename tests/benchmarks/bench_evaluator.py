@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.evaluator import Evaluator, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import Evaluator
 from envs.importers import import_tsv_folder
 from envs.metrics.sed_eval_oracle import sed_eval_event_counts
 from envs.params import ClassParams
@@ -59,7 +60,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         import_tsv_folder(str(base / "dcase2021-baseline-student" / "scores"), f"{tmp}/scores")
         gt, dur = str(base / "ground_truth.tsv"), str(base / "durations.tsv")
-        data = load_eval_set(f"{tmp}/scores", gt, dur)
+        data = open_eval_set(f"{tmp}/scores", gt, dur)
         for c in data.classes:
             data.scores(c)  # read once; reading is not what is compared
         rng = np.random.default_rng(args.seed)

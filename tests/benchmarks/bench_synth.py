@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from envs.synth import SynthConfig, generate  # noqa: E402
+from envs.synth import generate  # noqa: E402
+from envs.synth_config import SynthConfig  # noqa: E402
 
 SMALL_GOAL_S = 10.0
 LARGE_GOAL_GB = 2.0

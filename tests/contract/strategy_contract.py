@@ -1,7 +1,9 @@
 """The contract every strategy passes (optuna-style: subclass and provide ``make``).
 
 A strategy must return a valid parameter file for the problem's classes, respect its budget,
-be deterministic for a seed, and never end below its own first evaluation.
+be deterministic for a seed, never end below its own first evaluation, accept the budget it is
+run with by its own rule (``Options.budget_error``), and declare read-outs (``readouts``,
+``policies``) that cover the problem's classes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from envs.params import ParamFile
 from envs.problem import TuningProblem
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint
+from service.strategies.options import StrategyOptions
 
 
 class StrategyContract:
@@ -69,3 +72,18 @@ class StrategyContract:
     def test_trajectory_is_monotone_in_evaluations(self, result):
         ev = np.array([p.evaluations for p in result.trajectory])
         assert np.all(np.diff(ev) > 0)
+
+    def test_its_options_accept_the_budget(self, problem):
+        strategy = self.make()
+        assert isinstance(strategy.options, type(strategy).Options)
+        assert isinstance(strategy.options, StrategyOptions)
+        assert strategy.options.budget_error(self.budget, len(problem.space.settings)) is None
+
+    def test_declared_readouts_cover_every_class(self, problem, result):
+        for name, table in result.readouts.items():
+            assert list(table) == list(problem.classes), name
+            for c, p in table.items():
+                p.validate(c)
+        for name, policy in result.policies.items():
+            events = policy.events(problem.tuning)
+            assert list(events) == list(problem.classes), name

@@ -17,16 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from envs.gym_env import ActionGrid
+from envs.action_grid import ActionGrid
 from envs.metrics.fscore import class_f_measure
 from envs.params import ClassParams, ParamFile, load_params
 from envs.problem import TuningProblem
 from envs.space import SearchSpace
 from envs.stack import apply_stack
-from envs.synth import SynthConfig, SynthResult, generate
+from envs.synth import SynthResult, generate
+from envs.synth_config import SynthConfig
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
-from service.strategies.rl import RLOptions, RLStrategy, _build, _env_steps, env_config
+from service.strategies.options import RLOptions
+from service.strategies.rl import RLStrategy
 from service.strategies.rl_policy import AdaptivePolicy
+from service.strategies.rl_training import build_algorithm, env_config, env_steps
 from tests.contract.strategy_contract import StrategyContract
 from tests.integration.problems import decoder_problem, decoder_set, synth_problem
 
@@ -106,7 +109,7 @@ def test_warm_start_untrained_policy_is_the_manual_table_on_the_grid(
     res = RLStrategy(opts).run(problem, 40.0, 0, RunContext(str(tmp_path)))
     grid = ActionGrid.from_space(SPACE, len(problem.classes))
     prior = grid.params(grid.nearest_action([MANUAL] * len(problem.classes)), problem.classes)
-    assert res.info["untrained_params"] == prior
+    assert res.readouts["untrained"] == prior
     # ... on every clip: before training, the clip-adaptive read-out scores the same.
     adaptive = {int(i): f for i, f in res.info["adaptive_f"]}
     f_prior, _ = evaluate_joint(problem, prior)
@@ -124,7 +127,7 @@ def test_a_job_restricted_to_some_classes_trains_on_those(synth_set: SynthResult
     opts = FAST.model_copy(update={"max_iterations": 1})
     res = RLStrategy(opts).run(problem, 40.0, 0, RunContext(str(tmp_path)))
     assert res.info["iterations"] == 1
-    assert list(res.naive) == list(picked) and res.adaptive.classes == list(picked)
+    assert list(res.naive) == list(picked) and res.policies["adaptive"].classes == list(picked)
 
 
 def test_adaptive_readout_is_its_best_scored_iteration(
@@ -137,10 +140,10 @@ def test_adaptive_readout_is_its_best_scored_iteration(
     best = trained.info["adaptive_iteration"]
     assert scored[best] == max(scored.values())
     assert scored[best] > scored[0], f"the clip-adaptive policy did not improve on its start: {scored}"
-    policy: AdaptivePolicy = trained.adaptive
+    policy: AdaptivePolicy = trained.policies["adaptive"]
     f = macro_f(clip_counts_of_events(problem.evaluator, policy.events(problem.tuning)))
     assert f == pytest.approx(scored[best], abs=1e-12)
-    start: AdaptivePolicy = trained.adaptive_untrained
+    start: AdaptivePolicy = trained.policies["untrained_adaptive"]
     f0 = macro_f(clip_counts_of_events(problem.evaluator, start.events(problem.tuning)))
     assert f0 == pytest.approx(scored[0], abs=1e-12)
 
@@ -156,7 +159,7 @@ def test_params_are_valid_for_every_class(
         p.validate(c)
         assert SPACE.contains(p), (c, p)
         assert any(cand.params == p for cand in trained.candidates[c])
-    untrained = trained.info["untrained_params"]
+    untrained = trained.readouts["untrained"]
     assert set(untrained) == set(problem.classes) and all(SPACE.contains(p) for p in untrained.values())
 
 
@@ -179,7 +182,7 @@ def test_naive_is_the_best_static_table(problem: TuningProblem, trained: Strateg
 def test_adaptive_readout_gives_every_class_its_per_clip_events(
     problem: TuningProblem, trained: StrategyResult
 ) -> None:
-    policy: AdaptivePolicy = trained.adaptive
+    policy: AdaptivePolicy = trained.policies["adaptive"]
     data = problem.tuning
     events = policy.events(data)
     assert set(events) == set(problem.classes)
@@ -219,7 +222,8 @@ print(json.dumps(actions.tolist()))
     )
     reloaded = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
     data = problem.tuning
-    expected = trained.adaptive.actions([data.scores(c) for c in trained.adaptive.classes])
+    policy = trained.policies["adaptive"]
+    expected = policy.actions([data.scores(c) for c in policy.classes])
     assert np.array_equal(reloaded, expected)
     # Kernels are in frames: the policy refuses scores with another hop.
     policy = AdaptivePolicy.load(path)
@@ -244,17 +248,17 @@ def test_replicas_read_their_own_shards_also_after_a_runner_dies(problem: Tuning
     cfg = env_config(problem, opts, 157)
     assert cfg["shards"] == [0, 1, 2, 3] and "scores" in cfg
     assert all(isinstance(v, str | int | float | list | dict | None) for v in cfg.values())
-    algo = _build(problem, opts, 0, 157, ActionGrid.from_space(SPACE, len(problem.classes)))
+    algo = build_algorithm(problem, opts, 0, 157, ActionGrid.from_space(SPACE, len(problem.classes)))
     try:
         before = sorted(_replica_clips(algo))
         replicas = [set(clips) for _, _, runner in before for clips in runner]
         assert len(replicas) == 4
         assert all(a.isdisjoint(b) for i, a in enumerate(replicas) for b in replicas[i + 1 :])
         assert set().union(*replicas) == set(problem.tuning.filenames)
-        steps = _env_steps(algo.train())
+        steps = env_steps(algo.train())
         os.kill(before[0][1], signal.SIGKILL)  # an EnvRunner this test started
         for _ in range(8):
-            now = _env_steps(algo.train())
+            now = env_steps(algo.train())
             assert now > steps
             steps = now
             if algo.env_runner_group.num_healthy_remote_workers() == 2:
@@ -303,7 +307,7 @@ def test_apply_with_the_policy_equals_the_adaptive_readout(
         rows = sorted((r["filename"], r["event_label"], float(r["onset"]), float(r["offset"]))
                       for r in csv.DictReader(f, delimiter="\t"))
     expected = []
-    events = trained.adaptive.events(problem.tuning)
+    events = trained.policies["adaptive"].events(problem.tuning)
     for label, ev in events.items():
         expected += [(problem.tuning.filenames[int(c)], label, float(a), float(b))
                      for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)]
@@ -344,7 +348,7 @@ def test_two_decoder_run_gives_valid_readouts_within_budget(
     decoder_prob: TuningProblem, trained2: StrategyResult, tmp_path: Path
 ) -> None:
     assert 0 < trained2.evaluations <= BUDGET2 and trained2.info["iterations"] >= 1
-    for table in (trained2.naive, trained2.info["untrained_params"]):
+    for table in (trained2.naive, trained2.readouts["untrained"]):
         path = str(tmp_path / "params.json")
         ParamFile(decoder_prob.tuning.frame_hop_s, dict(table)).save(path)
         loaded = load_params(path)
@@ -363,7 +367,7 @@ def test_two_decoder_run_gives_valid_readouts_within_budget(
         for cand in trained2.candidates[c]:
             n = decoder_prob.evaluator.class_counts_by_group(c, cand.params, decoder_prob.folds, 3)
             assert np.array_equal(cand.counts, n)
-    policy: AdaptivePolicy = trained2.adaptive
+    policy: AdaptivePolicy = trained2.policies["adaptive"]
     assert policy.grid == ActionGrid.from_space(SPACE2, 2)
 
 
@@ -378,10 +382,11 @@ def test_two_decoder_policy_saves_its_grid_and_applies_box_settings(
     meta = json.loads(Path(path).with_suffix(".json").read_text())
     assert meta["format"] == "sedtune.rl_policy/2" and len(meta["boxes"]) == 2
     loaded = AdaptivePolicy.load(path)
-    assert loaded.grid == trained2.adaptive.grid
+    policy = trained2.policies["adaptive"]
+    assert loaded.grid == policy.grid
     data = decoder_prob.tuning
     actions = loaded.actions([data.scores(c) for c in loaded.classes])
-    assert np.array_equal(actions, trained2.adaptive.actions([data.scores(c) for c in loaded.classes]))
+    assert np.array_equal(actions, policy.actions([data.scores(c) for c in loaded.classes]))
     settings = loaded.grid.settings()
     picked = {settings[int(s)].decoder for s in loaded.grid.split(actions)[0].ravel()}
     assert "boxes" in picked, "the policy should pick box settings on some clips"
@@ -393,7 +398,7 @@ def test_two_decoder_policy_saves_its_grid_and_applies_box_settings(
         rows = sorted((r["filename"], r["event_label"], float(r["onset"]), float(r["offset"]))
                       for r in csv.DictReader(f, delimiter="\t"))
     expected = []
-    for label, ev in trained2.adaptive.events(data).items():
+    for label, ev in policy.events(data).items():
         expected += [(data.filenames[int(c)], label, float(a), float(b))
                      for c, a, b in zip(ev.clip, ev.onset_s, ev.offset_s, strict=True)]
     assert rows == sorted(expected)
@@ -408,7 +413,8 @@ def test_a_version_1_policy_description_still_loads(trained: StrategyResult, tmp
     meta = json.loads(src.with_suffix(".json").read_text())
     old = {k: v for k, v in meta.items() if k != "boxes"} | {"format": "sedtune.rl_policy/1"}
     dst.with_suffix(".json").write_text(json.dumps(old))
-    assert AdaptivePolicy.load(str(dst)).grid == trained.adaptive.grid == ActionGrid.from_space(SPACE, 3)
+    grid = trained.policies["adaptive"].grid
+    assert AdaptivePolicy.load(str(dst)).grid == grid == ActionGrid.from_space(SPACE, 3)
     dst.with_suffix(".json").write_text(json.dumps({**old, "format": "sedtune.rl_policy/9"}))
     with pytest.raises(ValueError, match="format"):
         AdaptivePolicy.load(str(dst))

@@ -20,19 +20,12 @@ from envs.params import ClassParams, ParamFile
 from envs.problem import TuningProblem
 from envs.snap import snap_params as snap
 from envs.space import SearchSpace
-from envs.synth import SynthConfig, SynthResult, generate
+from envs.synth import SynthResult, generate
+from envs.synth_config import SynthConfig
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
-from service.strategies.tune_search import (
-    BayesOptions,
-    BayesStrategy,
-    ConditionalSpace,
-    RandomOptions,
-    RandomStrategy,
-    decode,
-    encode,
-    param_space,
-    trial_budget,
-)
+from service.strategies.options import BayesOptions, RandomOptions
+from service.strategies.search_codec import ConditionalSpace, decode, encode, param_space
+from service.strategies.tune_search import BayesStrategy, RandomStrategy, trial_budget
 from tests.contract.strategy_contract import StrategyContract
 from tests.integration.problems import decoder_problem, decoder_set, synth_problem
 
@@ -240,12 +233,13 @@ def test_encode_snaps_and_decode_inverts():
     assert all(space.contains(p) for p in back.values())
 
 
-def test_trial_budget():
+def test_trial_budget(problem, tmp_path):
     assert trial_budget(None) == 100
     assert trial_budget(12.0) == 12
     assert trial_budget(7.99) == 7
-    with pytest.raises(SedtuneInputError, match="budget"):
-        trial_budget(0.5)
+    # The rule (TuneOptions.budget_error) is applied by run itself, before any trial.
+    with pytest.raises(SedtuneInputError, match="budget must be >= 1"):
+        _run(RandomStrategy(), problem, tmp_path, budget=0.5)
 
 
 @pytest.mark.parametrize(

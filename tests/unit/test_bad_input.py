@@ -23,7 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.errors import SedtuneInputError
-from envs.scoreset import ScoreSet, ScoreSetWriter, _schema
+from envs.scoreformat import shard_schema
+from envs.scoreset import ScoreSet
+from envs.scorewriter import ScoreSetWriter
 from service.cli import main
 
 CLASSES = ("Dog", "Cat")
@@ -80,7 +82,7 @@ def write_raw_shard(
     }
     for c in classes:
         data[c] = pa.array([r[c] for _, r in rows], pa.list_(pa.float32()))
-    pq.write_table(pa.table(data, schema=_schema(classes, hop)), str(path))
+    pq.write_table(pa.table(data, schema=shard_schema(classes, hop)), str(path))
 
 
 def good_rows(
@@ -323,7 +325,7 @@ def test_null_filename(capsys, tmp_path, gt):
             "n_frames": pa.array([10, 10, 10], pa.int32()),
             **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES},
         },
-    ).replace_schema_metadata(_schema(CLASSES, HOP).metadata)
+    ).replace_schema_metadata(shard_schema(CLASSES, HOP).metadata)
     root.mkdir()
     pq.write_table(table, root / "part-00000.parquet")
     fails(capsys, evaluate(str(root), gt), "part-00000.parquet", "filename")
@@ -352,7 +354,7 @@ def test_corrupt_column_chunk(capsys, tmp_path, gt):
             "n_frames": pa.array([10] * 3, pa.int32()),
             **{c: pa.array([r[c] for _, r in rows], pa.list_(pa.float32())) for c in CLASSES},
         },
-        schema=_schema(CLASSES, HOP),
+        schema=shard_schema(CLASSES, HOP),
     )
     pq.write_table(table, path, compression="none")
     data = bytearray(path.read_bytes())
@@ -384,7 +386,7 @@ def test_shard_missing_a_class_column(capsys, tmp_path, gt):
 def test_class_column_of_wrong_type(capsys, tmp_path, gt):
     root = tmp_path / "scores"
     root.mkdir()
-    schema = _schema(CLASSES, HOP)
+    schema = shard_schema(CLASSES, HOP)
     table = pa.table(
         {
             "filename": pa.array(CLIPS),

@@ -32,7 +32,8 @@ import numpy.typing as npt
 import pytest
 
 from envs.boxes import detect_boxes
-from envs.evaluator import ClassResult, Evaluator, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import ClassResult, Evaluator
 from envs.events import ClassEvents
 from envs.metrics.counts import Counts
 from envs.metrics.sed_eval_oracle import MACRO_KEY, sed_eval_event_counts
@@ -106,7 +107,7 @@ def evaluators(shared_sets):
         if key not in _EVALUATORS:
             s = shared_sets[name]
             _EVALUATORS[key] = Evaluator(
-                load_eval_set(s.scores, s.ground_truth, s.durations if durations else None)
+                open_eval_set(s.scores, s.ground_truth, s.durations if durations else None)
             )
         return _EVALUATORS[key]
 

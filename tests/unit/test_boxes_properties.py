@@ -38,14 +38,16 @@ from hypothesis import strategies as st
 
 from envs.boxes import Boxes, box_events, detect_boxes
 from envs.decoders import class_events, clip_events, score_set_events
-from envs.evaluator import EvalSet, Evaluator, MetricConfig
+from envs.evalset import EvalSet
+from envs.evaluator import Evaluator, MetricConfig
 from envs.events import ClassEvents
 from envs.metrics.counts import Counts
 from envs.metrics.event_based import event_counts
 from envs.metrics.fscore import class_f_measure, macro_f_measure
 from envs.metrics.sed_eval_oracle import MACRO_KEY, sed_eval_event_counts
 from envs.params import BoxSetting, ClassParams, ParamFile
-from envs.scoreset import ClassScores, ScoreSetWriter
+from envs.scoreset import ClassScores
+from envs.scorewriter import ScoreSetWriter
 from envs.sweep import sweep_boxes
 from tests.unit import box_oracles as oracle
 

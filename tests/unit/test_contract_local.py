@@ -8,7 +8,8 @@ from envs.evaluator import MetricConfig
 from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem
 from envs.space import SearchSpace
-from envs.synth import SynthConfig, generate
+from envs.synth import generate
+from envs.synth_config import SynthConfig
 from service.strategies.exact import ExactStrategy
 from service.strategies.manual import ManualStrategy
 from tests.contract.strategy_contract import StrategyContract

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from envs.evaluator import Evaluator, MetricConfig, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import Evaluator, MetricConfig
 from envs.metrics.counts import Counts
 from envs.metrics.sed_eval_oracle import sed_eval_event_counts, sed_eval_segment_counts
 from envs.params import ClassParams
@@ -95,7 +96,7 @@ def _compare(evaluator: Evaluator, params: dict[str, ClassParams]) -> None:
 @pytest.mark.parametrize("name", sorted(README_AT_05))
 def test_readme_macro_f_at_half(shared_sets, name):
     s = shared_sets[name]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     params = {c: ClassParams(threshold=0.5) for c in ev.data.classes}
     assert round(ev.evaluate(params).macro_f, 4) == README_AT_05[name]
 
@@ -107,27 +108,27 @@ def test_readme_macro_f_at_half(shared_sets, name):
 def test_counts_equal_sed_eval(shared_sets, name, label, params, collars):
     s = shared_sets[name]
     metric = MetricConfig(t_collar_s=collars[0], percentage_of_length=collars[1])
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations), metric)
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations), metric)
     _compare(ev, {c: params for c in ev.data.classes})
 
 
 @pytest.mark.parametrize("name", sorted(README_AT_05))
 def test_mixed_per_class_params_equal_sed_eval(shared_sets, name):
     s = shared_sets[name]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     _compare(ev, _mixed(ev.data.classes))
 
 
 def test_without_durations_equal_sed_eval(shared_sets):
     s = shared_sets["dcase2020-baseline"]  # 157 frames x 0.06375 s overrun the 10 s clips
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth))
     _compare(ev, _mixed(ev.data.classes))
 
 
 @pytest.mark.parametrize("name", ["dcase2021-baseline-teacher", "dcase2023-eval-sample"])
 def test_segment_counts_equal_sed_eval(shared_sets, name):
     s = shared_sets[name]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     params = _mixed(ev.data.classes)
     events = {c: ev.events(c, params[c]) for c in ev.data.classes}
     oracle, oracle_f = sed_eval_segment_counts(ev.data.filenames, ev.data.classes, ev.data.refs, events)
@@ -141,7 +142,7 @@ def test_segment_counts_equal_sed_eval(shared_sets, name):
 @pytest.mark.parametrize("name", sorted(README_BEST))
 def test_sweep_reproduces_best_per_class_threshold(shared_sets, name):
     s = shared_sets[name]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     best = {}
     for c in ev.data.classes:
         res = sweep_class(ev.levels(c, 1), ev.data.refs[c], ev.data.frame_hop_s, ev.data.durations_s)
@@ -165,7 +166,7 @@ def test_sweep_reproduces_best_per_class_threshold(shared_sets, name):
 )
 def test_sweep_equals_direct_evaluation_at_every_threshold(shared_sets, name, kernel, gap, min_dur):
     s = shared_sets[name]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     classes = ev.data.classes if name == "dcase2023-eval-sample" else ev.data.classes[:3]
     for c in classes:
         res = sweep_class(

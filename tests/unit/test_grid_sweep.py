@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.evaluator import Evaluator, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import Evaluator
 from envs.params import ClassParams
 from envs.sweep import sweep_class
 
@@ -13,7 +14,7 @@ from envs.sweep import sweep_class
 @pytest.mark.parametrize("kernel,gap,min_dur", [(1, 0.0, 0.0), (9, 0.2, 0.1)])
 def test_grid_sweep_equals_direct(shared_sets, kernel, gap, min_dur):
     s = shared_sets["dcase2023-eval-sample"]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     grid = tuple(float(x) for x in np.linspace(0.01, 0.99, 23))
     for c in ev.data.classes:
         index = ev.grid_levels(c, kernel, grid)
@@ -34,7 +35,7 @@ def test_grid_sweep_equals_direct(shared_sets, kernel, gap, min_dur):
 
 def test_drop_levels_frees_indexes_and_keeps_results(shared_sets):
     s = shared_sets["dcase2023-eval-sample"]
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     c = ev.data.classes[0]
     p = ClassParams(median_filter_frames=7, threshold=0.4)
     before = ev.class_counts(c, p)

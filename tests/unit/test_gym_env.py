@@ -13,16 +13,20 @@ import pytest
 from gymnasium.spaces import MultiDiscrete
 from gymnasium.utils.env_checker import check_env
 
-from envs.evaluator import EvalSet, Evaluator, MetricConfig
+from envs.action_grid import ActionGrid
+from envs.evalset import EvalSet
+from envs.evaluator import Evaluator, MetricConfig
 from envs.events import ClassEvents
-from envs.gym_env import ActionGrid, PostProcessingEnv, load_shards, observation, replica_shards
+from envs.gym_data import load_shards, observation, replica_shards
+from envs.gym_env import PostProcessingEnv
 from envs.metrics.counts import Counts
 from envs.metrics.fscore import class_f_measure, macro_f_measure
 from envs.params import ClassParams
 from envs.problem import DataRef
 from envs.scoreset import ClassScores
 from envs.space import SearchSpace
-from envs.synth import SynthConfig, SynthResult, generate
+from envs.synth import SynthResult, generate
+from envs.synth_config import SynthConfig
 
 SPACE = SearchSpace(kernels=(1, 5, 9), threshold_low=0.05, threshold_high=0.95, threshold_step=0.1)
 

@@ -30,13 +30,15 @@ from hypothesis import strategies as st
 
 from envs.decoders import score_set_events
 from envs.errors import SedtuneInputError
-from envs.evaluator import Evaluator, load_eval_set
+from envs.evalset import open_eval_set
+from envs.evaluator import Evaluator
 from envs.events import ClassEvents
 from envs.groundtruth import read_durations, read_ground_truth
 from envs.metrics.counts import Counts
 from envs.metrics.sed_eval_oracle import MACRO_KEY, sed_eval_event_counts
 from envs.params import ClassParams, ParamFile, load_params, params_from_json
-from envs.scoreset import ScoreSet, ScoreSetWriter
+from envs.scoreset import ScoreSet
+from envs.scorewriter import ScoreSetWriter
 from envs.stack import apply_stack
 from service.cli import main
 
@@ -232,7 +234,7 @@ def test_v1_file_loads_as_frames_and_decodes_as_before(shared_sets, tmp_path, ca
     dur = np.array([durations[n] for n in names])
     api, api_names = score_set_events(s.scores, pf, durations)
     assert api_names == names
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     gt_order = np.array([ev.data.filenames.index(n) for n in names])
     out = tmp_path / "events.tsv"
     assert main(_argv("apply", s.scores, s.ground_truth, s.durations, path, out)) == 0
@@ -470,7 +472,7 @@ def test_apply_v2_events_score_like_evaluate_and_the_api(shared_sets, tmp_path, 
     api, names = score_set_events(s.scores, loaded, read_durations(s.durations))
     index = {n: i for i, n in enumerate(truth.filenames)}
     gt_idx = np.array([index[n] for n in names], np.int64)
-    ev = Evaluator(load_eval_set(s.scores, s.ground_truth, s.durations))
+    ev = Evaluator(open_eval_set(s.scores, s.ground_truth, s.durations))
     for c in scores.classes:
         in_gt_order = ClassEvents.from_lists(gt_idx[api[c].clip], api[c].onset_s, api[c].offset_s)
         assert _same(in_gt_order, written[c]), c

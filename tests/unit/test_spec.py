@@ -12,7 +12,8 @@ from service.cli import main
 
 @pytest.fixture
 def data(tmp_path):
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
 
     return generate(str(tmp_path / "d"), SynthConfig(n_clips=12, n_classes=2, seed=0))
 
@@ -75,6 +76,12 @@ CASES = [
         "strategies[0].options.bogus",
     ),
     ("exact budget below settings", {"strategies": [{"name": "exact", "budget": 3}]}, "strategies[0].budget"),
+    ("random budget below 1", {"strategies": [{"name": "random", "budget": 0.5}]}, "strategies[0].budget"),
+    ("rl budget below read-outs", {"strategies": [{"name": "rl", "budget": 1}]}, "strategies[0].budget"),
+    ("bad rl option", {"strategies": [{"name": "rl", "options": {"lr": 0}}]}, "strategies[0].options.lr"),
+    ("bad warm start", {"strategies": [{"name": "manual"}, {"name": "bayes", "options": {"warm_start": {}}}]},
+     "strategies[1].options.warm_start"),
+    ("no name", {"strategies": [{"budget": 3}]}, "strategies[0].name"),
 ]
 
 

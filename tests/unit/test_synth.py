@@ -11,7 +11,8 @@ import pytest
 from envs.errors import SedtuneInputError
 from envs.groundtruth import read_durations, read_ground_truth
 from envs.scoreset import ScoreSet
-from envs.synth import DESED_CLASSES, SynthConfig, SynthResult, generate
+from envs.synth import SynthResult, generate
+from envs.synth_config import DESED_CLASSES, SynthConfig
 
 # 30 clips in 3 shards, several clips without events.
 SMALL = SynthConfig(n_clips=30, n_classes=4, clips_per_shard=12, empty_clip_fraction=0.3, seed=7)
