@@ -8,6 +8,12 @@ explicit tracking URI (no global MLflow state, so it also works inside Ray worke
 nodes). :func:`try_log` wraps it for the job pipeline and never raises: it returns the one line
 to print, ``tracked: ...`` or ``tracking failed: ...; results are in DIR; re-log with ...``.
 
+The experiment is created with the tag ``mlflow.experimentKind = custom_model_development``
+(MLflow's "Machine learning" kind; an existing experiment without a kind gets it too). MLflow
+3.17's UI picks an experiment's first page by the browser's GenAI / Machine learning switch
+rather than by that tag, so the links this module reports (:attr:`TrackingReport.experiment_url`)
+name the Machine learning view: they open on the runs table, not the GenAI overview.
+
 Tracking URI: the given one, else ``$MLFLOW_TRACKING_URI``, else an SQLite store
 ``sqlite:///<abs path of ./mlflow.db>`` (artifacts next to it in ``mlartifacts/``). MLflow is
 imported lazily, only here.
@@ -29,6 +35,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from service.results.tracking_layout import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     MAX_TAG_LEN,
     ResultFiles,
     RunPlan,
@@ -50,6 +58,7 @@ HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # one line per job, not two per run
 }
+UI_QUERY = "workflowType=machine_learning"  # the MLflow UI's "Machine learning" view
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 900
 
@@ -105,7 +114,7 @@ class TrackingReport:
                 "(nothing logged; --force logs it again)"
             )
         left = f"; left out (not found): {', '.join(self.skipped)}" if self.skipped else ""
-        view = f"; view at {self.ui_url}" if self.ui_url else ""
+        view = f"; compare at {self.experiment_url}" if self.experiment_url else ""
         return (
             f"tracked: experiment {self.experiment}, run {self.run_id} at {self.uri} "
             f"({len(self.strategy_runs)} strategy runs, {self.trial_runs} trial runs, "
@@ -115,9 +124,20 @@ class TrackingReport:
     @property
     def ui_url(self) -> str | None:
         """The parent run's page in the MLflow UI (HTTP tracking servers only)."""
+        base = self.experiment_url
+        return None if base is None else base.replace("/runs?", f"/runs/{self.run_id}?", 1)
+
+    @property
+    def experiment_url(self) -> str | None:
+        """The experiment's runs table in the MLflow UI (HTTP tracking servers only).
+
+        It names the UI's workflow type: MLflow 3.17's UI opens an experiment by the browser's
+        GenAI / Machine learning switch (``workflowType``, GenAI unless changed), not by the
+        experiment's kind tag, so a plain experiment link lands on the GenAI overview.
+        """
         if urlparse(self.uri).scheme not in ("http", "https"):
             return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{UI_QUERY}"
 
 
 def _one_line(text: object, limit: int = MAX_LINE_REASON) -> str:
@@ -202,13 +222,19 @@ def _get_or_create(client: Any, name: str, uri: str) -> str:
         if path is not None:
             location = "file://" + os.path.join(os.path.dirname(os.path.abspath(path)), "mlartifacts")
         try:
-            return str(client.create_experiment(name, artifact_location=location))
+            return str(
+                client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            )
         except MlflowException:  # created meanwhile by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
         raise TrackingError(uri, f"experiment {name!r} at {uri} is deleted; restore it or choose another")
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made elsewhere: mark it, but keep a kind already chosen
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return str(exp.experiment_id)
 
 

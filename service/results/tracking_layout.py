@@ -3,24 +3,35 @@
 Pure code (no MLflow import): :func:`load_result_dir` reads the files a job wrote, and
 :func:`plan_job` turns them into a :class:`RunPlan` tree that :mod:`service.results.tracking` logs.
 
-Layout (experiment = the job name, or ``tracking.experiment``):
+Layout (experiment = the job name, or ``tracking.experiment``, tagged
+``mlflow.experimentKind = custom_model_development``, MLflow's "Machine learning" kind):
 
 - **parent run** ``<job>-<job id>``: the resolved spec as flat params (``heldout.fraction``,
   ``strategies.random.budget``, ...); metrics of the recommended row (``heldout_f1``,
-  ``tuning_f1``) and of the manual setting (``manual_heldout_f1``); artifacts
-  ``spec.resolved.json``, ``comparison.json``, ``comparison.md``, ``best_params.json``,
-  ``artifacts.json``, ``params/`` and ``plots/``;
+  ``heldout_gain_over_manual``, ``tuning_f1``) and of the manual setting
+  (``manual_heldout_f1``, ``manual_tuning_f1``), ``wall_s``; artifacts ``spec.resolved.json``,
+  ``comparison.json``, ``comparison.md``, ``best_params.json``, ``artifacts.json``, ``params/``
+  and ``plots/``;
 - **one child run per strategy** (tag ``strategy``): the per-class parameters of the job's
   selection (``comparison.json`` ``selection``; ``fixed`` for manual) as flat params
-  ``<class>/<field>`` and every other selection prefixed (``naive.Dog/threshold``); metrics
-  ``tuning_f1``, ``heldout_f1``, ``gain_over_manual``, per-class ``tuning/<class>/f1|precision|
-  recall|n_ref|n_sys|n_tp`` and ``heldout/<class>/...`` (other selections prefixed the same
-  way, ``naive.heldout_f1``), ``manual_heldout_f1`` for reference, and the curve
-  ``tuning_f1_curve`` (best tuning macro F1 so far; step = ceil(evaluations spent));
-  artifacts: its parameter files, its per-class F1 figure, its trials file and its own files
+  ``<class>/<field>`` and every other selection prefixed (``naive.Dog/threshold``). Metrics, in
+  the chart sections of the MLflow UI:
+
+  - ``compare/`` (the first section): ``heldout_f1``, ``heldout_gain_over_manual`` with its
+    95 % interval ``heldout_gain_ci95_low|high``, ``tuning_f1``, ``tuning_evaluations``,
+    ``wall_s`` and the curve ``tuning_f1_curve`` (best tuning macro F1 so far; step =
+    ceil(evaluations spent));
+  - ``per_class/<part>/<class>/f1|precision|recall|n_ref|n_sys|n_tp`` (part ``tuning`` or
+    ``heldout``; other selections ``per_class/naive.heldout/...``);
+  - unprefixed ("Model metrics", the last section): ``heldout_f1_std``, ``tuning_f1_std``,
+    ``heldout_gain_significant``, the manual reference ``manual_heldout_f1|manual_tuning_f1``
+    and the other selections' figures (``naive.heldout_f1``, ...).
+
+  Artifacts: its parameter files, its per-class F1 figure, its trials file and its own files
   (``rl/policy`` → ``policy/``);
 - **trial runs** (children of their strategy's run) where ``trials.<strategy>.json`` exists:
-  per-class params and the trial's tuning macro F1 ``tuning_f1``.
+  per-class params and the trial's tuning macro F1 ``tuning_f1`` (unprefixed). Hide them in
+  the UI with the filter ``tags.sedtune.role != 'trial'``.
 
 Every run carries the tags ``job``, ``job_id``, ``dataset_fingerprint``, ``seed``,
 ``sedtune.role`` (job, strategy or trial) and ``<package>_version`` (sedtune, ray, sed_eval,
@@ -42,7 +53,16 @@ from service.results.plots import curve_points, primary_rows
 MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
 MAX_NAME_PART = 100
-CURVE_METRIC = "tuning_f1_curve"
+# The MLflow UI's chart view groups charts into sections by the metric name up to its last "/",
+# orders the named sections by name and puts "Model metrics" (names without "/") last; charts
+# within a section are ordered by name. So HEADLINE is the first section, and heldout_f1 its first
+# chart; the per-class figures come after it, all under PER_CLASS.
+HEADLINE = "compare"
+PER_CLASS = "per_class"
+CURVE_METRIC = f"{HEADLINE}/tuning_f1_curve"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow's "Machine learning" kind (not GenAI)
+TRIAL_FILTER = "tags.sedtune.role != 'trial'"  # the MLflow search filter that hides trial runs
 CLASS_FIGURES = (
     ("f_measure", "f1"),
     ("precision", "precision"),
@@ -192,32 +212,67 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def row_metrics(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float, int]]:
-    """The scores of one comparison row as metrics (step 0).
+def _summary(row: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The headline figures of a comparison row, by their names in :data:`HEADLINE`."""
+    gain = row.get("gain_over_manual") or {}
+    ci = gain.get("ci95") or [None, None]
+    return [
+        ("heldout_f1", row["heldout_f"]["mean"]),
+        ("heldout_gain_over_manual", gain.get("mean")),
+        ("heldout_gain_ci95_low", ci[0]),
+        ("heldout_gain_ci95_high", ci[1]),
+        ("tuning_f1", row["tuning_f"]["mean"]),
+        ("tuning_evaluations", row.get("evaluations")),
+        ("wall_s", row.get("wall_s")),
+    ]
+
+
+def _details(row: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The other whole-set figures of a comparison row (spread over splits, significance)."""
+    return [
+        ("heldout_f1_std", row["heldout_f"]["std"]),
+        ("tuning_f1_std", row["tuning_f"]["std"]),
+        ("heldout_gain_significant", (row.get("gain_over_manual") or {}).get("significant")),
+    ]
+
+
+def class_metrics(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float, int]]:
+    """Per-class figures of one comparison row: ``per_class/[prefix.]<part>/<class>/<figure>``.
 
     Args:
         row: ``comparison.json`` row.
         prefix: Selection prefix (``naive``), or empty.
     """
     pre = f"{prefix}." if prefix else ""
-    gain = row.get("gain_over_manual") or {}
-    ci = gain.get("ci95") or [None, None]
-    pairs: list[tuple[str, Any]] = [
-        ("tuning_f1", row["tuning_f"]["mean"]),
-        ("tuning_f1_std", row["tuning_f"]["std"]),
-        ("heldout_f1", row["heldout_f"]["mean"]),
-        ("heldout_f1_std", row["heldout_f"]["std"]),
-        ("gain_over_manual", gain.get("mean")),
-        ("gain_ci95_low", ci[0]),
-        ("gain_ci95_high", ci[1]),
-        ("gain_significant", gain.get("significant")),
-    ]
+    pairs: list[tuple[str, Any]] = []
     for part in ("tuning", "heldout"):
+        head = f"{PER_CLASS}/{pre}{part}"
         for c, figs in (row.get(f"{part}_class") or {}).items():
-            pairs += [(f"{part}/{_name(c)}/{name}", figs.get(key)) for key, name in CLASS_FIGURES]
+            pairs += [(f"{head}/{_name(c)}/{name}", figs.get(key)) for key, name in CLASS_FIGURES]
         if not row.get(f"{part}_class"):
-            pairs += [(f"{part}/{_name(c)}/f1", f) for c, f in (row.get(f"{part}_class_f") or {}).items()]
-    return [(pre + k, v, 0) for k, x in pairs if (v := _num(x)) is not None]
+            pairs += [(f"{head}/{_name(c)}/f1", f) for c, f in (row.get(f"{part}_class_f") or {}).items()]
+    return [(k, v, 0) for k, x in pairs if (v := _num(x)) is not None]
+
+
+def row_metrics(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float, int]]:
+    """The scores of one comparison row as metrics (step 0).
+
+    The run's own selection (no prefix) puts its headline figures in :data:`HEADLINE`
+    (``compare/heldout_f1``, ...) and the rest unprefixed (``heldout_f1_std``); another
+    selection's are prefixed instead (``naive.heldout_f1``; no evaluations or wall time, which
+    the selections of one strategy share). Per-class figures: :func:`class_metrics`.
+
+    Args:
+        row: ``comparison.json`` row.
+        prefix: Selection prefix (``naive``), or empty.
+    """
+    if prefix:
+        shared = ("tuning_evaluations", "wall_s")
+        pairs = [(f"{prefix}.{k}", x) for k, x in _summary(row) + _details(row) if k not in shared]
+    else:
+        pairs = [(f"{HEADLINE}/{k}", x) for k, x in _summary(row)] + _details(row)
+    out = [(k, v, 0) for k, x in pairs if (v := _num(x)) is not None]
+    return out + class_metrics(row, prefix)
 
 
 def _common_tags(files: ResultFiles, role: str) -> dict[str, str]:
@@ -236,7 +291,8 @@ def _common_tags(files: ResultFiles, role: str) -> dict[str, str]:
 
 def _manual_metrics(manual: dict[str, Any]) -> list[tuple[str, float, int]]:
     """``manual_tuning_f1`` and ``manual_heldout_f1``: the reference on every run."""
-    return [(f"manual_{k}", v, 0) for k, v, _ in row_metrics(manual) if k in ("tuning_f1", "heldout_f1")]
+    figures = dict(_summary(manual))
+    return [(f"manual_{k}", v, 0) for k in ("tuning_f1", "heldout_f1") if (v := _num(figures[k])) is not None]
 
 
 def local_artifact(files: ResultFiles, path: str) -> str | None:
@@ -279,8 +335,6 @@ def _strategy_plan(
         )
     params.update(class_params(primary.get("params")))
     metrics = row_metrics(primary)
-    metrics += [("evaluations", v, 0) for v in [_num(primary.get("evaluations"))] if v is not None]
-    metrics += [("wall_s", v, 0) for v in [_num(primary.get("wall_s"))] if v is not None]
     if manual is not None:
         metrics += _manual_metrics(manual)
     metrics += [(CURVE_METRIC, f, step) for step, f in curve_points(primary.get("trajectory") or [])]
@@ -342,7 +396,9 @@ def plan_job(files: ResultFiles, plots: dict[str, str]) -> tuple[RunPlan, list[s
             tags["mlflow.note.content"] = f.read()[:MAX_TAG_LEN]
     metrics: list[tuple[str, float, int]] = []
     if rec is not None:
-        metrics += [m for m in row_metrics(rec) if m[0] in ("tuning_f1", "heldout_f1", "gain_over_manual")]
+        wanted = ("heldout_f1", "heldout_gain_over_manual", "tuning_f1")
+        figures = dict(_summary(rec))
+        metrics += [(k, v, 0) for k in wanted if (v := _num(figures[k])) is not None]
     if manual is not None:
         metrics += _manual_metrics(manual)
     metrics += [("wall_s", v, 0) for v in [_num(cmp.get("wall_s"))] if v is not None]

@@ -95,6 +95,11 @@ class Rest:
         """Id of the experiment called ``name``."""
         return str(self._get("experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"])
 
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        """The tags of an experiment."""
+        exp = self._get("experiments/get", experiment_id=experiment_id)["experiment"]
+        return {t["key"]: t["value"] for t in exp.get("tags", [])}
+
     def search(self, experiment_id: str, filter_string: str = "") -> list[dict[str, Any]]:
         """Every run of an experiment matching the filter (all pages)."""
         out: list[dict[str, Any]] = []
@@ -174,12 +179,16 @@ def _params(threshold: float, kernel: int) -> dict[str, dict[str, Any]]:
     return {"Dog": dict(one), "Alarm (bell)": dict(one, threshold=round(threshold + 0.1, 6))}
 
 
-def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output") -> Path:
+def fake_result_dir(
+    root: Path, written_at: str = "/nonexistent/original-output", *, plots: bool = False
+) -> Path:
     """A small hand-made result directory in the layout :func:`service.tuning.outputs.write_outputs` writes.
 
     Strategies manual, random (with ``trials.random.json``) and rl (fractional evaluations,
     ``untrained`` and ``adaptive`` rows, a policy checkpoint named in ``artifacts.json`` by its
-    path at ``written_at``, i.e. the directory has moved since the job wrote it).
+    path at ``written_at``, i.e. the directory has moved since the job wrote it). With ``plots``
+    the figures are drawn now into ``plots/`` and named in ``artifacts.json``, as a job does
+    (otherwise tracking draws them when it logs).
     """
     out = root / "result"
     (out / "params").mkdir(parents=True)
@@ -228,6 +237,11 @@ def fake_result_dir(root: Path, written_at: str = "/nonexistent/original-output"
     (policy / "policy.pt").write_bytes(b"\x00fake checkpoint\x01" * 64)
     artifacts["rl/policy"] = f"{written_at}/work/split0/rl/policy"
     artifacts["rl/missing"] = "/nonexistent/elsewhere/missing.bin"
+    if plots:
+        from service.results.plots import write_plots
+
+        for name, path in write_plots(comparison, str(out / "plots")).items():
+            artifacts[f"plots/{name}"] = f"{written_at}/plots/{Path(path).name}"
     (out / "artifacts.json").write_text(json.dumps(artifacts, indent=2))
     trials = [{"index": i, "f": 0.3 + 0.05 * i, "params": _params(0.3 + 0.1 * i, 2 * i + 1)}
               for i in range(3)]

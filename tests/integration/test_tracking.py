@@ -25,15 +25,23 @@ import pytest
 import yaml
 
 from service.cli import main
+from service.results.tracking_layout import (
+    CURVE_METRIC,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    HEADLINE,
+    PER_CLASS,
+    TRIAL_FILTER,
+)
 from tests.integration.mlflow_support import (
     MlflowServer,
     Rest,
-    free_port,
     metrics,
     params,
     start_server,
     tags,
 )
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.ray]
 
@@ -84,7 +92,8 @@ def rest(server: MlflowServer) -> Rest:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
 
     d = tmp_path_factory.mktemp("synth")
     generate(str(d), SynthConfig(n_clips=80, n_classes=3, seed=0))
@@ -156,6 +165,8 @@ def primary_row(comparison: dict[str, Any], strategy: str) -> dict[str, Any]:
 def check_logged_job(rest: Rest, job: Job) -> str:
     """Everything the issue lists, through the REST API; returns the parent run id."""
     cmp = job.comparison
+    exp_id = rest.experiment_id(job.experiment)
+    assert rest.experiment_tags(exp_id)[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND  # not a GenAI one
     (parent,) = parents(rest, job.experiment)
     pid = parent["info"]["run_id"]
     assert parent["info"]["status"] == "FINISHED"
@@ -184,15 +195,29 @@ def check_logged_job(rest: Rest, job: Job) -> str:
                 assert p[f"{c}/{f}"] == (v if isinstance(v, str) else json.dumps(v)), (s, c, f)
             if s != "manual":
                 assert f"naive.{c}/threshold" in p
-        assert m["heldout_f1"] == row["heldout_f"]["mean"] and m["tuning_f1"] == row["tuning_f"]["mean"]
+        # the headline figures: the chart view's first section
+        head = {k.removeprefix(f"{HEADLINE}/"): v for k, v in m.items() if k.startswith(f"{HEADLINE}/")}
+        gain = row["gain_over_manual"]
+        assert head == {
+            "heldout_f1": row["heldout_f"]["mean"],
+            "heldout_gain_over_manual": gain["mean"],
+            "heldout_gain_ci95_low": gain["ci95"][0],
+            "heldout_gain_ci95_high": gain["ci95"][1],
+            "tuning_f1": row["tuning_f"]["mean"],
+            "tuning_evaluations": row["evaluations"],
+            "wall_s": row["wall_s"],
+            "tuning_f1_curve": row["trajectory"][-1]["best_f"],
+        }, s
         manual = primary_row(cmp, "manual")
         assert m["manual_heldout_f1"] == manual["heldout_f"]["mean"]
         for c in cmp["classes"]:
             for part in ("tuning", "heldout"):
                 for key, name in (("f_measure", "f1"), ("precision", "precision"), ("recall", "recall")):
-                    assert m[f"{part}/{c}/{name}"] == row[f"{part}_class"][c][key], (s, part, c, name)
+                    assert m[f"{PER_CLASS}/{part}/{c}/{name}"] == row[f"{part}_class"][c][key], (s, part, c)
+        sections = {k.rsplit("/", 1)[0] for k in m if "/" in k}  # the chart sections of the MLflow UI
+        assert min(sections) == HEADLINE and all(x.startswith(f"{PER_CLASS}/") for x in sections - {HEADLINE})
         # the F1 curve: one point per evaluation step, on integer steps
-        hist = rest.history(run["info"]["run_id"], "tuning_f1_curve")
+        hist = rest.history(run["info"]["run_id"], CURVE_METRIC)
         want = {math.ceil(pt["evaluations"] - 1e-9): pt["best_f"] for pt in row["trajectory"]}
         assert [(h["step"], h["value"]) for h in hist] == sorted(want.items()), s
         if s != "manual":
@@ -213,6 +238,12 @@ def check_logged_job(rest: Rest, job: Job) -> str:
         )
         trials_file = job.out / f"trials.{s}.json"
         assert len(trials) == (len(json.loads(trials_file.read_text())) if trials_file.exists() else 0)
+        assert all(tags(t)["sedtune.role"] == "trial" and "tuning_f1" in metrics(t) for t in trials)
+
+    # the README's filter hides the trial runs and keeps the job and its strategy runs
+    shown = rest.search(exp_id, f"{TRIAL_FILTER} and tags.job_id = '{cmp['job_id']}'")
+    unfiltered = [pid, *(r["info"]["run_id"] for r in kids.values())]
+    assert sorted(r["info"]["run_id"] for r in shown) == sorted(unfiltered)
 
     arts = rest.artifacts(pid)
     for name in ("spec.resolved.json", "comparison.json", "best_params.json", "artifacts.json"):
@@ -235,6 +266,8 @@ def test_job_is_tracked_online(online_job: Job, rest: Rest) -> None:
     pid = check_logged_job(rest, online_job)
     lines = [x for x in online_job.stdout.splitlines() if x.startswith("tracked:")]
     assert len(lines) == 1 and f"run {pid} at {rest.url}" in lines[0]
+    exp_id = rest.experiment_id(online_job.experiment)
+    assert f"compare at {rest.url}/#/experiments/{exp_id}/runs?workflowType=machine_learning" in lines[0]
     assert "tracking failed" not in online_job.stderr
 
 
@@ -266,8 +299,8 @@ def test_rerun_logs_identical_params_and_f1(online_job: Job, rest: Rest) -> None
     for s in a:
         assert params(a[s]) == params(b[s]), s
         assert f1(metrics(a[s])) == f1(metrics(b[s])), s
-        ha = [(h["step"], h["value"]) for h in rest.history(a[s]["info"]["run_id"], "tuning_f1_curve")]
-        hb = [(h["step"], h["value"]) for h in rest.history(b[s]["info"]["run_id"], "tuning_f1_curve")]
+        ha = [(h["step"], h["value"]) for h in rest.history(a[s]["info"]["run_id"], CURVE_METRIC)]
+        hb = [(h["step"], h["value"]) for h in rest.history(b[s]["info"]["run_id"], CURVE_METRIC)]
         assert ha == hb, s
 
 

@@ -49,3 +49,31 @@ def test_embedded_default_store(
     assert capsys.readouterr().out.startswith(f"already tracked: experiment fake-job, run {report.run_id}")
     assert len(client.search_runs([report.experiment_id], max_results=100)) == 7
     assert main(["log", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_an_existing_experiment_gets_the_training_kind_unless_it_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from service.results.tracking_layout import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    bare = client.create_experiment("made-elsewhere")
+    chosen = client.create_experiment("chosen-kind", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    d = fake_result_dir(tmp_path)
+    assert log_results(str(d), uri, "made-elsewhere").experiment_id == bare
+    assert log_results(str(d), uri, "chosen-kind").experiment_id == chosen
+    assert log_results(str(d), uri, "new-one").experiment_id not in (bare, chosen)
+    kinds = {}
+    for name in ("made-elsewhere", "chosen-kind", "new-one"):
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None
+        kinds[name] = exp.tags.get(EXPERIMENT_KIND_TAG)
+    assert kinds == {
+        "made-elsewhere": EXPERIMENT_KIND,
+        "chosen-kind": "genai_development",
+        "new-one": EXPERIMENT_KIND,
+    }

@@ -12,12 +12,31 @@ import pytest
 
 from service.results.plots import curve_points, write_plots
 from service.results.tracking import resolve_uri, try_log
-from service.results.tracking_layout import CURVE_METRIC, flatten, load_result_dir, plan_job
+from service.results.tracking_layout import (
+    CURVE_METRIC,
+    HEADLINE,
+    PER_CLASS,
+    TRIAL_FILTER,
+    flatten,
+    load_result_dir,
+    plan_job,
+)
 from tests.integration.mlflow_support import fake_result_dir
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README_FIGURE = "tests/benchmarks/figures/f1_vs_evaluations.png"
+README_MLFLOW_FIGURES = ("tests/figures/mlflow_runs.png", "tests/figures/mlflow_charts.png")
+HEADLINE_NAMES = [
+    "heldout_f1",
+    "heldout_gain_ci95_high",
+    "heldout_gain_ci95_low",
+    "heldout_gain_over_manual",
+    "tuning_evaluations",
+    "tuning_f1",
+    "tuning_f1_curve",
+    "wall_s",
+]
 NAME_RE = re.compile(r"^[/\w.\- ]*$")  # MLflow's rule for param, metric and tag names
 
 
@@ -81,7 +100,16 @@ def test_plan_layout(tmp_path: Path) -> None:
         assert metrics["manual_heldout_f1"] == 0.4
         for part in ("tuning", "heldout"):
             for fig in ("f1", "precision", "recall"):
-                assert f"{part}/Dog/{fig}" in metrics and f"{part}/Alarm _bell_/{fig}" in metrics
+                for c in ("Dog", "Alarm _bell_"):
+                    assert f"{PER_CLASS}/{part}/{c}/{fig}" in metrics, (name, part, c, fig)
+        # the chart view's sections (the name up to the last "/"): the headline first (and its
+        # held-out F1 first within it), then only per-class sections; the rest has no "/"
+        names = sorted({k for k, _, _ in kid.metrics})
+        head = [k.removeprefix(f"{HEADLINE}/") for k in names if k.startswith(f"{HEADLINE}/")]
+        assert head == HEADLINE_NAMES, name
+        sections = sorted({k.rsplit("/", 1)[0] for k in names if "/" in k})
+        assert sections[0] == HEADLINE and all(x.startswith(f"{PER_CLASS}/") for x in sections[1:])
+        assert sorted(sections, key=str.casefold)[0] == HEADLINE  # a case-blind sort agrees
         for key in [*kid.params, *metrics, *kid.tags]:
             assert _valid_name(key), key
     rl = kids["rl"]
@@ -90,7 +118,20 @@ def test_plan_layout(tmp_path: Path) -> None:
     assert rl.params["untrained.Dog/median_filter_frames"] == "1"
     assert not any(k.startswith("adaptive.") for k in rl.params)
     rl_metrics = {k: v for k, v, _ in rl.metrics}
-    assert rl_metrics["heldout_f1"] == 0.42 and rl_metrics["adaptive.heldout_f1"] == 0.44
+    assert rl_metrics[f"{HEADLINE}/heldout_f1"] == 0.42 and rl_metrics["adaptive.heldout_f1"] == 0.44
+    assert rl_metrics[f"{HEADLINE}/heldout_gain_ci95_low"] == -0.05
+    assert rl_metrics[f"{HEADLINE}/tuning_evaluations"] == 2.5 and rl_metrics["heldout_f1_std"] == 0.0
+    assert rl_metrics[f"{PER_CLASS}/naive.heldout/Dog/f1"] == 0.49
+    assert not any(k.startswith(f"{HEADLINE}/") for k in rl_metrics if "naive" in k or "adaptive" in k)
+    # the job's run: the recommendation (rl/robust) and the manual reference, outside the headline
+    assert {k: v for k, v, _ in plan.metrics} == {
+        "heldout_f1": 0.42,
+        "heldout_gain_over_manual": 0.02,
+        "tuning_f1": 0.4,
+        "manual_tuning_f1": 0.38,
+        "manual_heldout_f1": 0.4,
+        "wall_s": 12.5,
+    }
     assert [(s, v) for k, v, s in rl.metrics if k == CURVE_METRIC] == [(1, 0.36), (2, 0.41), (3, 0.41)]
     assert (str(tmp_path / "result/work/split0/rl/policy"), "policy") in rl.artifacts
     assert kids["manual"].params["Dog/threshold"] == "0.5"
@@ -98,7 +139,9 @@ def test_plan_layout(tmp_path: Path) -> None:
     trials = kids["random"].children
     assert [t.name for t in trials] == ["random-trial-0000", "random-trial-0001", "random-trial-0002"]
     assert trials[2].params["Dog/median_filter_frames"] == "5"
-    assert trials[2].metrics == [("tuning_f1", 0.4, 0)]
+    assert trials[2].metrics == [("tuning_f1", 0.4, 0)]  # not in the headline section
+    assert all(t.tags["sedtune.role"] == "trial" for t in trials)
+    assert TRIAL_FILTER == "tags.sedtune.role != 'trial'"
     assert not kids["rl"].children and not kids["manual"].children
 
 
@@ -139,6 +182,15 @@ def test_readme_shows_a_figure() -> None:
     assert README_FIGURE in (ROOT / "README.md").read_text()
     w, h, colors = _png_stats(ROOT / README_FIGURE)
     assert w >= 500 and h >= 300 and colors > 50
+
+
+def test_readme_shows_the_mlflow_ui_and_the_trial_filter() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert TRIAL_FILTER in readme
+    for figure in README_MLFLOW_FIGURES:
+        assert figure in readme, figure
+        w, h, colors = _png_stats(ROOT / figure)
+        assert w >= 1000 and h >= 600 and colors > 50, figure
 
 
 def test_unreachable_server_gives_one_line_quickly(tmp_path: Path) -> None:
