@@ -23,13 +23,22 @@ from envs.boxes import Boxes, ChangeBoxes, box_events, change_boxes, merge_boxes
 from envs.errors import SedtuneInputError
 from envs.evalset import EvalSet
 from envs.events import ClassEvents
+from envs.kernels import (
+    block_runs,
+    clean_decode,
+    group_counts,
+    hysteresis_runs,
+    level_counts,
+    majority_hysteresis_runs,
+    majority_runs,
+)
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
-from envs.metrics.event_based import event_counts, event_counts_by_group
+from envs.metrics.event_based import ref_first
 from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall
 from envs.metrics.segment_based import segment_counts
 from envs.params import BoxSetting, ClassParams
-from envs.stack import clean, decode, median_filter_levels, median_filter_values
+from envs.stack import median_filter_levels, median_filter_values
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -89,6 +98,13 @@ class _Lru(Generic[K, V]):
     def clear(self) -> None:
         self._d.clear()
 
+    def retain(self, key: K) -> None:
+        """Forget every entry but ``key``'s."""
+        kept = self._d.get(key)
+        self._d.clear()
+        if kept is not None:
+            self._d[key] = kept
+
 
 @dataclass(frozen=True)
 class ClassResult:
@@ -131,10 +147,15 @@ class Evaluator:
         # set must not keep every class's ranks and indexes.
         n = data.max_cached_classes
         self._ranked: _Lru[str, tuple[F64, I64]] = _Lru(None if n is None else max(n, 1))
-        self._levels: _Lru[tuple[str, int], LevelIndex] = _Lru(None if n is None else max(n, 1) * 32)
+        self._levels: _Lru[tuple[object, ...], LevelIndex] = _Lru(None if n is None else max(n, 1) * 32)
         self._quantized: _Lru[tuple[str, tuple[float, ...]], I64] = _Lru(None if n is None else max(n, 1))
         self._boxes: _Lru[tuple[str, BoxSetting], Boxes] = _Lru(None if n is None else max(n, 1) * 64)
         self._changes: _Lru[tuple[str, int, float], ChangeBoxes] = _Lru(None if n is None else max(n, 1) * 8)
+        # (class, kernel) pairs evaluated once without an index (the next use builds it).
+        self._direct: set[tuple[str, int]] = set()
+        self._durations = np.ascontiguousarray(data.durations_s, np.float64)
+        self._refs: dict[str, tuple[I64, F64, F64]] = {}
+        self._one_group = np.zeros(len(data), np.int64)
 
     def ranked(self, label: str) -> tuple[F64, I64]:
         """A class's sorted distinct values and every frame's rank among them (cached)."""
@@ -167,6 +188,20 @@ class Evaluator:
         """
         self._levels.clear()
 
+    def retain_levels(self, label: str, kernel_frames: int, grid: Sequence[float] | None = None) -> None:
+        """Forget every cached level index but this one (:meth:`levels` or :meth:`grid_levels`).
+
+        A worker sweeps the settings of one (class, kernel) one after another (gap filling x
+        minimum duration, say), then moves on: it keeps the index it is using and frees the
+        rest, so a large set never holds more than one index per worker.
+        """
+        key = (label, kernel_frames) if grid is None else self._grid_key(label, kernel_frames, grid)
+        self._levels.retain(key)
+
+    @staticmethod
+    def _grid_key(label: str, kernel_frames: int, grid: Sequence[float]) -> tuple[object, ...]:
+        return (label, kernel_frames, tuple(float(x) for x in grid))
+
     def filtered_ranks(self, label: str, kernel_frames: int) -> I64:
         """Every frame's rank among :meth:`ranked` values after median filtering (not cached)."""
         _, rank = self.ranked(label)
@@ -181,6 +216,10 @@ class Evaluator:
         costs per clip as many levels as the grid has, not as many as the clip has values.
         """
         g = np.asarray(grid, np.float64)
+        index_key = self._grid_key(label, kernel_frames, grid)
+        hit = self._levels.get(index_key)
+        if hit is not None:
+            return hit
         scores = self.data.scores(label)
         key = (label, tuple(g.tolist()))
         q = self._quantized.get(key)
@@ -189,7 +228,9 @@ class Evaluator:
             self._quantized.put(key, q)
         filtered = median_filter_levels(q, scores.offsets, kernel_frames, len(g) + 1)
         levels = np.arange(len(g) + 1, dtype=np.float64) / (len(g) + 1)
-        return LevelIndex.from_ranks(filtered, levels, scores.offsets)
+        hit = LevelIndex.from_ranks(filtered, levels, scores.offsets)
+        self._levels.put(index_key, hit)
+        return hit
 
     def boxes(self, label: str, setting: BoxSetting) -> Boxes:
         """A class's candidate boxes under a box setting (cached; ``boxes`` decoder)."""
@@ -221,22 +262,61 @@ class Evaluator:
                 params.fill_gap_s,
                 params.min_duration_s,
             )
-        index = self.levels(label, params.median_filter_frames)
-        if params.threshold_off is None:
-            start, end = index.runs_at(params.threshold)
-        else:
-            start, end = index.hysteresis_runs_at(params.threshold, params.threshold_off)
-        clip = np.searchsorted(index.offsets, start, side="right").astype(np.int64) - 1
-        base = index.offsets[clip]
-        clip, s, e = clean(clip, start - base, end - base, hop, params.fill_gap_s, params.min_duration_s)
-        return decode(clip, s, e, hop, self.data.durations_s)
+        start, end, offsets = self._runs(label, params, self._index_for(label, params))
+        clip, onset, offset = clean_decode(
+            start, end, offsets, hop, float(params.fill_gap_s), float(params.min_duration_s), self._durations
+        )
+        return ClassEvents(clip, onset, offset)
+
+    def _runs(self, label: str, params: ClassParams, index: LevelIndex | None) -> tuple[I64, I64, I64]:
+        """The active runs of a ``frames`` class (global frames) and the clip offsets.
+
+        Args:
+            label: Class label.
+            params: Its parameters.
+            index: The class's level index for the kernel, or None to decide directly.
+        """
+        k = params.median_filter_frames
+        on, off = float(params.threshold), params.threshold_off
+        if index is None:
+            scores = self.data.scores(label)
+            if off is None:
+                start, end = majority_runs(scores.values, scores.offsets, on, k)
+            else:
+                start, end = majority_hysteresis_runs(scores.values, scores.offsets, on, float(off), k)
+            return start, end, scores.offsets
+        start, end = block_runs(index.blocks, index.level(on))
+        if off is not None:
+            s_off, e_off = block_runs(index.blocks, index.level(float(off)))
+            start, end = hysteresis_runs(s_off, e_off, start)
+        return start, end, index.offsets
+
+    def _index_for(self, label: str, params: ClassParams) -> LevelIndex | None:
+        """The level index to decide a ``frames`` class with, or None: decide it directly.
+
+        The first evaluation of a (class, kernel) filters and thresholds in one pass
+        (:func:`envs.kernels.majority_runs`); from the second on, the class's level index is
+        built and kept, and every threshold costs one pass over its edges. Clips no longer
+        than the half window reflect more than once (scipy's own way): such sets always take
+        the index, built with scipy's filter.
+        """
+        k = params.median_filter_frames
+        index = self._levels.get((label, k))
+        if index is not None:
+            return index
+        if (label, k) not in self._direct:
+            lengths = np.diff(self.data.scores(label).offsets)
+            if int(lengths[lengths > 0].min(initial=k)) > k // 2:
+                self._direct.add((label, k))
+                return None
+        index = self.levels(label, k)
+        index.blocks  # noqa: B018 - built with the index: every threshold of a search uses them
+        return index
 
     def class_counts(self, label: str, params: ClassParams) -> Counts:
         """Event-based counts of one class."""
-        m = self.metric
-        return event_counts(
-            self.data.refs[label], self.events(label, params), m.t_collar_s, m.percentage_of_length
-        )
+        out = self.class_counts_by_group(label, params, self._one_group, 1)
+        return Counts(int(out[0, 0]), int(out[0, 1]), int(out[0, 2]))
 
     def class_counts_by_group(
         self, label: str, params: ClassParams, groups: I64, n_groups: int
@@ -255,14 +335,48 @@ class Evaluator:
             Array (n_groups, 3) of [nref, nsys, ntp].
         """
         m = self.metric
-        return event_counts_by_group(
-            self.data.refs[label],
-            self.events(label, params),
-            groups,
-            n_groups,
-            m.t_collar_s,
-            m.percentage_of_length,
+        refs = self._ref_arrays(label)
+        if groups is not self._one_group:
+            groups = np.ascontiguousarray(groups, np.int64)
+        if params.decoder == "frames":
+            index = self._index_for(label, params)
+            if index is not None:
+                g_off = -1 if params.threshold_off is None else index.level(params.threshold_off)
+                return level_counts(
+                    index.blocks,
+                    index.level(params.threshold),
+                    g_off,
+                    index.offsets,
+                    self.data.frame_hop_s,
+                    float(params.fill_gap_s),
+                    float(params.min_duration_s),
+                    self._durations,
+                    refs,
+                    (m.t_collar_s, m.percentage_of_length),
+                    groups,
+                    n_groups,
+                )
+            start, end, offsets = self._runs(label, params, None)
+            hop, fill, min_dur = self.data.frame_hop_s, float(params.fill_gap_s), float(params.min_duration_s)
+            ev = ClassEvents(*clean_decode(start, end, offsets, hop, fill, min_dur, self._durations))
+        else:
+            ev = self.events(label, params)
+        return group_counts(
+            ev.clip, ev.onset_s, ev.offset_s, *refs, m.t_collar_s, m.percentage_of_length, groups, n_groups
         )
+
+    def _ref_arrays(self, label: str) -> tuple[I64, F64, F64]:
+        """A class's references as the kernels take them (cached): per-clip starts, onsets, offsets."""
+        hit = self._refs.get(label)
+        if hit is None:
+            r = self.data.refs[label]
+            hit = (
+                ref_first(r, len(self.data)),
+                np.ascontiguousarray(r.onset_s, np.float64),
+                np.ascontiguousarray(r.offset_s, np.float64),
+            )
+            self._refs[label] = hit
+        return hit
 
     def evaluate(self, params: Mapping[str, ClassParams]) -> Evaluation:
         """Event-based figures for every class of the set.

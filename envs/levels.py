@@ -12,15 +12,23 @@ frame. The threshold sweep (:mod:`envs.sweep`) uses the same edges for every lev
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from envs.kernels import level_blocks
 from envs.scoreset import ClassScores
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+
+
+#: Level blocks of an index: about this many, so a query reads a small slice of the edges.
+N_BLOCKS = 1024
+
+Blocks = tuple[int, I64, I64, I64, I64, I64, I64, I64, I64]
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,36 @@ class LevelIndex:
             rank,
         )
 
+    @functools.cached_property
+    def blocks(self) -> Blocks:
+        """The edges bucketed by level (built on first use; :func:`envs.kernels.block_runs`).
+
+        A start edge applies at the levels in (start_prev_rank, start_rank], an end edge at
+        (end_next_rank, end_rank]; the levels are cut into about :data:`N_BLOCKS` blocks, each
+        listing the (position, low, high) of the edges that touch it, in frame order. With few
+        distinct values a block is one level and holds exactly that level's edges.
+
+        Returns:
+            (block size in levels, start ptr, pos, low, high, end ptr, pos, low, high).
+        """
+        n_levels = len(self.values) + 1
+        size, s_ptr, s_idx = level_blocks(self.start_prev_rank, self.start_rank, n_levels, N_BLOCKS)
+        _, e_ptr, e_idx = level_blocks(self.end_next_rank, self.end_rank, n_levels, N_BLOCKS)
+        return (
+            size,
+            s_ptr,
+            self.start_pos[s_idx],
+            self.start_prev_rank[s_idx],
+            self.start_rank[s_idx],
+            e_ptr,
+            self.end_pos[e_idx],
+            self.end_next_rank[e_idx],
+            self.end_rank[e_idx],
+        )
+
     def level(self, threshold: float) -> int:
         """g(θ): how many distinct values are <= θ."""
-        return int(np.searchsorted(self.values, np.float64(threshold), side="right"))
+        return int(self.values.searchsorted(np.float64(threshold), side="right"))
 
     def runs_at(self, threshold: float) -> tuple[I64, I64]:
         """Runs of ``p > threshold``: global start positions and exclusive ends, in order."""

@@ -56,73 +56,104 @@ class Candidate:
     counts: I64
 
 
-def _groups(cands: Sequence[Candidate]) -> tuple[I64, I64, F64]:
-    """Group id, position on the smoothing axis and threshold per candidate.
+class _Geometry:
+    """Where every candidate of a class sits for smoothing: group, smoothing axis, threshold.
 
     A group holds the candidates that differ only in threshold and in one ordered stage
     smoothed over: the median-filter kernel for ``frames`` candidates, the step-filter length
     for ``boxes`` candidates (same box median filter, merge criteria and confidence). Gap,
-    minimum duration and hysteresis are part of the group.
+    minimum duration and hysteresis are part of the group. A *row* is one (group, axis
+    position), its candidates sorted by threshold. The smoothing windows depend on this
+    geometry and on the widths only, not on the counts, so they are built once per
+    (width, kernel_width) and reused for every fold and every rule's pick.
+
+    Args:
+        cands: The class's candidates.
     """
-    keys: dict[tuple[object, ...], int] = {}
-    kernels = sorted({c.params.median_filter_frames for c in cands if c.params.decoder == "frames"})
-    steps = sorted({c.params.step_filter_s or 0.0 for c in cands if c.params.decoder == "boxes"})
-    kpos = {k: i for i, k in enumerate(kernels)}
-    spos = {v: i for i, v in enumerate(steps)}
-    gid = np.empty(len(cands), np.int64)
-    kid = np.empty(len(cands), np.int64)
-    thr = np.empty(len(cands), np.float64)
-    for i, c in enumerate(cands):
-        p = c.params
-        if p.decoder == "boxes":
-            key: tuple[object, ...] = ("boxes", p.median_filter_frames, p.merge_abs, p.merge_rel)
-            key = (*key, p.confidence)
-            kid[i] = spos[p.step_filter_s or 0.0]
-        else:
-            key = ("frames", p.threshold_off)
-            kid[i] = kpos[p.median_filter_frames]
-        gid[i] = keys.setdefault((*key, p.fill_gap_s, p.min_duration_s), len(keys))
-        thr[i] = p.threshold
-    return gid, kid, thr
+
+    def __init__(self, cands: Sequence[Candidate]) -> None:
+        keys: dict[tuple[object, ...], int] = {}
+        kernels = sorted({c.params.median_filter_frames for c in cands if c.params.decoder == "frames"})
+        steps = sorted({c.params.step_filter_s or 0.0 for c in cands if c.params.decoder == "boxes"})
+        kpos = {k: i for i, k in enumerate(kernels)}
+        spos = {v: i for i, v in enumerate(steps)}
+        gid = np.empty(len(cands), np.int64)
+        kid = np.empty(len(cands), np.int64)
+        thr = np.empty(len(cands), np.float64)
+        for i, c in enumerate(cands):
+            p = c.params
+            if p.decoder == "boxes":
+                key: tuple[object, ...] = ("boxes", p.median_filter_frames, p.merge_abs, p.merge_rel)
+                key = (*key, p.confidence)
+                kid[i] = spos[p.step_filter_s or 0.0]
+            else:
+                key = ("frames", p.threshold_off)
+                kid[i] = kpos[p.median_filter_frames]
+            gid[i] = keys.setdefault((*key, p.fill_gap_s, p.min_duration_s), len(keys))
+            thr[i] = p.threshold
+        self.thr = thr
+        # Candidates by (group, axis position, threshold); equal thresholds keep their order.
+        self.order = np.lexsort((thr, kid, gid)).astype(np.int64)
+        self.sorted_thr = thr[self.order]
+        g_s, k_s = gid[self.order], kid[self.order]
+        cut = np.flatnonzero((np.diff(g_s) != 0) | (np.diff(k_s) != 0)) + 1
+        starts = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.concatenate((cut, [len(cands)])).astype(np.int64)
+        #: (group, axis position) -> [start, end) of its row in sorted positions.
+        self.rows = {
+            (int(g_s[s]), int(k_s[s])): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)
+        }
+        self._windows: dict[tuple[float, int], tuple[I64, I64]] = {}
+
+    def windows(self, width: float, kernel_width: int) -> tuple[I64, I64]:
+        """Per axis offset dk in ``-kernel_width..kernel_width`` and candidate (original index),
+        the sorted positions [lo, hi) of the same-group candidates at axis position k + dk with
+        a threshold within ±width (both ends inclusive, 1e-12 of slack); lo = hi = 0 where
+        that row does not exist.
+
+        Returns:
+            (lo, hi), each of shape (2 * kernel_width + 1, candidates).
+        """
+        hit = self._windows.get((width, kernel_width))
+        if hit is not None:
+            return hit
+        n_dk = 2 * kernel_width + 1
+        lo = np.zeros((n_dk, len(self.thr)), np.int64)
+        hi = np.zeros((n_dk, len(self.thr)), np.int64)
+        for (g, k), (a, b) in self.rows.items():
+            mine = self.order[a:b]
+            t = self.sorted_thr[a:b]
+            for j, dk in enumerate(range(-kernel_width, kernel_width + 1)):
+                row = self.rows.get((g, k + dk))
+                if row is None:
+                    continue
+                ra, rb = row
+                rt = self.sorted_thr[ra:rb]
+                lo[j, mine] = ra + np.searchsorted(rt, t - width - 1e-12, side="left")
+                hi[j, mine] = ra + np.searchsorted(rt, t + width + 1e-12, side="right")
+        self._windows[(width, kernel_width)] = (lo, hi)
+        return lo, hi
 
 
-def _smoothed(f: F64, gid: I64, kid: I64, thr: F64, width: float, kernel_width: int) -> F64:
+def _smoothed(f: F64, geo: _Geometry, width: float, kernel_width: int) -> F64:
     """Mean F of same-group candidates within ±width in threshold and ±kernel_width in kernel."""
     if width <= 0 and kernel_width <= 0:
         return f
-    sums = np.zeros_like(f)
-    cnts = np.zeros_like(f)
-    rows = {}
-    for key in set(zip(gid.tolist(), kid.tolist(), strict=True)):
-        idx = np.flatnonzero((gid == key[0]) & (kid == key[1]))
-        order = idx[np.argsort(thr[idx], kind="stable")]
-        v = f[order]
-        ok = ~np.isnan(v)
-        rows[key] = (
-            thr[order],
-            np.concatenate(([0.0], np.cumsum(np.where(ok, v, 0.0)))),
-            np.concatenate(([0], np.cumsum(ok))),
-        )
-    for (g, k), _ in rows.items():
-        mine = np.flatnonzero((gid == g) & (kid == k))
-        t = thr[mine]
-        for dk in range(-kernel_width, kernel_width + 1):
-            row = rows.get((g, k + dk))
-            if row is None:
-                continue
-            rt, cs, cn = row
-            lo = np.searchsorted(rt, t - width - 1e-12, side="left")
-            hi = np.searchsorted(rt, t + width + 1e-12, side="right")
-            sums[mine] += cs[hi] - cs[lo]
-            cnts[mine] += cn[hi] - cn[lo]
+    lo, hi = geo.windows(width, kernel_width)
+    v = f[geo.order]
+    ok = ~np.isnan(v)
+    cs = np.concatenate(([0.0], np.cumsum(np.where(ok, v, 0.0))))
+    cn = np.concatenate(([0], np.cumsum(ok)))
+    sums = (cs[hi] - cs[lo]).sum(axis=0)
+    cnts = (cn[hi] - cn[lo]).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnts > 0, sums / np.maximum(cnts, 1), np.nan)
 
 
-def _pick(counts: I64, geo: tuple[I64, I64, F64], width: float, kernel_width: int) -> int:
+def _pick(counts: I64, geo: _Geometry, width: float, kernel_width: int) -> int:
     """Index of the best smoothed candidate given total counts (n_cands, 3)."""
     f = f_measure(counts[:, 0], counts[:, 1], counts[:, 2])
-    s = _smoothed(f, *geo, width, kernel_width)
+    s = _smoothed(f, geo, width, kernel_width)
     if np.isnan(s).all():
         return 0
     best = np.nanmax(s)
@@ -185,7 +216,7 @@ def select_robust(
     prepared = {}
     for c, cl in candidates.items():
         cands = list(cl)
-        prepared[c] = (cands, _groups(cands), np.stack([x.counts for x in cands]))  # (n, folds, 3)
+        prepared[c] = (cands, _Geometry(cands), np.stack([x.counts for x in cands]))  # (n, folds, 3)
     n_folds = next(iter(prepared.values()))[2].shape[1]
 
     # Cross-validated choice of the smoothing (shared by all classes).

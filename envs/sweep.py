@@ -22,7 +22,7 @@ from envs.boxes import Boxes
 from envs.events import ClassEvents
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
-from envs.metrics.event_based import hit_pairs, matched_events
+from envs.metrics.event_based import unit_true_positives
 from envs.metrics.fscore import f_measure
 from envs.stack import clean, decode
 
@@ -316,20 +316,8 @@ def pseudo_clip_counts(
         pct: Offset tolerance fraction.
     """
     nsys = np.bincount(est.clip, minlength=n_levels)
-    # References of each level's clip, copied per level, sorted by (level, onset).
-    r_first = np.searchsorted(refs.clip, level_clip, side="left")
-    r_count = np.searchsorted(refs.clip, level_clip, side="right") - r_first
-    total = int(r_count.sum())
-    first = np.cumsum(r_count) - r_count
-    r_idx = np.repeat(r_first - first, r_count) + np.arange(total, dtype=np.int64)
-    rep = ClassEvents(
-        np.repeat(np.arange(n_levels, dtype=np.int64), r_count),
-        refs.onset_s[r_idx],
-        refs.offset_s[r_idx],
-    )
-    r_hit, e_hit = hit_pairs(rep, est, t_collar_s, pct)
-    matched = matched_events(r_hit, e_hit)
-    ntp = np.bincount(est.clip[matched], minlength=n_levels)
+    # Each level is matched against its clip's references (no copies needed).
+    ntp = unit_true_positives(refs, est, level_clip, t_collar_s, pct)
     return nsys.astype(np.int64), ntp.astype(np.int64)
 
 

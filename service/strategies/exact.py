@@ -17,6 +17,11 @@ Budget (full-set evaluations; evaluating one candidate for every class counts 1)
   evaluations reported are settings x distinct thresholds;
 - ``budget`` B: each setting gets ``floor(B / settings)`` thresholds spread evenly over the
   range (so settings x thresholds <= B); the result is the optimum on that grid.
+
+Progress (``ctx.progress``) counts the same full-set evaluations, not tasks: a setting's cost
+(:func:`setting_cost`) times the fraction of its classes swept so far, summed over settings.
+It never decreases, never exceeds the budget, and its last value is the result's
+``evaluations`` (a task is one class of one setting: 1 / classes of that setting's cost).
 """
 
 from __future__ import annotations
@@ -110,8 +115,9 @@ def _sweep(task: SweepTask, ref: DataRef, folds: I64) -> SweepOutput:
         tg = task.grid
         index = ev.grid_levels(task.label, k, tg) if tg is not None else ev.levels(task.label, k)
         res = sweep_class(index, *common, groups=folds, n_groups=task.n_folds)
-        # Free the level index: a worker sweeps many (class, kernel) pairs.
-        ev.drop_levels()
+        # Keep this level index for the next settings of the same (class, kernel) (the space
+        # orders settings kernel first), free every other: a worker sweeps many pairs.
+        ev.retain_levels(task.label, k, tg)
     # counts[i, f] = [nref_f, nsys_f(i), ntp_f(i)] at threshold interval i.
     counts = np.empty((len(res.thresholds), task.n_folds, 3), np.int64)
     counts[:, :, 0] = res.group_nref[None, :]
@@ -206,13 +212,46 @@ class ExactStrategy(Strategy):
         return _combine(problem, outputs, grid, t0, ctx)
 
 
+def setting_cost(outputs: list[SweepOutput], grid: tuple[float, ...] | None) -> int:
+    """Full-set evaluations one setting costs: its grid's size, else its most decisions.
+
+    Args:
+        outputs: The setting's sweeps (one per class; those done so far while running).
+        grid: The threshold grid, or None (every decision).
+    """
+    if grid is not None:
+        return len(grid)
+    return max((o.n_decisions for o in outputs), default=0)
+
+
+class _Progress:
+    """Full-set evaluations spent as sweeps finish (see the module docstring)."""
+
+    def __init__(self, settings: tuple[Setting, ...], n_classes: int, grid: tuple[float, ...] | None) -> None:
+        self.done: dict[Setting, list[SweepOutput]] = {s: [] for s in settings}
+        self.n_classes = n_classes
+        self.grid = grid
+
+    def add(self, output: SweepOutput) -> float:
+        """Record a finished sweep; returns the evaluations spent so far."""
+        self.done[output.setting].append(output)
+        spent = 0.0
+        for outs in self.done.values():
+            if outs:
+                cost = setting_cost(outs, self.grid)
+                spent += cost if len(outs) == self.n_classes else cost * len(outs) / self.n_classes
+        return spent
+
+
 def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext) -> list[SweepOutput]:
     """Run the tasks on Ray (one task each) or in this process, in task order."""
+    settings = tuple(dict.fromkeys(t.setting for t in tasks))
+    tally = _Progress(settings, len({t.label for t in tasks}), tasks[0].grid if tasks else None)
     if not ctx.use_ray:
         out = []
-        for i, t in enumerate(tasks):
+        for t in tasks:
             out.append(run_sweep_task(t, data, folds))
-            ctx.progress(i + 1)
+            ctx.progress(tally.add(out[-1]))
         return out
     import ray
 
@@ -225,7 +264,8 @@ def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext)
         done, pending = ray.wait(pending, num_returns=1)
         for r in done:
             results[r] = ray.get(r)
-        ctx.progress(len(results))
+            spent = tally.add(results[r])
+        ctx.progress(spent)
     return [results[r] for r in refs]
 
 
@@ -249,7 +289,7 @@ def _combine(
         outs = by_setting[setting]
         # Every class sees the same number of thresholds per setting on a grid; without a
         # grid a setting costs as many evaluations as its class with the most decisions.
-        spent += len(grid) if grid is not None else max(o.n_decisions for o in outs)
+        spent += setting_cost(outs, grid)
         for o in outs:
             tot = o.counts.sum(axis=1)
             f = f_measure(tot[:, 0], tot[:, 1], tot[:, 2])

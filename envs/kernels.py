@@ -1,0 +1,446 @@
+"""Compiled inner loops of the evaluator and the sweeps (numba, no Python objects).
+
+Each kernel does in one pass what the vectorized numpy code did in tens of array operations,
+with the same float64 arithmetic, so results are bit for bit those of the reference paths
+(tested against them and against sed_eval):
+
+- :func:`level_blocks`, :func:`block_runs`, :func:`hysteresis_runs`: the runs of a class's
+  frames at a threshold level, from the rank edges of :class:`envs.levels.LevelIndex`
+  bucketed by level, so a query reads only the edges near its level;
+- :func:`majority_runs`: the runs of a median-filtered class at one threshold without ranking
+  or filtering the values: a window's median is ``> θ`` exactly when more than half of its
+  values are (reflect boundary as ``scipy.ndimage.median_filter``);
+- :func:`clean_decode`: gap filling, minimum duration and decoding to seconds;
+- :func:`match_units`: sed_eval's true positives, a maximum bipartite matching of the hits per
+  clip (or per pseudo-clip of a sweep), by augmenting paths (exact).
+
+Compiled on first use and cached on disk next to this module (``__pycache__``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+
+@njit(cache=True, nogil=True)
+def level_blocks(
+    low: I64, high: I64, n_levels: int, n_blocks: int
+) -> tuple[int, I64, I64]:  # pragma: no cover - compiled
+    """Bucket edges by the levels at which they apply, for output-sensitive run queries.
+
+    Edge i applies at the levels g with ``low[i] < g <= high[i]``. The levels
+    ``0..n_levels - 1`` are cut into blocks of ``size`` levels; every edge is listed in each
+    block its levels touch, in edge order (frame order, so each list is too).
+
+    Returns:
+        (size, ptr, idx): block b lists the edges ``idx[ptr[b]:ptr[b + 1]]``.
+    """
+    size = max(1, (n_levels + n_blocks - 1) // n_blocks)
+    n_b = (n_levels + size - 1) // size
+    count = np.zeros(n_b + 1, np.int64)
+    for i in range(low.size):
+        for blk in range(max(low[i] + 1, 0) // size, high[i] // size + 1):
+            count[blk + 1] += 1
+    ptr = np.cumsum(count)
+    fill = ptr[:-1].copy()
+    idx = np.empty(ptr[-1], np.int64)
+    for i in range(low.size):
+        for blk in range(max(low[i] + 1, 0) // size, high[i] // size + 1):
+            idx[fill[blk]] = i
+            fill[blk] += 1
+    return size, ptr, idx
+
+
+@njit(cache=True, nogil=True)
+def block_runs(
+    blocks: tuple[int, I64, I64, I64, I64, I64, I64, I64, I64], g: int
+) -> tuple[I64, I64]:  # pragma: no cover - compiled
+    """Global starts and exclusive ends of the runs of frames with rank >= g.
+
+    A rising edge starts a run at level g when its rank is >= g and its predecessor's is < g;
+    a falling edge ends one likewise with its successor (see :mod:`envs.levels`). ``blocks``
+    is :attr:`envs.levels.LevelIndex.blocks`: only the edges listed in g's block are read.
+    """
+    size, s_ptr, s_pos, s_low, s_high, e_ptr, e_pos, e_low, e_high = blocks
+    b = g // size
+    if b + 1 >= s_ptr.size:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    lo, hi = s_ptr[b], s_ptr[b + 1]
+    starts = np.empty(hi - lo, np.int64)
+    n = 0
+    for j in range(lo, hi):
+        if s_low[j] < g <= s_high[j]:
+            starts[n] = s_pos[j]
+            n += 1
+    lo, hi = e_ptr[b], e_ptr[b + 1]
+    ends = np.empty(n, np.int64)
+    m = 0
+    for j in range(lo, hi):
+        if e_low[j] < g <= e_high[j] and m < n:  # as many ends as starts, by construction
+            ends[m] = e_pos[j] + 1
+            m += 1
+    return starts[:n], ends[:m]
+
+
+@njit(cache=True, nogil=True)
+def hysteresis_runs(s_off: I64, e_off: I64, s_on: I64) -> tuple[I64, I64]:  # pragma: no cover
+    """Runs of ``p > off`` that hold a frame ``p > on``, each from its first such frame.
+
+    Args:
+        s_off: Starts of the runs above ``off`` (sorted).
+        e_off: Their exclusive ends.
+        s_on: Starts of the runs above ``on`` (sorted; every one lies inside a run above off).
+    """
+    starts = np.empty(s_off.size, np.int64)
+    ends = np.empty(s_off.size, np.int64)
+    n = 0
+    j = 0
+    for i in range(s_off.size):
+        while j < s_on.size and s_on[j] < s_off[i]:
+            j += 1
+        if j < s_on.size and s_on[j] < e_off[i]:
+            starts[n] = s_on[j]
+            ends[n] = e_off[i]
+            n += 1
+    return starts[:n], ends[:n]
+
+
+@njit(cache=True, nogil=True)
+def _reflect(i: int, length: int) -> int:  # pragma: no cover - compiled
+    """scipy.ndimage's ``reflect`` index (``d c b a | a b c d | d c b a``), any distance."""
+    period = 2 * length
+    i = i % period
+    if i < 0:
+        i += period
+    return i if i < length else period - 1 - i
+
+
+@njit(cache=True, nogil=True)
+def majority_runs(
+    values: npt.NDArray[np.float32], offsets: I64, threshold: float, kernel: int
+) -> tuple[I64, I64]:  # pragma: no cover - compiled
+    """Runs of ``median_k(p) > threshold`` per clip (reflect boundary), global positions.
+
+    The median of an odd window is ``> θ`` exactly when at least ``(k + 1) / 2`` of its values
+    are, so a sliding count of the values above θ decides every frame. Every non-empty clip
+    must be longer than ``kernel // 2`` frames: shorter ones reflect more than once, which
+    scipy does its own way (callers send such sets through scipy's filter).
+    """
+    half = kernel // 2
+    need = half + 1
+    n_frames = values.size
+    above = np.empty(n_frames, np.bool_)
+    for i in range(n_frames):
+        above[i] = np.float64(values[i]) > threshold
+    active = np.empty(n_frames, np.bool_)
+    for c in range(offsets.size - 1):
+        lo = offsets[c]
+        length = offsets[c + 1] - lo
+        if length == 0:
+            continue
+        if kernel == 1:
+            for t in range(length):
+                active[lo + t] = above[lo + t]
+            continue
+        count = 0
+        for d in range(-half, half + 1):
+            if above[lo + _reflect(d, length)]:
+                count += 1
+        active[lo] = count >= need
+        for t in range(1, length):
+            enter = t + half
+            leave = t - half - 1
+            if above[lo + (enter if enter < length else _reflect(enter, length))]:
+                count += 1
+            if above[lo + (leave if leave >= 0 else _reflect(leave, length))]:
+                count -= 1
+            active[lo + t] = count >= need
+    return _runs(active, offsets)
+
+
+@njit(cache=True, nogil=True)
+def majority_hysteresis_runs(
+    values: npt.NDArray[np.float32], offsets: I64, on: float, off: float, kernel: int
+) -> tuple[I64, I64]:  # pragma: no cover - compiled
+    """Hysteresis runs of the median-filtered class (start above ``on``, go on above ``off``)."""
+    s_off, e_off = majority_runs(values, offsets, off, kernel)
+    s_on, _ = majority_runs(values, offsets, on, kernel)
+    return hysteresis_runs(s_off, e_off, s_on)
+
+
+@njit(cache=True, nogil=True)
+def _runs(active: npt.NDArray[np.bool_], offsets: I64) -> tuple[I64, I64]:  # pragma: no cover
+    n = 0
+    for c in range(offsets.size - 1):
+        for t in range(offsets[c], offsets[c + 1]):
+            if active[t] and (t == offsets[c] or not active[t - 1]):
+                n += 1
+    starts = np.empty(n, np.int64)
+    ends = np.empty(n, np.int64)
+    j = 0
+    for c in range(offsets.size - 1):
+        lo, hi = offsets[c], offsets[c + 1]
+        t = lo
+        while t < hi:
+            if active[t]:
+                starts[j] = t
+                while t < hi and active[t]:
+                    t += 1
+                ends[j] = t
+                j += 1
+            else:
+                t += 1
+    return starts, ends
+
+
+@njit(cache=True, nogil=True)
+def clean_decode(
+    starts: I64, ends: I64, offsets: I64, hop: float, fill_gap_s: float, min_duration_s: float, durations: F64
+) -> tuple[I64, F64, F64]:  # pragma: no cover - compiled
+    """Runs (global frames, sorted) to events: clip, onset and offset in seconds.
+
+    Gaps between consecutive runs of a clip shorter than ``fill_gap_s`` (gap frames x hop) are
+    filled, then runs shorter than ``min_duration_s`` dropped; a run i..j becomes
+    ``[i * hop, (j + 1) * hop]``, its offset clipped to the clip's duration where known (NaN:
+    unknown), and dropped if it would start at or after the end. ``offsets`` maps a global
+    frame to its clip (runs never cross clips).
+    """
+    n = starts.size
+    clip = np.empty(n, np.int64)
+    s = np.empty(n, np.int64)
+    e = np.empty(n, np.int64)
+    c = 0
+    m = 0
+    for i in range(n):
+        while offsets[c + 1] <= starts[i]:
+            c += 1
+        ls = starts[i] - offsets[c]
+        le = ends[i] - offsets[c]
+        if m > 0 and fill_gap_s > 0 and clip[m - 1] == c and (ls - e[m - 1]) * hop < fill_gap_s:
+            e[m - 1] = le
+        else:
+            clip[m] = c
+            s[m] = ls
+            e[m] = le
+            m += 1
+    out_clip = np.empty(m, np.int64)
+    onset = np.empty(m, np.float64)
+    offset = np.empty(m, np.float64)
+    k = 0
+    for i in range(m):
+        if min_duration_s > 0 and not (e[i] - s[i]) * hop >= min_duration_s:
+            continue
+        on = s[i] * hop
+        off = e[i] * hop
+        dur = durations[clip[i]]
+        if not np.isnan(dur):
+            if off > dur:
+                off = dur
+            if not on < dur:
+                continue
+        out_clip[k] = clip[i]
+        onset[k] = on
+        offset[k] = off
+        k += 1
+    return out_clip[:k], onset[:k], offset[:k]
+
+
+@njit(cache=True, nogil=True)
+def match_units(
+    est_unit: I64,
+    est_on: F64,
+    est_off: F64,
+    unit_clip: I64,
+    ref_first: I64,
+    ref_on: F64,
+    ref_off: F64,
+    t_collar_s: float,
+    percentage_of_length: float,
+) -> I64:  # pragma: no cover - compiled
+    """True positives per unit: a maximum matching of sed_eval's hits within each unit.
+
+    Args:
+        est_unit: Unit (clip, or pseudo-clip of a sweep) of every system event, ascending.
+        est_on: Onsets (s).
+        est_off: Offsets (s).
+        unit_clip: The real clip whose reference events each unit is matched against.
+        ref_first: Reference events of clip c are ``ref_first[c]:ref_first[c + 1]``.
+        ref_on: Reference onsets (s).
+        ref_off: Reference offsets (s).
+        t_collar_s: Onset collar (s); the offset collar is ``max(t_collar_s, pct * length)``.
+        percentage_of_length: Offset tolerance as a fraction of the reference length.
+
+    Returns:
+        Matched pairs per unit (``unit_clip.size`` entries).
+    """
+    n_units = unit_clip.size
+    ntp = np.zeros(n_units, np.int64)
+    n = est_unit.size
+    max_r = 0
+    for c in range(ref_first.size - 1):
+        max_r = max(max_r, ref_first[c + 1] - ref_first[c])
+    max_e = 0
+    a = 0
+    while a < n:
+        b = a
+        while b < n and est_unit[b] == est_unit[a]:
+            b += 1
+        max_e = max(max_e, b - a)
+        a = b
+    # One adjacency buffer for every unit (row-major: its events x its clip's references).
+    adj = np.zeros(max_e * max_r, np.bool_)
+    match_ref = np.empty(max_r, np.int64)
+    visited = np.empty(max_r, np.bool_)
+    stacks = np.empty((3, max_e + 1), np.int64)
+    a = 0
+    while a < n:
+        u = est_unit[a]
+        b = a
+        while b < n and est_unit[b] == u:
+            b += 1
+        clip = unit_clip[u]
+        r0 = ref_first[clip]
+        nr = ref_first[clip + 1] - r0
+        ne = b - a
+        if nr > 0:
+            n_hits = 0
+            for i in range(ne):
+                e_on = est_on[a + i]
+                e_off = est_off[a + i]
+                for j in range(nr):
+                    hit = False
+                    r_on = ref_on[r0 + j]
+                    if abs(r_on - e_on) <= t_collar_s:
+                        r_off = ref_off[r0 + j]
+                        tol = max(t_collar_s, percentage_of_length * (r_off - r_on))
+                        hit = abs(r_off - e_off) <= tol
+                    adj[i * nr + j] = hit
+                    n_hits += hit
+            if n_hits > 0:
+                if ne == 1 or nr == 1 or n_hits == 1:
+                    ntp[u] = 1  # one side of one: any hit is a maximum matching
+                else:
+                    ntp[u] = _max_matching(adj, ne, nr, match_ref, visited, stacks)
+        a = b
+    return ntp
+
+
+@njit(cache=True, nogil=True)
+def _max_matching(
+    adj: npt.NDArray[np.bool_],
+    ne: int,
+    nr: int,
+    match_ref: I64,
+    visited: npt.NDArray[np.bool_],
+    stacks: npt.NDArray[np.int64],
+) -> int:  # pragma: no cover - compiled
+    """Size of a maximum matching of a small bipartite graph (Kuhn's augmenting paths).
+
+    ``adj[e * nr + r]``: event e hits reference r. ``match_ref``, ``visited`` (at least ``nr``)
+    and ``stacks`` (3 x at least ``ne + 1``) are work buffers.
+    """
+    for j in range(nr):
+        match_ref[j] = -1
+    stack_e, stack_k, path_r = stacks[0], stacks[1], stacks[2]
+    size = 0
+    for root in range(ne):
+        for j in range(nr):
+            visited[j] = False
+        depth = 0
+        stack_e[0] = root
+        stack_k[0] = 0
+        while depth >= 0:
+            e = stack_e[depth]
+            k = stack_k[depth]
+            if k == nr:
+                depth -= 1
+                continue
+            stack_k[depth] = k + 1
+            if not adj[e * nr + k] or visited[k]:
+                continue
+            visited[k] = True
+            path_r[depth] = k
+            if match_ref[k] == -1:
+                for d in range(depth + 1):
+                    match_ref[path_r[d]] = stack_e[d]
+                size += 1
+                break
+            depth += 1
+            stack_e[depth] = match_ref[k]
+            stack_k[depth] = 0
+    return size
+
+
+
+@njit(cache=True, nogil=True)
+def group_counts(
+    clip: I64,
+    onset: F64,
+    offset: F64,
+    ref_first: I64,
+    ref_on: F64,
+    ref_off: F64,
+    t_collar_s: float,
+    percentage_of_length: float,
+    groups: I64,
+    n_groups: int,
+) -> I64:  # pragma: no cover - compiled
+    """[nref, nsys, ntp] per clip group of one class's events (sorted by clip).
+
+    Args:
+        clip: Clip of every system event (ascending).
+        onset: Onsets (s).
+        offset: Offsets (s).
+        ref_first: Reference events of clip c are ``ref_first[c]:ref_first[c + 1]``.
+        ref_on: Reference onsets (s).
+        ref_off: Reference offsets (s).
+        t_collar_s: Collar (s).
+        percentage_of_length: Offset tolerance fraction.
+        groups: Group of every clip.
+        n_groups: Number of groups.
+    """
+    out = np.zeros((n_groups, 3), np.int64)
+    for c in range(ref_first.size - 1):
+        out[groups[c], 0] += ref_first[c + 1] - ref_first[c]
+    for i in range(clip.size):
+        out[groups[clip[i]], 1] += 1
+    units = np.arange(ref_first.size - 1)
+    pct = percentage_of_length
+    ntp = match_units(clip, onset, offset, units, ref_first, ref_on, ref_off, t_collar_s, pct)
+    for c in range(ntp.size):
+        if ntp[c]:
+            out[groups[c], 2] += ntp[c]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def level_counts(
+    blocks: tuple[int, I64, I64, I64, I64, I64, I64, I64, I64],
+    g_on: int,
+    g_off: int,
+    offsets: I64,
+    hop: float,
+    fill_gap_s: float,
+    min_duration_s: float,
+    durations: F64,
+    refs: tuple[I64, F64, F64],
+    metric: tuple[float, float],
+    groups: I64,
+    n_groups: int,
+) -> I64:  # pragma: no cover - compiled
+    """Counts per group of a ``frames`` class at a threshold level (``g_off < 0``: no hysteresis).
+
+    ``blocks`` are :attr:`envs.levels.LevelIndex.blocks`; ``refs`` is
+    (ref_first, ref_on, ref_off); ``metric`` is (collar, pct).
+    """
+    starts, ends = block_runs(blocks, g_on)
+    if g_off >= 0:
+        s_off, e_off = block_runs(blocks, g_off)
+        starts, ends = hysteresis_runs(s_off, e_off, starts)
+    clip, on, off = clean_decode(starts, ends, offsets, hop, fill_gap_s, min_duration_s, durations)
+    return group_counts(clip, on, off, refs[0], refs[1], refs[2], metric[0], metric[1], groups, n_groups)
