@@ -8,8 +8,10 @@
 #   entrypoint.sh mlflow               mlflow server: backend store, artifacts proxied (--serve-artifacts)
 #   entrypoint.sh api                  sedtune serve: HTTP API, scheduler, Ray reconciler
 #   entrypoint.sh job SPEC [OPTS]      sedtune tune SPEC --address $RAY_ADDRESS (a Ray job's driver)
-#   entrypoint.sh job --job-id ID --spec-b64 B64
-#                                      python -m service.jobrun (the entrypoint the service submits)
+#   entrypoint.sh job --job-id ID --spec-file FILE [--spec-sha256 HEX]
+#                                      python -m service.jobrun (the entrypoint the service submits:
+#                                      the spec in a job file under <output root>/.sedtune/jobs;
+#                                      --spec-b64 B64 instead for `sedtune submit --ray-address`)
 #   entrypoint.sh healthcheck [ROLE]   exit 0 when ROLE's process answers (default: this container's role)
 #   entrypoint.sh CMD [ARGS]           anything else runs as is (sedtune ..., ray status, bash)
 #
@@ -182,7 +184,7 @@ role_api() {
 
 role_job() {
   ray_auth strict
-  [[ $# -gt 0 ]] || die "job: give a spec file (job SPEC [tune options]) or --job-id ID --spec-b64 B64"
+  [[ $# -gt 0 ]] || die "job: give a spec file (job SPEC [tune options]) or --job-id ID --spec-file FILE"
   if [[ $1 == --job-id ]]; then
     run python -m service.jobrun "$@"
   fi

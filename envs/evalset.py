@@ -1,9 +1,10 @@
 """An evaluation set: a score set aligned to its ground truth, and the one way to open one.
 
-:func:`open_eval_set` opens a score set (all its shards or some), its ground truth and
-optional durations and aligns them with :func:`align`: every ground-truth clip must have
-scores and every scored clip must be in the ground truth, and the classes must agree. The
-result, an :class:`EvalSet`, reads class columns lazily, one class at a time;
+:func:`open_eval_set` opens a score set (all its shards or some; a sed_scores_eval TSV
+folder or an ``.npz`` is read through its cached Parquet conversion, :mod:`envs.scorecache`),
+its ground truth and optional durations and aligns them with :func:`align`: every ground-truth
+clip must have scores and every scored clip must be in the ground truth, and the classes must
+agree. The result, an :class:`EvalSet`, reads class columns lazily, one class at a time;
 :class:`envs.evaluator.Evaluator` scores parameters on it.
 """
 
@@ -173,7 +174,9 @@ def open_eval_set(
     """Open a score set, its ground truth and optional durations, aligned and validated.
 
     Args:
-        scores: Score-set URI.
+        scores: Score-set URI, or a sed_scores_eval TSV folder or ``.npz``, converted
+            once into a cached score set (:func:`envs.scorecache.resolve_scores`). With
+            ``shards`` and ``shard_paths``, the resolved set's URI (as workers get it).
         ground_truth: Ground-truth TSV path or URI.
         durations: Durations TSV, or None (durations unknown).
         where: Field path of the data in a job spec (e.g. ``data``), or None. When given,

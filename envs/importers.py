@@ -53,6 +53,8 @@ def _read_tsv(path: str) -> tuple[list[str], npt.NDArray[np.float64]]:
                     raise SedtuneInputError(f"{path}, line {lineno}: {bad!r} is not a number") from None
     except UnicodeDecodeError as e:
         raise SedtuneInputError(f"{path}: not a UTF-8 text file ({e})") from None
+    except OSError as e:
+        raise SedtuneInputError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not rows:
         raise SedtuneInputError(f"{path}: no frames")
     return header[2:], np.asarray(rows, dtype=np.float64)
@@ -134,6 +136,25 @@ def _discard(writer: ScoreSetWriter | None, out_uri: str, existed: bool) -> None
         LOG.warning("could not remove the empty output directory %s", out_uri)
 
 
+def tsv_files(folder: str) -> list[str]:
+    """The score files of a TSV folder: the names ending in ``.tsv``, sorted.
+
+    Exactly the files :func:`import_tsv_folder` reads (the score cache keys on them too).
+
+    Raises:
+        SedtuneInputError: Not a readable directory, or no ``.tsv`` file in it.
+    """
+    if not os.path.isdir(folder):
+        raise SedtuneInputError(f"{folder}: not a directory")
+    try:
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".tsv"))
+    except OSError as e:
+        raise SedtuneInputError(f"{folder}: cannot be listed ({e.strerror or e})") from None
+    if not files:
+        raise SedtuneInputError(f"{folder}: no .tsv files")
+    return files
+
+
 def import_tsv_folder(
     folder: str,
     out_uri: str,
@@ -157,11 +178,7 @@ def import_tsv_folder(
         SedtuneInputError: Malformed TSV, differing classes or hops, bad values, an output
             that is not a new or empty directory. A failed import leaves no shards behind.
     """
-    if not os.path.isdir(folder):
-        raise SedtuneInputError(f"{folder}: not a directory")
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".tsv"))
-    if not files:
-        raise SedtuneInputError(f"{folder}: no .tsv files")
+    files = tsv_files(folder)
     existed = _check_output(out_uri)
     writer: ScoreSetWriter | None = None
     first = ""
@@ -297,3 +314,29 @@ def import_npz(path: str, out_uri: str, clips_per_shard: int = 2000) -> ScoreSet
                 scores[i, frame, k : k + 1], f"{path}, clip {name!r}, class {classes[k]!r}, frame {frame}"
             )
     return import_numpy(out_uri, scores, filenames, classes, hop, clips_per_shard)
+
+
+def import_source(
+    source: str,
+    out_uri: str,
+    audio_extension: str = ".wav",
+    clips_per_shard: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreSetWriter:
+    """Import whatever ``source`` is: an ``.npz`` file or a sed_scores_eval TSV folder.
+
+    Args:
+        source: ``.npz`` path or TSV folder.
+        out_uri: Output score-set directory (new or empty).
+        audio_extension: Appended to TSV clip names.
+        clips_per_shard: Rows per shard.
+        progress: Called with 1 after each TSV clip (not for ``.npz``).
+
+    Raises:
+        SedtuneInputError: Neither form, or what the importer of that form raises.
+    """
+    if source.endswith(".npz"):
+        return import_npz(source, out_uri, clips_per_shard)
+    if os.path.isdir(source):
+        return import_tsv_folder(source, out_uri, audio_extension, clips_per_shard, progress)
+    raise SedtuneInputError(f"{source}: neither a directory of TSV files nor an .npz file")

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from envs.evalset import EvalSet, open_eval_set
 from envs.evaluator import Evaluator, MetricConfig
 from envs.params import ClassParams
+from envs.scorecache import resolve_scores
 from envs.space import SearchSpace
 from envs.split import fold_ids
 
@@ -29,11 +30,18 @@ class DataRef:
     """Where a set's data lives, and which of its clips form the tuning part.
 
     Attributes:
-        scores: Score-set URI.
+        scores: Score-set URI. Given a sed_scores_eval TSV folder or an ``.npz``, the
+            reference holds the path of its cached Parquet set instead
+            (:func:`envs.scorecache.resolve_scores`, converting once on the process that
+            builds the reference), so workers that unpickle it read that set and never
+            convert again.
         ground_truth: Ground-truth TSV path or URI.
         durations: Durations TSV, or None.
         clips: Clip names of the part, in order (None = every ground-truth clip).
         classes: Classes evaluated (None = all of the score set's).
+
+    Raises:
+        SedtuneInputError: Scores in a form that cannot be converted (import's error).
     """
 
     scores: str
@@ -41,6 +49,10 @@ class DataRef:
     durations: str | None
     clips: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Unpickling does not call this: a worker keeps the driver's resolved path.
+        object.__setattr__(self, "scores", resolve_scores(self.scores))
 
     def load(self, max_cached_classes: int | None = None) -> EvalSet:
         """Open and align the data (on whichever process calls it), restricted to ``clips``.

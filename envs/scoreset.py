@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from envs.errors import SedtuneInputError
+from envs.scorecache import resolve_scores
 from envs.scoreformat import (
     FORMAT,
     META_CLASSES,
@@ -102,8 +103,12 @@ class ScoreSet:
     def open(cls, uri: str, shard_paths: Sequence[str] | None = None) -> ScoreSet:
         """Open a score set and validate its shards' schemas and clip names.
 
+        Without ``shard_paths``, ``uri`` may also be a sed_scores_eval TSV folder or an
+        ``.npz``: it is converted once into a cached score set, which is what is opened
+        (:func:`envs.scorecache.resolve_scores`; :attr:`uri` is then the cached set's path).
+
         Args:
-            uri: Directory of ``*.parquet`` shards (path or URI).
+            uri: Directory of ``*.parquet`` shards (path or URI), TSV folder or ``.npz``.
             shard_paths: Restrict to these shard paths (as listed by another ScoreSet).
 
         Returns:
@@ -111,8 +116,11 @@ class ScoreSet:
 
         Raises:
             SedtuneInputError: Missing directory, no shards, corrupt or foreign Parquet,
-                shards that disagree on classes or hop, duplicate clips.
+                shards that disagree on classes or hop, duplicate clips; a TSV folder or
+                ``.npz`` that ``sedtune import`` would refuse (its error, naming the file).
         """
+        if shard_paths is None:
+            uri = resolve_scores(uri)
         fs, root = resolve(uri)
         if shard_paths is None:
             info = fs.get_file_info(root)
@@ -124,7 +132,9 @@ class ScoreSet:
                 sel = pafs.FileSelector(root, recursive=False)
                 paths = sorted(i.path for i in fs.get_file_info(sel) if i.path.endswith(".parquet"))
             if not paths:
-                raise SedtuneInputError(f"{uri}: no .parquet shards in the score set")
+                raise SedtuneInputError(
+                    f"{uri}: no .parquet shards in the score set (nor .tsv score files to import)"
+                )
         else:
             paths = list(shard_paths)
         classes: list[str] | None = None

@@ -3,7 +3,10 @@
 Every command is a function ``run(args) -> int`` in a small module of its own; this module
 wires them into one argparse tree. A :class:`envs.errors.SedtuneInputError` (bad user input)
 is printed as one line ``sedtune: error: ...`` with exit code 2; any other failure is printed
-as one line too (exit 1), with the traceback only under ``--debug``.
+as one line too (exit 1), with the traceback only under ``--debug``. An interrupted command
+(Ctrl-C, or SIGTERM where a command handles it: :mod:`service.tuning.interrupt`) prints one
+line, ``sedtune: interrupted (SIGINT); no results written`` or what it left, and exits with
+128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     # Ray Tune's new console engine prints tables even at verbose=0; the old one is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the commands (numpy, pyarrow): a Ctrl-C here is one line too
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -74,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sedtune: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sedtune: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     except BrokenPipeError:
         # The reader closed the pipe (``sedtune evaluate --json | head -1``): it has what it
         # wanted, so end quietly; stdout goes to /dev/null so the exit flush cannot fail again.
@@ -91,6 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """One line for an interrupted command; its exit code (128 + the signal number)."""
+    from service.tuning.interrupt import Interrupted
+
+    if isinstance(e, Interrupted):
+        print(f"sedtune: {e.line()}", file=sys.stderr)
+        return e.exit_code
+    print("sedtune: interrupted (SIGINT)", file=sys.stderr)  # Python's own SIGINT handler
+    return 130
 
 
 def _one_line(text: str) -> str:

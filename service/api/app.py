@@ -6,12 +6,14 @@ real ones for ``sedtune serve``.
 
 Routes: ``GET /health`` (no auth), ``GET /ready``, ``GET /openapi.json``, ``/v1/jobs…`` and
 ``/v1/schedules…`` (:mod:`service.api.routes_jobs`, :mod:`service.api.routes_schedules`).
-Every route but ``/health`` needs a bearer token (:mod:`service.api.auth`).
+Every route but ``/health`` needs a bearer token (:mod:`service.api.auth`); a request body
+over ``max_body_bytes`` gets 413 before it is read (:mod:`service.api.limits`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from service.api.auth import BearerAuthMiddleware, bearer_scheme
 from service.api.deps import Services
 from service.api.errors import add_service_error_handlers, validation_handler
+from service.api.limits import BodyLimitMiddleware
 from service.server.jobs import Clock, JobService, utcnow
 from service.server.loops import Loop
 from service.server.scheduler import Scheduler
@@ -68,7 +71,8 @@ def create_app(settings: Settings, store: Store, submitter: Submitter, *, backgr
     app.state.services = svc
     app.add_exception_handler(RequestValidationError, validation_handler)
     add_service_error_handlers(app)
-    app.add_middleware(BearerAuthMiddleware, tokens=settings.tokens)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, tokens=settings.tokens)  # outermost: 401 before any body
 
     from service.api import routes_jobs, routes_schedules
 
@@ -107,5 +111,10 @@ def create_app(settings: Settings, store: Store, submitter: Submitter, *, backgr
 
 def build_app(settings: Settings) -> FastAPI:
     """The real app of ``sedtune serve``: SQL store at ``settings.db_url``, Ray Jobs API submitter."""
+    os.makedirs(settings.service_dir, exist_ok=True)
+    legacy = os.path.join(settings.output_roots[0], "mlflow.db")
+    if os.path.isfile(legacy) and settings.tracking_uri != f"sqlite:///{legacy}":
+        LOG.warning("the embedded MLflow store is now %s (out of the jobs' output tree); the runs logged "
+                    "before stay in %s, untouched", settings.tracking_uri, legacy)
     store = Store(settings.db_url)
     return create_app(settings, store, RayJobsSubmitter(settings.ray_address))

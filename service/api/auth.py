@@ -27,6 +27,12 @@ PUBLIC_PATHS = frozenset({"/health"})
 bearer_scheme = HTTPBearer(auto_error=False, description="a token from SEDTUNE_TOKENS / SEDTUNE_TOKENS_FILE")
 
 
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ("" if there is none)."""
+    scheme, _, given = (header or "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
+
+
 def token_ok(header: str | None, tokens: Iterable[str]) -> bool:
     """True if ``header`` is ``Bearer <t>`` for a configured token ``t`` (constant-time compare)."""
     if not header:

@@ -1,4 +1,4 @@
-"""Error responses: one line for 401/404/409/503; field paths for 422.
+"""Error responses: one line for 401/404/409/413/503; field paths for 422.
 
 Routes let the services' exceptions propagate; :func:`add_service_error_handlers` answers
 them the same way everywhere.
@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.server.idempotency import HEADER, KeyReusedError
 from service.server.jobs import ConflictError, NotFoundError
 from service.server.policy import FieldError
 from service.server.submitter import SubmitterError
@@ -72,7 +73,8 @@ STATUS_OF: dict[type[Exception], int] = {NotFoundError: 404, ConflictError: 409,
 
 
 def add_service_error_handlers(app: FastAPI) -> None:
-    """Answer the services' exceptions in every route: :data:`STATUS_OF`, and 422 for a FieldError."""
+    """Answer the services' exceptions in every route: :data:`STATUS_OF`, and 422 for a FieldError
+    or a reused ``Idempotency-Key``."""
 
     async def one_line(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for cls, code in STATUS_OF.items() if isinstance(exc, cls))
@@ -82,9 +84,14 @@ def add_service_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, FieldError)
         return field_error(exc)
 
+    async def key_reused(request: Request, exc: Exception) -> JSONResponse:
+        return unprocessable([{"loc": ["header", HEADER], "field": HEADER, "msg": " ".join(str(exc).split()),
+                               "type": "idempotency_key_reused"}])
+
     for cls in STATUS_OF:
         app.add_exception_handler(cls, one_line)
     app.add_exception_handler(FieldError, field)
+    app.add_exception_handler(KeyReusedError, key_reused)
 
 
 async def validation_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Security
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 
-from service.api.auth import bearer_scheme
+from service.api.auth import bearer_scheme, bearer_token
 from service.api.deps import Services, services
 from service.api.errors import http_error
 from service.api.schemas import NAME_PATTERN, ErrorOut, JobDetail, JobList, JobOut, JobResultOut, MlflowLink
 from service.results.read import ResultMissingError, read_result
 from service.results.status import read_status
+from service.server.idempotency import HEADER, KEY_PATTERN, IdempotencyKey, principal_of
 from service.store.records import SUCCEEDED, JobRecord
 from service.tuning.spec import JobSpec
 
@@ -20,6 +21,23 @@ ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="job id")]
 #: The job states (service.store.records.STATES; a unit test keeps them equal).
 Status = Literal["QUEUED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
+
+#: The optional ``Idempotency-Key`` header of the creating routes.
+IdemKeyHeader = Annotated[str | None, Header(
+    alias=HEADER, pattern=KEY_PATTERN,
+    description="optional: a fresh key per request (1-200 visible ASCII characters); the same request "
+                "sent again with the same key answers what the first one created (200) instead of "
+                "creating it again; the same key with another request is refused (422)")]
+#: The headers of a replayed answer.
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def idempotency_key(request: Request, key: str | None) -> IdempotencyKey | None:
+    """The request's key, scoped by its token (None without a key)."""
+    if key is None:
+        return None
+    return IdempotencyKey(principal_of(bearer_token(request.headers.get("authorization"))), key)
+
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Security(bearer_scheme)],
                    responses={401: {"model": ErrorOut, "description": "missing or invalid token"}})
@@ -42,15 +60,26 @@ def detail(job: JobRecord) -> JobDetail:
 
 
 @router.post("", status_code=201, response_model=JobDetail,
-             responses={400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
-                        422: {"description": "invalid spec: field paths in detail[].field"}})
-def submit_job(spec: JobSpec, svc: Annotated[Services, Depends(services)]) -> Any:
+             responses={200: {"model": JobDetail, "description": "replayed: the job an earlier request with "
+                                                                 "this Idempotency-Key created"},
+                        400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
+                        413: {"model": ErrorOut, "description": "the body is over the size limit"},
+                        422: {"description": "invalid spec (field paths in detail[].field), or an "
+                                             "Idempotency-Key sent before with another spec"}})
+def submit_job(spec: JobSpec, request: Request, response: Response,
+               svc: Annotated[Services, Depends(services)], key: IdemKeyHeader = None) -> Any:
     """Validate a job spec (same schema as the YAML/JSON spec files), store it and run it on Ray.
 
     The Ray entrypoint is built by sedtune from the validated spec. A job whose submission Ray
     could not take stays ``QUEUED`` and is submitted again by the reconciler.
     """
-    job = svc.jobs.submit(spec)
+    idem = idempotency_key(request, key)
+    if idem is None:
+        return detail(svc.jobs.submit(spec))
+    job, replayed = svc.jobs.submit_once(spec, idem)
+    if replayed:
+        response.status_code = 200
+        response.headers.update(REPLAYED)
     return detail(job)
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse
 
 from service.api.auth import bearer_scheme
 from service.api.deps import Services, services
-from service.api.routes_jobs import ID_PATTERN
-from service.api.schemas import ErrorOut, RunList, RunOut, ScheduleCreate, ScheduleList, ScheduleOut
+from service.api.routes_jobs import ID_PATTERN, REPLAYED, IdemKeyHeader, idempotency_key
+from service.api.schemas import (
+    ErrorOut,
+    RefusedRunOut,
+    RunList,
+    RunOut,
+    ScheduleCreate,
+    ScheduleList,
+    ScheduleOut,
+)
+from service.server.scheduler import REFUSED
 from service.store.records import RunRecord
 
 ScheduleId = Annotated[str, Path(pattern=ID_PATTERN, description="schedule id")]
@@ -26,11 +35,22 @@ def _run_out(svc: Services, run: RunRecord) -> RunOut:
 
 
 @router.post("", status_code=201, response_model=ScheduleOut,
-             responses={400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
-                        409: {"model": ErrorOut}, 422: {"description": "bad cron line, time zone or spec"}})
-def create_schedule(body: ScheduleCreate, svc: Annotated[Services, Depends(services)]) -> Any:
+             responses={200: {"model": ScheduleOut,
+                              "description": "replayed: the schedule an earlier request with this "
+                                             "Idempotency-Key created"},
+                        400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 JSON)"},
+                        409: {"model": ErrorOut},
+                        413: {"model": ErrorOut, "description": "the body is over the size limit"},
+                        422: {"description": "bad cron line, time zone or spec, or an Idempotency-Key sent "
+                                             "before with another request"}})
+def create_schedule(body: ScheduleCreate, request: Request, response: Response,
+                    svc: Annotated[Services, Depends(services)], key: IdemKeyHeader = None) -> Any:
     """Create a schedule: a five-field cron line read in an IANA time zone, and a job spec."""
-    s = svc.scheduler.create(body.name, body.cron, body.timezone, body.spec)
+    s, replayed = svc.scheduler.create_once(body.name, body.cron, body.timezone, body.spec,
+                                            idempotency_key(request, key))
+    if replayed:
+        response.status_code = 200
+        response.headers.update(REPLAYED)
     return ScheduleOut.of(s)
 
 
@@ -66,12 +86,19 @@ def delete_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(se
 
 
 @router.post("/{schedule_id}/run", status_code=201, response_model=RunOut,
-             responses={**NOT_FOUND, 409: {"model": RunOut, "description": "skipped: a run is still going"}})
+             responses={**NOT_FOUND, 409: {"model": RunOut, "description": "skipped: a run is still going"},
+                        422: {"model": RefusedRunOut, "description": "refused: the stored spec no longer "
+                                                                     "passes validation (detail: why)"}})
 def run_schedule(schedule_id: ScheduleId, svc: Annotated[Services, Depends(services)]) -> Any:
     """Fire now. If the previous run is still going, nothing starts: the skipped run is recorded and
-    returned with status 409."""
+    returned with status 409. The stored spec is validated again, as a submission is; if it is
+    refused (e.g. a data folder now links out of the data roots), nothing starts: the refused run
+    is recorded and returned with status 422 and the reason in ``detail``."""
     run = svc.scheduler.run_now(schedule_id)
     out = _run_out(svc, run)
+    if run.job_id is None and (run.skip_reason or "").startswith(REFUSED):
+        refused = RefusedRunOut(**out.model_dump(), detail=(run.skip_reason or "")[len(REFUSED):])
+        return JSONResponse(status_code=422, content=refused.model_dump(mode="json"))
     if run.job_id is None:
         return JSONResponse(status_code=409, content=out.model_dump(mode="json"))
     return out

@@ -144,6 +144,12 @@ class RunOut(BaseModel):
         return cls(job_status=job_status, **{k: getattr(r, k) for k in cls.model_fields if k != "job_status"})
 
 
+class RefusedRunOut(RunOut):
+    """A fire whose spec was refused: the run recorded, and why in one line."""
+
+    detail: str = Field(description="the field path and the rule the stored spec now breaks")
+
+
 class RunList(BaseModel):
     """A schedule's runs, newest first."""
 

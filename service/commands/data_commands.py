@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from envs.errors import SedtuneInputError
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=run_evaluate)
 
     p = sub.add_parser("apply", help="turn scores into a DCASE event TSV with a parameter file or RL policy")
-    p.add_argument("--scores", required=True, help="score-set directory or URI")
+    p.add_argument("--scores", required=True, help=_SCORES_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--params", help="parameter file (JSON)")
     src.add_argument("--policy", help="clip-adaptive RL policy (policy.pt from an rl strategy run)")
@@ -60,8 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=run_apply)
 
 
+_SCORES_HELP = "score set (Parquet folder or URI), sed_scores_eval TSV folder or .npz (cached)"
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scores", required=True, help="score-set directory or URI")
+    p.add_argument("--scores", required=True, help=_SCORES_HELP)
     p.add_argument("--ground-truth", required=True, help="DCASE ground-truth TSV")
     p.add_argument("--durations", help="durations TSV")
 
@@ -92,9 +97,14 @@ def _params(args: argparse.Namespace, classes: list[str], hop: float) -> ParamFi
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    """``sedtune synth``."""
-    from envs.synth import generate
+    """``sedtune synth``: the set appears in OUT only when complete (:func:`envs.synth.generate`).
+
+    A set over :data:`envs.synth.MAX_CELLS` cells or the free disk space is refused before
+    anything is written; SIGINT or SIGTERM stop it with nothing at OUT (exit 130 or 143).
+    """
+    from envs.synth import check_size, generate
     from envs.synth_config import SynthConfig
+    from service.tuning.interrupt import interruptible
 
     cfg = SynthConfig(
         n_clips=args.clips,
@@ -104,7 +114,8 @@ def run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         clips_per_shard=args.clips_per_shard,
     )
-    with progress_bar(total=args.clips, desc="synth", unit="clip") as bar:
+    check_size(args.out, cfg)
+    with interruptible(), progress_bar(total=args.clips, desc="synth", unit="clip") as bar:
         res = generate(args.out, cfg, progress=bar.update)
     print(
         f"wrote {res.n_clips} clips x {len(res.classes)} classes ({res.n_events} events): "
@@ -155,7 +166,8 @@ def evaluation_json(ev: Evaluation, seg: Evaluation | None) -> dict[str, Any]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``sedtune evaluate``."""
-    data = open_eval_set(args.scores, args.ground_truth, args.durations)
+    with _conversion_bar():
+        data = open_eval_set(args.scores, args.ground_truth, args.durations)
     params = _params(args, data.classes, data.frame_hop_s)
     metric = MetricConfig(t_collar_s=args.collar_s, percentage_of_length=args.pct_length)
     evaluator = Evaluator(data, metric)
@@ -223,14 +235,30 @@ def _fmt(x: float | None) -> str:
     return f"{'nan':>7s}" if x is None else f"{x:7.4f}"
 
 
+@contextlib.contextmanager
+def _conversion_bar() -> Iterator[None]:
+    """A bar while --scores (a TSV folder) is converted into the score cache.
+
+    Drawn only after half a second, so a cache hit or a Parquet set shows nothing; cleared
+    at the end of the block.
+    """
+    from envs.scorecache import conversion_progress
+
+    desc = "converting scores (cached for later runs)"
+    with progress_bar(desc=desc, unit="clip", leave=False, delay=0.5) as bar, conversion_progress(bar.update):
+        yield
+
+
 def run_apply(args: argparse.Namespace) -> int:
     """``sedtune apply``: scores + parameter file (or RL policy) -> DCASE event TSV."""
     if args.policy:
-        n = _apply_policy(args.scores, args.policy, args.out, args.durations)
+        with _conversion_bar():
+            n = _apply_policy(args.scores, args.policy, args.out, args.durations)
         print(f"wrote {n} events to {args.out}")
         return 0
     from envs.apply import apply_to_tsv
 
-    n = apply_to_tsv(args.scores, args.params, args.out, args.durations)
+    with _conversion_bar():
+        n = apply_to_tsv(args.scores, args.params, args.out, args.durations)
     print(f"wrote {n} events to {args.out}")
     return 0

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--ray-address", help="Ray Jobs API URL (http://host:8265): submit without a server")
     p.add_argument("--python", default="python", help="Python on the cluster (with --ray-address)")
     p.add_argument("--wait", action="store_true", help="wait until the job ends (exit 1 unless it succeeded)")
+    p.add_argument("--idempotency-key", metavar="KEY",
+                   help="Idempotency-Key of the submission (default: a fresh one). The request is sent again "
+                        "with it when its answer is lost; give the key a failed submit printed to retry "
+                        "without creating a second job")
     p.set_defaults(handler=run_submit)
 
     jobs = sub.add_parser("jobs", help="list, show, cancel jobs and fetch results").add_subparsers(
@@ -182,7 +186,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if args.ray_address:
         return _submit_to_ray(args)
     client = _client(args)
-    job = client.post("/v1/jobs", _spec_json(args.spec))
+    job = client.create("/v1/jobs", _spec_json(args.spec), key=args.idempotency_key)
     _print(args, job, f"submitted job {job['id']} ({job['name']}): {job['status']}; "
                      f"output {job['output_dir']}")
     if args.wait:
@@ -192,8 +196,9 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_to_ray(args: argparse.Namespace) -> int:
-    """Submit straight to a cluster's Jobs API: the same entrypoint the service builds."""
-    from service.server.entrypoint import build_entrypoint, new_job_id
+    """Submit straight to a cluster's Jobs API: the spec on the entrypoint's command line (no folder
+    is known to be shared with the cluster), refused here if it is too large for one."""
+    from service.server.entrypoint import build_b64_entrypoint, new_job_id
     from service.server.policy import check_options
     from service.server.submitter import RayJobsSubmitter
     from service.tuning.spec import load_spec
@@ -202,7 +207,8 @@ def _submit_to_ray(args: argparse.Namespace) -> int:
     check_options(spec)
     job_id = new_job_id()
     sub = RayJobsSubmitter(args.ray_address)
-    ray_id = sub.submit(job_id, build_entrypoint(args.python, job_id, spec), {"SEDTUNE_JOB_ID": job_id},
+    entrypoint = build_b64_entrypoint(args.python, job_id, spec)
+    ray_id = sub.submit(job_id, entrypoint, {"SEDTUNE_JOB_ID": job_id},
                         {"sedtune_job": job_id, "name": spec.name})
     doc = {"id": job_id, "ray_job_id": ray_id, "address": args.ray_address, "output_dir": spec.output_dir}
     _print(args, doc, f"submitted job {job_id} to Ray at {args.ray_address} (Ray id {ray_id}); "

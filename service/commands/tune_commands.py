@@ -27,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--address", help="Ray address (ray://host:10001, host:6379 or 'auto'); default: local Ray"
     )
-    p.add_argument("--output", help="output directory (overrides the spec)")
+    p.add_argument("--output", help="output directory (overrides the spec); must be empty or new")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty output directory (only when the new results are complete)",
+    )
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(handler=run_tune)
@@ -87,8 +92,14 @@ class TerminalReporter:
             self._open.pop().close()
 
 
-def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool) -> int:
-    """Run the pipeline with bars, then print the comparison; shared by ``tune`` and ``demo``."""
+def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool, force: bool = False) -> int:
+    """Run the pipeline with bars, then print the comparison; shared by ``tune`` and ``demo``.
+
+    The run happens in a staging folder renamed to the spec's output folder when complete; a
+    non-empty output folder is refused unless ``force`` (:mod:`service.tuning.staging`).
+    SIGINT or SIGTERM stop it with nothing written (``Interrupted``, exit 130 or 143 through
+    :func:`service.cli.main`).
+    """
     import json
 
     from service.tuning.outputs import comparison_json, comparison_markdown
@@ -96,7 +107,7 @@ def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool) -
 
     reporter = TerminalReporter()
     try:
-        run = run_pipeline(spec, reporter, address=address, track=tracking)
+        run = run_pipeline(spec, reporter, address=address, track=tracking, staged=True, force=force)
     finally:
         reporter.close()
     result = run.result
@@ -113,12 +124,14 @@ def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool) -
 
 def run_tune(args: argparse.Namespace) -> int:
     """``sedtune tune SPEC``."""
+    from service.tuning.interrupt import interruptible
     from service.tuning.spec import load_spec
 
-    spec = load_spec(args.spec)
-    if args.output:
-        spec = spec.model_copy(update={"output": args.output})
-    return execute(spec, args.address, not args.no_tracking, args.json)
+    with interruptible():
+        spec = load_spec(args.spec)
+        if args.output:
+            spec = spec.model_copy(update={"output": args.output})
+        return execute(spec, args.address, not args.no_tracking, args.json, force=args.force)
 
 
 def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
@@ -157,7 +170,18 @@ def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``sedtune demo``: synth, tune with every strategy at a small budget, compare."""
+    """``sedtune demo``: synth, tune with every strategy at a small budget, compare.
+
+    The demo owns ``--out``: its generated set is reused, its ``results`` folder replaced by
+    each complete run.
+    """
+    from service.tuning.interrupt import interruptible
+
+    with interruptible():
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     from envs.synth import generate
     from envs.synth_config import SynthConfig
     from service.strategies.base import REGISTRY
@@ -179,7 +203,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"demo: {args.clips} generated clips x {args.classes} classes, strategies "
         f"{', '.join(s['name'] for s in available)}, budget {args.budget:g} evaluations each"
     )
-    return execute(spec, None, not args.no_tracking, False)
+    return execute(spec, None, not args.no_tracking, False, force=True)
 
 
 def _importable(target: str) -> bool:

@@ -11,8 +11,10 @@ the Ray workers). Format ``sedtune.status/1``::
      "recommended": null, "heldout_f": null,   # set when the job has written its results
      "mlflow": null, "tracking": null, "error": null}
 
-``state`` is ``starting``, ``validating``, ``running``, ``writing``, ``tracking``, ``succeeded``
-or ``failed``. Writes are atomic (temporary file and rename) and at most one every
+``state`` is ``starting``, ``validating``, ``running``, ``writing``, ``tracking``, ``succeeded``,
+``failed`` or ``interrupted`` (SIGTERM or SIGINT: ``error`` says which and what the job left;
+strategies still running are ``interrupted`` too, and no recommendation is set unless the
+results were complete). Writes are atomic (temporary file and rename) and at most one every
 ``min_interval_s`` for progress ticks; state changes are written at once.
 """
 
@@ -150,6 +152,23 @@ class ProgressFile:
                       if e.get("best_tuning_f") is not None]
             self.doc["best_tuning_f"] = max(values) if values else None
             self._write(force=True)
+
+    def interrupted(self, line: str) -> None:
+        """Record that the job was stopped by a signal (``line``: which, and what it left).
+
+        The signal may have cut a write short while it held the lock; after a few seconds the
+        file is written without it.
+        """
+        locked = self._lock.acquire(timeout=5.0)
+        try:
+            for entry in self.doc["strategies"].values():
+                if entry.get("state") == "running":
+                    entry["state"] = "interrupted"
+            self.doc.update(state="interrupted", error=line)
+            self._write(force=True)
+        finally:
+            if locked:
+                self._lock.release()
 
 
 class _Tick:

@@ -3,12 +3,21 @@
 The order of a submission makes a crash at any point harmless: the job is stored (``QUEUED``)
 before Ray hears of it, Ray's submission id is the job id (a repeated submission is refused by
 Ray, never run twice), and the reconciler submits ``QUEUED`` jobs again and copies Ray's state
-of every other unfinished job into the store, at startup and every few seconds.
+of every other unfinished job into the store, at startup and every few seconds. A client that
+never got its answer sends the request again with the same ``Idempotency-Key`` and gets the
+job stored the first time (:mod:`service.server.idempotency`).
+
+Paths are checked where the data is opened (:mod:`service.server.confine`): at submission,
+again each time a stored job is handed to Ray (a job refused then ends ``FAILED`` with the
+reason, never reaching Ray), and by the job process itself, with the roots written into its job
+file (:mod:`service.server.jobfile`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +27,13 @@ from typing import Any
 from envs.errors import SedtuneInputError
 from service.results.read import ResultMissingError, summarize
 from service.results.status import read_status
+from service.server.confine import Confinement, confine_spec
 from service.server.drift import FORMAT as DRIFT_FORMAT
 from service.server.drift import compute_drift
 from service.server.entrypoint import build_entrypoint, new_job_id
+from service.server.idempotency import IdempotencyKey, request_hash
+from service.server.jobfile import jobfile_path, write_jobfile
+from service.server.limits import check_spec_size
 from service.server.policy import FieldError, check_options, check_policy, effective_spec, split_field
 from service.server.settings import Settings
 from service.server.submitter import AlreadySubmittedError, Submitter, SubmitterError, UnknownJobError
@@ -35,7 +48,7 @@ from service.store.records import (
     SUCCEEDED,
     JobRecord,
 )
-from service.store.repo import Store
+from service.store.repo import KeyTakenError, Store
 from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
@@ -71,24 +84,28 @@ class JobService:
         self.store = store
         self.submitter = submitter
         self.clock = clock
+        self.confinement = Confinement.of(settings)
         self._attempts: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ submission
 
     def validate(self, spec: JobSpec) -> None:
-        """Every check a spec passes before anything is stored.
+        """Every check a spec passes before anything is stored (a schedule's fire makes them too).
 
         Raises:
-            FieldError: Path policy, strategy options, or (with ``check_data``) the data.
+            FieldError: Size, path policy and confinement, strategy options, or (with
+                ``check_data``) the data, opened at the resolved paths that were checked.
         """
         check_policy(spec, self.settings)
+        check_spec_size(spec, self.settings.max_spec_bytes)
+        resolved = confine_spec(spec, self.confinement)
         check_options(spec)
         if self.settings.check_data:
             from service.tuning.check import check_job
 
             try:
-                check_job(spec)
+                check_job(resolved)
             except SedtuneInputError as e:
                 field, rule = split_field(str(e))
                 raise FieldError(field or "spec", rule) from None
@@ -112,10 +129,54 @@ class JobService:
         LOG.info("job %s (%s) stored", job.id, job.name)
         return self.dispatch(job)
 
+    def submit_once(self, spec: JobSpec, key: IdempotencyKey) -> tuple[JobRecord, bool]:
+        """:meth:`submit` under an idempotency key: the job of an earlier request with the same key.
+
+        Returns:
+            The job, and True when it was created by an earlier request (a replay).
+
+        Raises:
+            KeyReusedError: The key came before with another spec.
+            FieldError: The spec is refused (nothing is stored).
+        """
+        digest = request_hash(spec.model_dump(mode="json"))
+        found = self.store.get_key(key.principal, "jobs", key.key)
+        if found is not None:
+            return self.get(key.check_same(found, digest, "job")), True
+        self.validate(spec)
+        job = self.new_job(spec)
+        try:
+            self.store.add_job(job, key.record("jobs", digest, job.id, self.clock()))
+        except KeyTakenError:  # a concurrent request with the same key stored its job first
+            found = self.store.get_key(key.principal, "jobs", key.key)
+            assert found is not None
+            return self.get(key.check_same(found, digest, "job")), True
+        LOG.info("job %s (%s) stored", job.id, job.name)
+        return self.dispatch(job), False
+
+    def jobfile(self, job_id: str) -> str:
+        """Where the job file of ``job_id`` is written (under the service's own shared folder)."""
+        return jobfile_path(self.settings.service_dir, job_id)
+
     def dispatch(self, job: JobRecord) -> JobRecord:
-        """Submit a stored QUEUED job to Ray; it stays QUEUED (retried later) if Ray cannot be reached."""
-        spec = JobSpec.model_validate(job.spec)
-        entrypoint = build_entrypoint(self.settings.job_python, job.id, spec)
+        """Submit a stored QUEUED job to Ray; it stays QUEUED (retried later) if Ray cannot be reached.
+
+        Its paths are confined again first (a folder may have been swapped since it was stored):
+        a refused job ends FAILED with the reason and never reaches Ray. The spec goes to Ray in
+        a job file, its paths resolved, with the roots the job checks them against once more.
+        """
+        try:
+            spec = confine_spec(JobSpec.model_validate(job.spec), self.confinement)
+        except FieldError as e:
+            return self._refuse(job, f"refused before it ran: {e}")
+        path = self.jobfile(job.id)
+        try:
+            digest = write_jobfile(path, job.id, spec, self.confinement.to_json())
+        except OSError as e:
+            LOG.warning("job %s stays QUEUED: cannot write its job file %s: %s", job.id, path, e)
+            return self.store.update_job(job.id, [QUEUED], error=f"waiting: cannot write the job file {path} "
+                                                                  f"({e.strerror or e})") or job
+        entrypoint = build_entrypoint(self.settings.job_python, job.id, path, digest)
         env = {"SEDTUNE_JOB_ID": job.id}
         meta = {"sedtune_job": job.id, "name": job.name}
         if job.schedule_id:
@@ -144,6 +205,14 @@ class JobService:
                 LOG.warning("job %s: cannot stop Ray job %s: %s", job.id, ray_id, e)
         return current
 
+    def _refuse(self, job: JobRecord, reason: str) -> JobRecord:
+        """End a QUEUED job FAILED without handing it to Ray."""
+        line = " ".join(reason.split())[:2000]
+        LOG.warning("job %s: %s", job.id, line)
+        now = self.clock()
+        return self.store.update_job(job.id, [QUEUED], status=FAILED, started_at=now, finished_at=now,
+                                     error=line) or self.store.get_job(job.id) or job
+
     # ------------------------------------------------------------------ cancel
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -162,6 +231,8 @@ class JobService:
             done = self.store.update_job(job_id, [QUEUED], status=STOPPED, finished_at=self.clock(),
                                          error="cancelled by request before Ray started it")
             if done is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.jobfile(job_id))
                 return done
             job = self.store.get_job(job_id) or job
         if job.ray_job_id is not None:
@@ -236,6 +307,8 @@ class JobService:
         done = self.store.update_job(job.id, sorted(ACTIVE), **values)
         if done is None:  # someone else finished it first
             return self.store.get_job(job.id) or job
+        with contextlib.suppress(OSError):
+            os.unlink(self.jobfile(job.id))  # the spec the job ran is in its spec.resolved.json
         LOG.info("job %s %s", job.id, status)
         if status == SUCCEEDED and done.schedule_id:
             self._record_drift(done)

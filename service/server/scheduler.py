@@ -10,6 +10,11 @@ Rules:
   one is recorded as skipped (``missed: …``), at most :data:`MAX_MISSED_RECORDS` of them, and
   one more line covers the rest. So a service that was down overnight runs the
   nightly retune once when it comes back, not once per lost night.
+- **Re-validated at each fire.** The stored spec (with its warm start) is checked exactly as a
+  submission is (:meth:`service.server.jobs.JobService.validate`: paths resolved and confined,
+  options, the data): a folder swapped for a symlink out of the data roots since the schedule
+  was created makes the fire start nothing; it is recorded as skipped with the one-line reason
+  (``refused: data.scores: …``).
 - **Paused** schedules do not fire; resuming sets the next fire time from now (fires while
   paused are not caught up). ``run now`` works on paused schedules.
 - **Warm start.** Every run's bayes strategy starts from the ``best_params.json`` of the
@@ -29,16 +34,19 @@ from datetime import datetime
 from typing import Any
 
 from service.server.cron import CronSchedule
+from service.server.idempotency import IdempotencyKey, request_hash
 from service.server.jobs import Clock, ConflictError, JobService, NotFoundError, utcnow
 from service.server.policy import FieldError
 from service.store.records import RunRecord, ScheduleRecord
-from service.store.repo import Store
+from service.store.repo import KeyTakenError, Store
 from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
 
 #: Skipped "missed" fires recorded one by one after downtime; the rest are counted in one line.
 MAX_MISSED_RECORDS = 20
+#: How the skip reason of a fire whose spec was refused starts.
+REFUSED = "refused: "
 
 
 class Scheduler:
@@ -66,6 +74,24 @@ class Scheduler:
                 ``spec.<path>``); nothing is stored.
             ConflictError: The name is taken.
         """
+        return self.create_once(name, cron, timezone, spec)[0]
+
+    def create_once(self, name: str, cron: str, timezone: str, spec: JobSpec,
+                    key: IdempotencyKey | None = None) -> tuple[ScheduleRecord, bool]:
+        """:meth:`create`, under an optional idempotency key.
+
+        Returns:
+            The schedule, and True when an earlier request with the same key created it.
+
+        Raises:
+            FieldError: As :meth:`create`.
+            ConflictError: The name is taken, or the key's schedule has been deleted.
+            KeyReusedError: The key came before with another request.
+        """
+        digest = request_hash({"name": name, "cron": cron, "timezone": timezone,
+                               "spec": spec.model_dump(mode="json")})
+        if key is not None and (found := self.store.get_key(key.principal, "schedules", key.key)):
+            return self._replayed(key.check_same(found, digest, "schedule"), key), True
         try:
             cs = CronSchedule.parse(cron, timezone)
         except FieldError:
@@ -83,12 +109,25 @@ class Scheduler:
         rec = ScheduleRecord(id=f"s-{uuid.uuid4().hex[:12]}", name=name, cron=cs.expr, timezone=cs.tz,
                              spec=spec.model_dump(mode="json"), paused=False, created_at=now,
                              last_run_at=None, next_run_at=cs.next_after(now))
+        record = None if key is None else key.record("schedules", digest, rec.id, now)
         try:
-            return self.store.add_schedule(rec)
+            return self.store.add_schedule(rec, record), False
+        except KeyTakenError:  # a concurrent request with the same key stored its schedule first
+            assert key is not None  # raised only when a key is stored
+            found = self.store.get_key(key.principal, "schedules", key.key)
+            assert found is not None
+            return self._replayed(key.check_same(found, digest, "schedule"), key), True
         except Exception as e:  # a concurrent create with the same name
             if self.store.schedule_by_name(name) is not None:
                 raise ConflictError(f"a schedule named {name!r} already exists") from e
             raise
+
+    def _replayed(self, schedule_id: str, key: IdempotencyKey) -> ScheduleRecord:
+        s = self.store.get_schedule(schedule_id)
+        if s is None:
+            raise ConflictError(f"schedule {schedule_id}, created with Idempotency-Key {key.key!r}, has been "
+                                "deleted; send a new key to create it again")
+        return s
 
     def get(self, schedule_id: str) -> ScheduleRecord:
         """A schedule.
@@ -190,6 +229,13 @@ class Scheduler:
                 return self.store.record_fire(s.id, fire_time, trigger, now, skip_reason=reason,
                                               schedule_values=sched_values)
             spec, warm = self._warm_spec(s)
+            try:
+                self.jobs.validate(spec)
+            except FieldError as e:
+                reason = REFUSED + " ".join(str(e).split())
+                LOG.warning("schedule %s: fire at %s refused (%s)", s.name, fire_time.isoformat(), reason)
+                return self.store.record_fire(s.id, fire_time, trigger, now, skip_reason=reason,
+                                              warm_start=warm, schedule_values=sched_values)
             job = self.jobs.new_job(spec, schedule_id=s.id)
             run = self.store.record_fire(s.id, fire_time, trigger, now, job=job, warm_start=warm,
                                          schedule_values={**sched_values, "last_run_at": fire_time})
@@ -208,13 +254,13 @@ class Scheduler:
         if not os.path.exists(path):
             return spec, {"job_id": prev.id, "params_path": None, "applied_to": [],
                           "note": f"the last success's parameter file {path} is not readable; no warm start"}
-        strategies, applied = [], []
-        for st in spec.strategies:
-            if st.name == "bayes":
-                st = st.model_copy(update={"options": {**st.options, "warm_start": path}})
-                applied.append(st.name)
-            strategies.append(st)
+        doc = spec.model_dump(mode="json")
+        applied = []
+        for st in doc["strategies"]:
+            if st["name"] == "bayes":
+                st["options"] = {**(st.get("options") or {}), "warm_start": path}
+                applied.append(st["name"])
         warm: dict[str, Any] = {"job_id": prev.id, "params_path": path, "applied_to": applied}
         if not applied:
             warm["note"] = "the spec has no bayes strategy: nothing takes a warm start"
-        return spec.model_copy(update={"strategies": strategies}), warm
+        return JobSpec.model_validate(doc), warm

@@ -14,12 +14,19 @@ part of ``repr`` or of any log line.
 | ``output_roots`` | ``SEDTUNE_OUTPUT_ROOTS`` (``path1:path2``) | ``<data_dir>/outputs`` |
 | ``allowed_schemes`` | ``SEDTUNE_ALLOWED_SCHEMES`` (``s3,gs``) | none |
 | ``ray_address`` | ``SEDTUNE_RAY_ADDRESS`` (dashboard URL) | ``http://127.0.0.1:8265`` |
-| ``tracking_uri`` | ``SEDTUNE_TRACKING_URI`` | ``sqlite:///<first output root>/mlflow.db`` |
+| ``tracking_uri`` | ``SEDTUNE_TRACKING_URI`` | ``sqlite:///<first output root>/.sedtune/mlflow.db`` |
 | ``job_python`` | ``SEDTUNE_JOB_PYTHON`` (Python on the cluster) | ``python`` |
 | ``check_data`` | ``SEDTUNE_CHECK_DATA`` (open the data on submit) | ``true`` |
 | ``reconcile_interval_s`` | ``SEDTUNE_RECONCILE_INTERVAL_S`` | ``5`` |
 | ``scheduler_tick_s`` | ``SEDTUNE_SCHEDULER_TICK_S`` | ``5`` |
 | ``resubmit_after_s`` | ``SEDTUNE_RESUBMIT_AFTER_S`` | ``10`` |
+| ``max_body_bytes`` | ``SEDTUNE_MAX_BODY_BYTES`` (request body) | ``1048576`` (1 MiB) |
+| ``max_spec_bytes`` | ``SEDTUNE_MAX_SPEC_BYTES`` (a spec's JSON) | ``524288`` (512 KiB) |
+
+The service's own files stay out of the jobs' output tree: the job store in ``data_dir``, and
+in every output root the folder :data:`SERVICE_DIRNAME` (``.sedtune``: the embedded MLflow store
+when no tracking URI is set, the job spec files Ray jobs read). No job name can be it (names
+start with a letter or digit) and no spec may point into it.
 """
 
 from __future__ import annotations
@@ -48,7 +55,16 @@ _ENV = {
     "reconcile_interval_s": "SEDTUNE_RECONCILE_INTERVAL_S",
     "scheduler_tick_s": "SEDTUNE_SCHEDULER_TICK_S",
     "resubmit_after_s": "SEDTUNE_RESUBMIT_AFTER_S",
+    "max_body_bytes": "SEDTUNE_MAX_BODY_BYTES",
+    "max_spec_bytes": "SEDTUNE_MAX_SPEC_BYTES",
 }
+
+#: The service's own folder in every output root (shared with the Ray nodes, as the roots are).
+SERVICE_DIRNAME = ".sedtune"
+#: Default limit of a request body (bytes).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Default limit of a job spec's canonical JSON (bytes).
+DEFAULT_MAX_SPEC_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class Settings:
         scheduler_tick_s: Seconds between scheduler checks of due schedules.
         resubmit_after_s: Seconds after which a job still QUEUED (Ray was unreachable) is
             submitted again by the reconciler.
+        max_body_bytes: Largest request body accepted (bytes); larger ones get 413.
+        max_spec_bytes: Largest job spec accepted (bytes of its canonical JSON); larger ones get
+            422 at validation.
     """
 
     data_dir: str = "sedtune-service"
@@ -87,6 +106,13 @@ class Settings:
     reconcile_interval_s: float = 5.0
     scheduler_tick_s: float = 5.0
     resubmit_after_s: float = 10.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
+
+    @property
+    def service_dir(self) -> str:
+        """The service's own shared folder, ``<first output root>/.sedtune`` (after :meth:`resolved`)."""
+        return os.path.join(self.output_roots[0], SERVICE_DIRNAME)
 
     def resolved(self) -> Settings:
         """Absolute paths and the defaults that depend on other settings filled in."""
@@ -94,12 +120,16 @@ class Settings:
         data_roots = tuple(_abs(p) for p in self.data_roots) or (os.path.join(data_dir, "data"),)
         output_roots = tuple(_abs(p) for p in self.output_roots) or (os.path.join(data_dir, "outputs"),)
         db_url = self.db_url or f"sqlite:///{os.path.join(data_dir, 'sedtune.db')}"
-        tracking = self.tracking_uri or f"sqlite:///{os.path.join(output_roots[0], 'mlflow.db')}"
+        tracking = self.tracking_uri or \
+            f"sqlite:///{os.path.join(output_roots[0], SERVICE_DIRNAME, 'mlflow.db')}"
         for name, value in (("reconcile_interval_s", self.reconcile_interval_s),
                             ("scheduler_tick_s", self.scheduler_tick_s),
                             ("resubmit_after_s", self.resubmit_after_s)):
             if not value > 0:
                 raise SedtuneInputError(f"settings: {name} must be > 0 seconds, but got {value}")
+        for name, size in (("max_body_bytes", self.max_body_bytes), ("max_spec_bytes", self.max_spec_bytes)):
+            if not size > 0:
+                raise SedtuneInputError(f"settings: {name} must be > 0 bytes, but got {size}")
         return replace(self, data_dir=data_dir, data_roots=data_roots, output_roots=output_roots,
                        db_url=db_url, tracking_uri=tracking,
                        allowed_schemes=tuple(s.lower() for s in self.allowed_schemes))
@@ -140,6 +170,12 @@ def _coerce(name: str, value: Any) -> Any:
         if text not in ("1", "0", "true", "false", "yes", "no"):
             raise SedtuneInputError(f"settings: check_data must be true or false, but got {value!r}")
         return text in ("1", "true", "yes")
+    if name.endswith("_bytes"):
+        try:
+            return int(str(value).strip())
+        except (TypeError, ValueError):
+            raise SedtuneInputError(f"settings: {name} must be a whole number of bytes, but got {value!r}") \
+                from None
     if name.endswith("_s"):
         try:
             return float(value)

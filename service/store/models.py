@@ -1,4 +1,6 @@
-"""SQLAlchemy tables: jobs, schedules, schedule runs (SQLite embedded, PostgreSQL deployed).
+"""SQLAlchemy tables: jobs, schedules, schedule runs, idempotency keys (SQLite embedded, PostgreSQL
+deployed). Tables missing from an existing database are created at startup (``create_all``), so
+a store made by an earlier version gains the idempotency table without losing anything.
 
 Times are stored as UTC (naive in the database, aware UTC in Python: :class:`UTCDateTime`),
 JSON documents (the spec, the result summary, warm-start source and drift) as SQL JSON.
@@ -87,4 +89,21 @@ class ScheduleRunRow(Base):
     skip_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     warm_start: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     drift: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKeyRow(Base):
+    """An ``Idempotency-Key`` a client sent with a creating request, and what the request made.
+
+    The key is scoped by the client's token (``principal``: a hash of it, never the token) and
+    by what was created (``scope``: ``jobs`` or ``schedules``).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    principal: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -109,3 +109,25 @@ class RunRecord:
     warm_start: dict[str, Any] | None
     drift: dict[str, Any] | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A stored ``Idempotency-Key``: the same key again answers what the first request made.
+
+    Attributes:
+        principal: Hash of the client's token (keys of different tokens never meet).
+        scope: ``jobs`` or ``schedules``.
+        key: The client's key.
+        request_hash: SHA-256 of the request's canonical JSON (a reused key with another
+            request is refused).
+        resource_id: The job or schedule the first request created.
+        created_at: When it was stored (UTC).
+    """
+
+    principal: str
+    scope: str
+    key: str
+    request_hash: str
+    resource_id: str
+    created_at: datetime

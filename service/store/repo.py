@@ -1,4 +1,4 @@
-"""The repository: every read and write of jobs, schedules and schedule runs.
+"""The repository: every read and write of jobs, schedules, schedule runs and idempotency keys.
 
 One :class:`Store` per process, safe to share between threads (a session per call). SQLite
 (embedded default) runs in WAL mode with a busy timeout so that the API threads, the
@@ -16,14 +16,20 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.store.models import Base, JobRow, ScheduleRow, ScheduleRunRow
-from service.store.records import JobRecord, RunRecord, ScheduleRecord
+from service.store.models import Base, IdempotencyKeyRow, JobRow, ScheduleRow, ScheduleRunRow
+from service.store.records import IdempotencyRecord, JobRecord, RunRecord, ScheduleRecord
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
-_R = TypeVar("_R", JobRecord, ScheduleRecord, RunRecord)
+_R = TypeVar("_R", JobRecord, ScheduleRecord, RunRecord, IdempotencyRecord)
+
+
+class KeyTakenError(Exception):
+    """The idempotency key is stored already (a concurrent request with the same key won);
+    nothing of this request was stored."""
 
 
 def _record(cls: type[_R], row: Any) -> _R:
@@ -82,11 +88,33 @@ class Store:
 
     # ------------------------------------------------------------------ jobs
 
-    def add_job(self, job: JobRecord) -> JobRecord:
-        """Store a new job."""
-        with self._tx() as s:
-            s.add(JobRow(**{f.name: getattr(job, f.name) for f in fields(JobRecord)}))
+    def add_job(self, job: JobRecord, key: IdempotencyRecord | None = None) -> JobRecord:
+        """Store a new job, and its idempotency key in the same transaction.
+
+        Raises:
+            KeyTakenError: ``key`` is stored already; the job was not stored either.
+        """
+        self._add(JobRow(**{f.name: getattr(job, f.name) for f in fields(JobRecord)}), key)
         return job
+
+    def _add(self, row: Base, key: IdempotencyRecord | None) -> None:
+        try:
+            with self._tx() as s:
+                s.add(row)
+                if key is not None:
+                    s.flush()  # the resource first: its own constraint errors are not the key's
+                    s.add(IdempotencyKeyRow(**{f.name: getattr(key, f.name)
+                                               for f in fields(IdempotencyRecord)}))
+        except IntegrityError:
+            if key is not None and self.get_key(key.principal, key.scope, key.key) is not None:
+                raise KeyTakenError(f"idempotency key {key.key!r} is stored already") from None
+            raise
+
+    def get_key(self, principal: str, scope: str, key: str) -> IdempotencyRecord | None:
+        """A stored idempotency key, or None."""
+        with self._tx() as s:
+            row = s.get(IdempotencyKeyRow, (principal, scope, key))
+            return None if row is None else _record(IdempotencyRecord, row)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """A job by id, or None."""
@@ -142,10 +170,14 @@ class Store:
 
     # ------------------------------------------------------------------ schedules
 
-    def add_schedule(self, sched: ScheduleRecord) -> ScheduleRecord:
-        """Store a new schedule (the caller checked the name is free)."""
-        with self._tx() as s:
-            s.add(ScheduleRow(**{f.name: getattr(sched, f.name) for f in fields(ScheduleRecord)}))
+    def add_schedule(self, sched: ScheduleRecord, key: IdempotencyRecord | None = None) -> ScheduleRecord:
+        """Store a new schedule (the caller checked the name is free), and its idempotency key.
+
+        Raises:
+            KeyTakenError: ``key`` is stored already; the schedule was not stored either.
+            sqlalchemy.exc.IntegrityError: The name is taken (a concurrent create).
+        """
+        self._add(ScheduleRow(**{f.name: getattr(sched, f.name) for f in fields(ScheduleRecord)}), key)
         return sched
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:

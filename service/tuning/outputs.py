@@ -1,4 +1,7 @@
-"""Writing a job's results: parameter files, comparison table (JSON and Markdown)."""
+"""Writing a job's results: parameter files, comparison table (JSON and Markdown), trials, figures.
+
+Where they go, and when they become the output folder's, is :mod:`service.tuning.staging`.
+"""
 
 from __future__ import annotations
 
@@ -137,9 +140,24 @@ def comparison_markdown(result: JobResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: JobResult) -> dict[str, str]:
-    """Write parameter files and the comparison; returns the paths written by name."""
-    out = result.output_dir
+def write_outputs(result: JobResult, into: str | None = None) -> dict[str, str]:
+    """Write parameter files, the comparison, trials and figures; returns the paths by name.
+
+    Args:
+        result: The job's result; the paths recorded (returned, in ``artifacts.json`` and in
+            ``result.artifacts``) are under ``result.output_dir``.
+        into: The folder the files are written into, when it is not ``result.output_dir``
+            yet (a staging folder, :mod:`service.tuning.staging`, published afterwards); a
+            strategy's file under ``into`` is recorded at its published place.
+    """
+    out = into or result.output_dir
+
+    def published(path: str) -> str:
+        rel = os.path.relpath(path, out)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return path  # not written here (a strategy's file in the job's own folder)
+        return os.path.normpath(os.path.join(result.output_dir, rel))
+
     os.makedirs(os.path.join(out, "params"), exist_ok=True)
     paths: dict[str, str] = {}
     for r in result.rows:
@@ -181,7 +199,7 @@ def write_outputs(result: JobResult) -> dict[str, str]:
     paths.update({"comparison_json": cj, "comparison_md": md, "spec": spec_path})
     for name, res_list in result.results.items():
         for key, val in res_list[0].artifacts.items():
-            paths[f"{name}/{key}"] = val
+            paths[f"{name}/{key}"] = val  # where the strategy wrote it; published place below
         trials = res_list[0].info.get("trials_detail")
         if trials:
             tp = os.path.join(out, f"trials.{name}.json")
@@ -195,6 +213,7 @@ def write_outputs(result: JobResult) -> dict[str, str]:
             paths[f"plots/{name}"] = path
     except ImportError:  # matplotlib is optional for the data commands, not for jobs
         pass
+    paths = {k: published(v) for k, v in paths.items()}
     with open(os.path.join(out, "artifacts.json"), "w", encoding="utf-8") as f:
         json.dump(paths, f, indent=2)
     result.artifacts.update(paths)

@@ -1,25 +1,35 @@
-"""The one pipeline of a tuning job: check, run, write outputs, track.
+"""The one pipeline of a tuning job: check, run, write outputs, publish them, track.
 
 Both entry points call :func:`run_pipeline`: ``sedtune tune`` / ``sedtune demo`` (progress
 bars on the terminal) and the Ray job process ``python -m service.jobrun`` (the status file
-the service reads). What differs between them is only how they report, which is a
-:class:`Reporter`; validation happens first, so a bad spec never reaches Ray.
+the service reads). What differs between them is how they report, which is a
+:class:`Reporter`, and their output folder (:mod:`service.tuning.staging`): the CLI runs in a
+staging folder renamed into place when complete (``staged=True``), the job in its own fresh
+folder. Validation happens first, so a bad spec never reaches Ray.
+
+Interruption (:mod:`service.tuning.interrupt`): SIGINT or SIGTERM anywhere before the results
+are published raises :class:`~service.tuning.interrupt.Interrupted` with nothing published
+(the staged files are removed); one after it (while tracking) says the results are complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from service.tuning import interrupt
 from service.tuning.check import check_job
 from service.tuning.outputs import write_outputs
 from service.tuning.runner import JobResult, run_job
 from service.tuning.spec import JobSpec
+from service.tuning.staging import InPlaceOutput, OutputFolder, StagedOutput, check_output
 
 if TYPE_CHECKING:
     from service.results.tracking import TrackingReport
     from service.strategies.base import StrategyResult
+    from service.tuning.check import ResolvedJob
 
 
 class Reporter(Protocol):
@@ -69,8 +79,11 @@ def run_pipeline(
     address: str | None = None,
     track: bool = True,
     job_id: str | None = None,
+    *,
+    staged: bool = False,
+    force: bool = False,
 ) -> PipelineRun:
-    """Validate, run every strategy, write the result folder, log it to MLflow.
+    """Validate, run every strategy, write and publish the result folder, log it to MLflow.
 
     Args:
         spec: The job spec; relative paths are taken against the working directory.
@@ -78,31 +91,78 @@ def run_pipeline(
         address: Ray address; None starts a local Ray (unless the spec names a cluster).
         track: False skips MLflow even when the spec enables it.
         job_id: The job's id (default: ``$SEDTUNE_JOB_ID`` or a new one).
+        staged: Run in a staging folder beside the output folder and rename it into place
+            when complete (:class:`~service.tuning.staging.StagedOutput`); a non-empty output
+            folder is refused before anything runs. False: write into the output folder
+            itself, results moved in when complete (the Ray job's own fresh folder).
+        force: With ``staged``, replace a non-empty output folder (when the run completes).
 
     Raises:
-        SedtuneInputError: The spec or its data is invalid (raised before any Ray work).
+        SedtuneInputError: The spec, its data or its output folder is refused (before any Ray
+            work).
+        Interrupted: SIGINT or SIGTERM (see the module docstring).
     """
     spec = spec.with_absolute_paths()
-    reporter.stage("validating")
-    resolved = check_job(spec)
-    reporter.stage("running")
-    result = run_job(
-        spec,
-        address=address,
-        progress=reporter.progress,
-        resolved=resolved,
-        job_id=job_id,
-        on_strategy_done=reporter.strategy_done,
-    )
-    reporter.stage("writing")
-    paths = write_outputs(result)
-    reporter.written(result, paths)
-    report: TrackingReport | None = None
-    line = ""
-    if track and spec.tracking.enabled:
-        from service.results.tracking import try_log
+    target = spec.output_dir
+    with interrupt.interruptible():
+        reporter.stage("validating")
+        if staged:
+            check_output(target, force)
+        resolved = check_job(spec)
+        with interrupt.deferred():  # a signal now is raised by the first check, which discards it
+            folder: OutputFolder = StagedOutput(target, force) if staged else InPlaceOutput(target)
+        result, paths = _run_and_publish(spec, resolved, folder, reporter, address, job_id)
+        report: TrackingReport | None = None
+        line = ""
+        try:
+            interrupt.check()  # a signal while publishing: the results stand, tracking is skipped
+            reporter.written(result, paths)
+            if track and spec.tracking.enabled:
+                from service.results.tracking import try_log
 
-        reporter.stage("tracking")
-        report, line = try_log(result.output_dir, spec.tracking.uri, spec.tracking.experiment)
-        reporter.tracked(report, line)
+                reporter.stage("tracking")
+                report, line = try_log(result.output_dir, spec.tracking.uri, spec.tracking.experiment)
+                reporter.tracked(report, line)
+            interrupt.check()
+        except interrupt.Interrupted as e:
+            done = f"the results in {target} are complete"
+            note = f"{done}; MLflow tracking is incomplete" if track and spec.tracking.enabled else done
+            raise interrupt.Interrupted(e.signum, note) from None
     return PipelineRun(result, paths, report, line)
+
+
+def _run_and_publish(
+    spec: JobSpec,
+    resolved: ResolvedJob,
+    folder: OutputFolder,
+    reporter: Reporter,
+    address: str | None,
+    job_id: str | None,
+) -> tuple[JobResult, dict[str, str]]:
+    """Run the job in ``folder.run_dir``, write its results and publish them; nothing on failure."""
+    try:
+        interrupt.check()
+        run_spec = spec.model_copy(update={"output": folder.run_dir})
+        reporter.stage("running")
+        result = run_job(
+            run_spec,
+            address=address,
+            progress=reporter.progress,
+            resolved=dataclasses.replace(resolved, spec=run_spec),
+            job_id=job_id,
+            on_strategy_done=reporter.strategy_done,
+        )
+        interrupt.check()
+        reporter.stage("writing")
+        # The result as published: the spec as given, the output folder its own.
+        result = dataclasses.replace(result, spec=spec, output_dir=spec.output_dir)
+        paths = write_outputs(result, into=folder.results_dir())
+        interrupt.check()
+        folder.publish()
+    except BaseException as e:
+        folder.discard()
+        signum = interrupt.received()
+        if signum is None or isinstance(e, interrupt.Interrupted):
+            raise
+        raise interrupt.stop(signum) from e  # a failure caused by the signal (e.g. workers gone)
+    return result, paths

@@ -14,8 +14,10 @@ with a plain statement when no strategy beats manual significantly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
 from envs.split import split_clips
 from service.strategies.base import RunContext, Strategy, StrategyResult, TrajectoryPoint, evaluate_joint
+from service.tuning import interrupt
 from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job
 from service.tuning.spec import JobSpec
 
@@ -120,15 +123,33 @@ def _no_progress(name: str, total: float | None) -> Callable[[float], None]:
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Connect to a cluster (``address``) or start local Ray; returns True if started here."""
+    """Connect to a cluster (``address``) or start local Ray; returns True if started here.
+
+    Inside :func:`service.tuning.interrupt.interruptible`, a signal during ``ray.init`` stops
+    the run (:class:`~service.tuning.interrupt.Interrupted`, with Ray shut down again), and the
+    interrupt handlers are put back afterwards: ``ray.init`` replaces the SIGTERM handler
+    with one that calls ``sys.exit``.
+    """
     import ray
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if isinstance(e, SystemExit) and interrupt.active():  # Ray's own SIGTERM handler
+            raise interrupt.stop(signal.SIGTERM) from None
+        raise
+    try:
+        interrupt.reinstall()
+    except interrupt.Interrupted:
+        ray.shutdown()
+        raise
     return True
 
 
@@ -216,6 +237,9 @@ def _run_splits(
             os.makedirs(workdir, exist_ok=True)
             ctx = RunContext(workdir, progress(f"{name} (split {k + 1}/{n_splits})", budget), use_ray)
             res = strategy.run(problem, budget, spec.seed + k, ctx)
+            # A strategy that returned after a signal (Ray Tune ends its loop on SIGINT and
+            # returns the trials done so far, unless its handler is off) did not finish.
+            interrupt.reinstall()
             results.setdefault(name, []).append(res)
             if on_strategy_done is not None:
                 on_strategy_done(name, res)

@@ -38,7 +38,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
 
     out = tmp_path_factory.mktemp("cluster-data")
     return generate(str(out), SynthConfig(n_clips=240, n_classes=3, seed=1, clips_per_shard=60))

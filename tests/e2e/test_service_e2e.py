@@ -9,7 +9,12 @@ One module-scoped stack serves four tests, in order:
 3. ``sedtune serve`` is killed (SIGKILL) in the middle of a job and restarted after Ray has
    finished it: the job and the schedule are still there and the job's final state is
    reconciled from Ray; meanwhile ``sedtune submit --ray-address`` runs a job without the service;
-4. a cancelled job is STOPPED on Ray.
+4. a cancelled job is STOPPED on Ray;
+5. a ~140 KB spec (its spec reaches Ray in a file, not on the command line) of a job named
+   ``mlflow.db`` succeeds and is tracked, and the same submission sent twice with one
+   ``Idempotency-Key`` is one job (issue 14);
+6. a schedule whose data folder became a symlink out of the data roots refuses to fire, and the
+   same spec submitted directly gets 422 (issue 14).
 
 Every process is started here through ``deploy/entrypoint.sh ROLE``, the script the image,
 docker-compose.yml and the Kubernetes manifests run (Ray token auth on, own ports, own temp
@@ -19,6 +24,7 @@ directories; see :mod:`tests.e2e.cluster_support`), and stopped by PID / process
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -306,3 +312,56 @@ def test_cancel_stops_the_ray_job(stack: Stack) -> None:
     assert stack.ray_status(job_id) == "STOPPED"
     p = stack.cli("jobs", "cancel", job_id)
     assert p.returncode == 2 and "409" in p.stderr and p.stderr.count("\n") == 1
+
+
+def _classes(stack: Stack) -> list[str]:
+    with open(stack.data / "ground_truth.tsv", encoding="utf-8") as f:
+        rows = csv.DictReader(f, delimiter="\t")
+        return sorted({row["event_label"] for row in rows if row.get("event_label")})
+
+
+def test_a_140_kb_spec_named_mlflow_db_runs_once_per_idempotency_key(stack: Stack) -> None:
+    spec = stack.spec("mlflow.db")
+    classes = _classes(stack)
+    spec["data"]["classes"] = classes * (150_000 // len(json.dumps(classes)))  # repeats are one class each
+    assert 140_000 < len(json.dumps(spec)) < 200_000
+    spec_path = stack.root / "big.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    ids = []
+    for _ in range(2):
+        p = stack.cli("submit", str(spec_path), "--json", "--idempotency-key", "e2e-big-1")
+        assert p.returncode == 0, p.stderr
+        ids.append(_submitted(stack, json.loads(p.stdout)))
+    assert ids[0] == ids[1]
+    jobs = stack.api("GET", "/v1/jobs", params={"name": "mlflow.db"}).json()["jobs"]
+    assert [j["id"] for j in jobs] == [ids[0]]
+    job = stack.wait(ids[0])
+    assert job["status"] == "SUCCEEDED", (job, stack.ray_logs(ids[0]))
+    assert job["output_dir"].startswith(str(stack.root / "out" / "mlflow.db" / "j-"))
+    rest = Rest(stack.mlflow.url)
+    runs = rest.search(rest.experiment_id("mlflow.db"), f"tags.job_id = '{ids[0]}'")
+    assert [tags(x).get("sedtune.role") for x in runs].count("job") == 1
+
+
+def test_a_schedule_refuses_to_fire_once_its_data_links_out_of_the_roots(stack: Stack) -> None:
+    own = stack.root / "data" / "swap-set"
+    shutil.copytree(stack.data, own)
+    outside = stack.root / "outside" / "set"  # a valid set, out of the data roots
+    shutil.copytree(stack.data, outside)
+    spec = stack.spec("e2e-swap")
+    spec["data"] = {k: v.replace(str(stack.data), str(own)) for k, v in spec["data"].items()}
+    r = stack.api("POST", "/v1/schedules", json={"name": "swap", "cron": "0 3 * * *", "spec": spec})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+
+    own.rename(own.with_name("swap-set.orig"))
+    own.symlink_to(outside, target_is_directory=True)
+    p = stack.cli("schedules", "run", sid)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "HTTP 422" in p.stderr and "data.scores" in p.stderr
+    assert "outside the allowed data roots" in p.stderr
+    (run,) = _history(stack, sid)
+    assert run["job_id"] is None and run["skip_reason"].startswith("refused: data.scores: ")
+    r = stack.api("POST", "/v1/jobs", json=spec)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "data.scores", r.text
+    assert stack.api("GET", "/v1/jobs", params={"name": "e2e-swap"}).json()["jobs"] == []

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.server.settings import Settings
 from service.store.repo import Store
 from tests.fakes import FakeClock, FakeSubmitter
+from tests.ports import free_port
 
 TOKEN = "unit-test-token-1"
 OTHER_TOKEN = "unit-test-token-2"
@@ -54,6 +60,22 @@ class Api:
     def reopen(self) -> Api:
         """A new app over the same database (a restarted service)."""
         return make_api(self.root, self.settings, self.submitter, self.clock)
+
+    def entrypoint(self, job_id: str) -> list[str]:
+        """The argv of the Ray entrypoint submitted for ``job_id``."""
+        return shlex.split(next(e for s, e, _, _ in self.submitter.submitted if s == job_id))
+
+    def job_file(self, job_id: str) -> dict[str, Any]:
+        """The job file the entrypoint of ``job_id`` names (``--spec-file``)."""
+        argv = self.entrypoint(job_id)
+        with open(argv[argv.index("--spec-file") + 1], encoding="utf-8") as f:
+            doc: dict[str, Any] = json.load(f)
+        return doc
+
+    def sent_spec(self, job_id: str) -> dict[str, Any]:
+        """The spec the Ray job of ``job_id`` was given."""
+        spec: dict[str, Any] = self.job_file(job_id)["spec"]
+        return spec
 
 
 def make_settings(root: Path, **over: Any) -> Settings:
@@ -94,6 +116,25 @@ def api_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]
             yield api
         finally:
             api.store.close()
+
+
+@contextmanager
+def serve(api: Api) -> Iterator[str]:
+    """The app of ``api`` served by a real uvicorn on a free loopback port; yields its URL."""
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(api.client.app, host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)  # polling with a deadline
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
 
 
 def write_fake_result(output_dir: str, job_id: str, threshold: float, heldout_f: float) -> None:

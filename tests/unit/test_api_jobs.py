@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
-import shlex
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -30,16 +31,27 @@ def test_submit_stores_and_submits_with_a_built_entrypoint(api: Api) -> None:
     job = _submit(api)
     assert job["status"] == "PENDING" and job["ray_job_id"] == job["id"]
     assert job["output_dir"] == str(api.root / "out" / "unit" / job["id"])
-    (sid, entrypoint, env, meta), = api.submitter.submitted
+    (sid, _, env, meta), = api.submitter.submitted
     assert sid == job["id"] and env == {"SEDTUNE_JOB_ID": job["id"]} and meta["name"] == "unit"
-    argv = shlex.split(entrypoint)
-    assert argv[:5] == ["python", "-m", "service.jobrun", "--job-id", job["id"]]
-    sent = json.loads(base64.urlsafe_b64decode(argv[6]))
+    argv = api.entrypoint(job["id"])
+    # the spec travels in a job file under the service's own folder, not on the command line
+    path = str(api.root / "out" / ".sedtune" / "jobs" / f"{job['id']}.json")
+    assert argv == ["python", "-m", "service.jobrun", "--job-id", job["id"], "--spec-file", path,
+                    "--spec-sha256", hashlib.sha256(Path(path).read_bytes()).hexdigest()]
+    doc = api.job_file(job["id"])
+    assert doc["format"] == "sedtune.jobfile/1" and doc["job_id"] == job["id"]
+    assert doc["confinement"]["data_roots"] == [str(api.root / "data")]
+    assert doc["confinement"]["output_roots"] == [str(api.root / "out")]
+    sent = doc["spec"]
     # the effective spec: own output dir, the service's tracking, validated defaults filled in
     assert sent["output"] == job["output_dir"]
     assert sent["tracking"]["uri"] == "http://mlflow.test:5000"
     assert sent["resources"]["address"] is None
     assert sent["data"] == api.spec()["data"] | {"classes": None}
+    # the job file goes when the job ends
+    api.submitter.set(job["id"], "FAILED", "x")
+    api.svc.jobs.reconcile_once()
+    assert not os.path.exists(path)
 
 
 def test_inspect_list_and_filters(api: Api) -> None:
@@ -282,7 +294,8 @@ def test_allowed_uri_schemes_and_roots_pass(api: Api) -> None:
 
 
 def test_data_is_checked_when_configured(tmp_path) -> None:
-    from envs.synth import SynthConfig, generate
+    from envs.synth import generate
+    from envs.synth_config import SynthConfig
 
     generate(str(tmp_path / "data" / "set"), SynthConfig(n_clips=12, n_classes=2, seed=0))
     api = make_api(tmp_path)

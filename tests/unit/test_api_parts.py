@@ -12,7 +12,13 @@ from envs.errors import SedtuneInputError
 from service.results.status import ProgressFile, read_status
 from service.server.cron import CronSchedule
 from service.server.drift import compute_drift
-from service.server.entrypoint import build_entrypoint, decode_spec, encode_spec
+from service.server.entrypoint import (
+    MAX_ENTRYPOINT_BYTES,
+    build_b64_entrypoint,
+    build_entrypoint,
+    decode_spec,
+    encode_spec,
+)
 from service.server.settings import load_settings
 from service.tuning.spec import parse_spec
 
@@ -29,7 +35,12 @@ def test_settings_file_then_environment(tmp_path) -> None:
     assert s.ray_address == "http://other:8265" and s.scheduler_tick_s == 2.0 and not s.check_data
     assert s.db_url == f"sqlite:///{tmp_path}/svc/sedtune.db"
     assert s.output_roots == (f"{tmp_path}/svc/outputs",)
-    assert s.tracking_uri == f"sqlite:///{tmp_path}/svc/outputs/mlflow.db"
+    # the embedded MLflow store is the service's, out of the jobs' output tree
+    assert s.tracking_uri == f"sqlite:///{tmp_path}/svc/outputs/.sedtune/mlflow.db"
+    assert s.max_body_bytes == 1024 * 1024 and s.max_spec_bytes == 512 * 1024
+    s = load_settings(None, {"SEDTUNE_MAX_BODY_BYTES": "2048", "SEDTUNE_MAX_SPEC_BYTES": "1024",
+                             "SEDTUNE_DATA_DIR": str(tmp_path)})
+    assert s.max_body_bytes == 2048 and s.max_spec_bytes == 1024
 
 
 @pytest.mark.parametrize(("text", "msg"), [
@@ -38,6 +49,8 @@ def test_settings_file_then_environment(tmp_path) -> None:
     ("scheduler_tick_s: soon\n", "scheduler_tick_s must be a number of seconds"),
     ("reconcile_interval_s: 0\n", "reconcile_interval_s must be > 0"),
     ("check_data: maybe\n", "check_data must be true or false"),
+    ("max_body_bytes: lots\n", "max_body_bytes must be a whole number of bytes"),
+    ("max_spec_bytes: 0\n", "max_spec_bytes must be > 0 bytes"),
 ])
 def test_bad_settings(tmp_path, text, msg) -> None:
     cfg = tmp_path / "c.yaml"
@@ -60,12 +73,25 @@ def test_cron_dst_and_fires() -> None:
 
 def test_entrypoint_round_trip_and_no_injection() -> None:
     spec = parse_spec(SPEC)
-    ep = build_entrypoint("/opt/py/bin/python", "j-0123abcd", spec)
+    sha = "0" * 64
+    ep = build_entrypoint("/opt/py/bin/python", "j-0123abcd", "/out/.sedtune/jobs/j-0123abcd.json", sha)
+    assert ep == ("/opt/py/bin/python -m service.jobrun --job-id j-0123abcd "
+                  f"--spec-file /out/.sedtune/jobs/j-0123abcd.json --spec-sha256 {sha}")
+    assert "'/a b/$(id).json'" in build_entrypoint("python", "j-0123abcd", "/a b/$(id).json", sha)
+    with pytest.raises(ValueError, match="sha256 must be"):
+        build_entrypoint("python", "j-0123abcd", "/f.json", "; rm -rf /")
+    ep = build_b64_entrypoint("/opt/py/bin/python", "j-0123abcd", spec)
     assert ep.startswith("/opt/py/bin/python -m service.jobrun --job-id j-0123abcd --spec-b64 ")
     assert decode_spec(ep.split()[-1]) == spec
     for bad in ("j-1; rm -rf /", "$(id)", "J-UPPER", "ab"):
         with pytest.raises(ValueError, match="job id must match"):
-            build_entrypoint("python", bad, spec)
+            build_entrypoint("python", bad, "/f.json", sha)
+        with pytest.raises(ValueError, match="job id must match"):
+            build_b64_entrypoint("python", bad, spec)
+    # a spec too large for a command line is refused before Ray sees it, in one line
+    big = parse_spec({**SPEC, "data": {**SPEC["data"], "classes": ["c" * 60] * 2500}})
+    with pytest.raises(SedtuneInputError, match=f"over the {MAX_ENTRYPOINT_BYTES} a command line can carry"):
+        build_b64_entrypoint("python", "j-0123abcd", big)
     with pytest.raises(SedtuneInputError, match="not base64 of a JSON spec"):
         decode_spec("%%%")
     with pytest.raises(SedtuneInputError, match="spec: strategies"):

@@ -3,9 +3,6 @@ missed runs."""
 
 from __future__ import annotations
 
-import base64
-import json
-import shlex
 from datetime import UTC, datetime
 
 import pytest
@@ -29,11 +26,6 @@ def _history(api: Api, sid: str) -> list[dict]:
     r = api.client.get(f"/v1/schedules/{sid}/history", headers=AUTH)
     assert r.status_code == 200, r.text
     return list(reversed(r.json()["runs"]))  # oldest first
-
-
-def _sent_spec(api: Api, job_id: str) -> dict:
-    entry = next(e for s, e, _, _ in api.submitter.submitted if s == job_id)
-    return json.loads(base64.urlsafe_b64decode(shlex.split(entry)[6]))
 
 
 def _succeed(api: Api, job_id: str, threshold: float, heldout_f: float) -> None:
@@ -64,7 +56,7 @@ def test_cron_fires_twice_second_run_warm_started_with_drift_and_overlap_skipped
     (run2,) = api.svc.scheduler.tick()
     first_params = api.store.get_job(run1.job_id).output_dir + "/best_params.json"
     assert run2.warm_start == {"job_id": run1.job_id, "params_path": first_params, "applied_to": ["bayes"]}
-    bayes = next(st for st in _sent_spec(api, run2.job_id)["strategies"] if st["name"] == "bayes")
+    bayes = next(st for st in api.sent_spec(run2.job_id)["strategies"] if st["name"] == "bayes")
     assert bayes["options"]["warm_start"] == first_params
     _succeed(api, run2.job_id, 0.45, 0.55)
 

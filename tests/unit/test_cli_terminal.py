@@ -54,3 +54,32 @@ def test_a_new_strategy_closes_the_previous_bar(monkeypatch):
     assert first.disable  # tqdm disables a bar when it is closed: it is never drawn again
     reporter.stage("writing")  # the runs are over: no bar left open
     assert reporter._open == []
+
+
+def test_an_interrupt_is_one_line_and_128_plus_the_signal(monkeypatch, capsys):
+    import signal
+
+    from service.commands import tune_commands
+    from service.tuning.interrupt import Interrupted
+
+    def stopped(args):
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(tune_commands, "run_tune", stopped)
+    assert main(["tune", "spec.yaml"]) == 143
+    assert capsys.readouterr().err == "sedtune: interrupted (SIGTERM); no results written\n"
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt  # Python's own SIGINT handler, outside the commands' handling
+
+    monkeypatch.setattr(tune_commands, "run_tune", ctrl_c)
+    assert main(["tune", "spec.yaml"]) == 130
+    assert capsys.readouterr().err == "sedtune: interrupted (SIGINT)\n"
+
+
+def test_tune_takes_force(monkeypatch):
+    from service.cli import build_parser
+
+    args = build_parser().parse_args(["tune", "spec.yaml", "--force"])
+    assert args.force is True
+    assert build_parser().parse_args(["tune", "spec.yaml"]).force is False

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -184,3 +191,107 @@ def test_refuses_a_file_as_out_dir(tmp_path: Path) -> None:
     with pytest.raises(SedtuneInputError, match="is a file"):
         generate(str(f), SynthConfig(n_clips=2, n_classes=2))
     assert f.read_text() == "x"
+
+
+# ------------------------------------------------ atomic output, size limits (issue 14)
+
+# 1000 s clips: 15625 frames x 8 classes, so a chunk is 16 clips and 20 clips are two chunks.
+LONG = SynthConfig(n_clips=20, n_classes=8, clip_duration_s=1000.0, clips_per_shard=5)
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _stop_after_first_chunk(n: int) -> None:
+    raise _Stop
+
+
+def _names(path: Path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+def test_a_set_appears_only_when_complete(tmp_path: Path) -> None:
+    assert LONG.chunk_clips < LONG.n_clips
+    with pytest.raises(_Stop):
+        generate(str(tmp_path / "set"), LONG, progress=_stop_after_first_chunk)
+    assert _names(tmp_path) == []  # no partial set, no staging folder
+    generate(str(tmp_path / "set"), LONG)
+    assert _names(tmp_path) == ["set"]
+    assert _names(tmp_path / "set") == ["durations.tsv", "ground_truth.tsv", "scores"]
+
+
+def test_an_interrupted_overwrite_keeps_the_old_set(tmp_path: Path) -> None:
+    old = generate(str(tmp_path), SynthConfig(n_clips=4, n_classes=2))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(_Stop):
+        generate(str(tmp_path), LONG, progress=_stop_after_first_chunk, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert ScoreSet.open(old.scores_uri).filenames == [f"synth_{i:06d}.wav" for i in range(4)]
+
+
+def test_other_files_in_out_dir_stay(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    res = generate(str(tmp_path), SynthConfig(n_clips=3, n_classes=2))
+    assert _names(tmp_path) == ["durations.tsv", "ground_truth.tsv", "notes.txt", "scores"]
+    assert (tmp_path / "notes.txt").read_text() == "mine" and res.n_clips == 3
+
+
+def test_too_many_cells_is_one_line_and_nothing_written(tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    out = tmp_path / "huge"
+    assert main(["synth", str(out), "--clips", str(10**12)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1000000000000 clips x 10 classes x 157 frames" in err
+    assert "the most one set may hold is 1e+10" in err
+    assert not out.exists() and _names(tmp_path) == []
+
+
+def test_more_than_the_free_space_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import envs.synth as synth
+
+    free = synth.estimated_bytes(SMALL) - 1
+    monkeypatch.setattr(synth.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, free))
+    with pytest.raises(SedtuneInputError, match=r"needs about .* GB in .*, but only .* GB are free there"):
+        generate(str(tmp_path / "deep" / "set"), SMALL)
+    assert _names(tmp_path) == []
+
+
+def _synth_process(out: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "service.cli", "synth", str(out), "--clips", "4000", "--classes", "10",
+            "--clips-per-shard", "100"]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=out.parent)
+
+
+def _until_shards(proc: subprocess.Popen[bytes], parent: Path, deadline_s: float = 60.0) -> None:
+    """Poll until the staging folder holds a shard (the set is being written)."""
+    end = time.monotonic() + deadline_s
+    while not glob.glob(str(parent / ".set.synth-staging-*" / "scores" / "*.parquet")):
+        assert proc.poll() is None, "synth ended before it was stopped"
+        assert time.monotonic() < end, "no shard written in time"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.01)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)],
+    ids=["TERM", "INT", "KILL"],
+)
+def test_a_stopped_synth_leaves_nothing_at_out(tmp_path: Path, signum: int, code: int) -> None:
+    out = tmp_path / "set"
+    proc = _synth_process(out)
+    _until_shards(proc, tmp_path)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert not out.exists()
+    if signum == signal.SIGKILL:  # nothing could clean up: the staging folder stays beside it
+        assert [n.startswith(".set.synth-staging-") for n in _names(tmp_path)] == [True]
+    else:
+        name = signal.Signals(signum).name
+        assert err.decode().splitlines()[-1] == f"sedtune: interrupted ({name}); no results written"
+        assert _names(tmp_path) == []
