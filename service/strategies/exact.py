@@ -228,19 +228,23 @@ class _Progress:
     """Full-set evaluations spent as sweeps finish (see the module docstring)."""
 
     def __init__(self, settings: tuple[Setting, ...], n_classes: int, grid: tuple[float, ...] | None) -> None:
-        self.done: dict[Setting, list[SweepOutput]] = {s: [] for s in settings}
         self.n_classes = n_classes
         self.grid = grid
+        # Per setting: sweeps done, its cost so far (setting_cost of them) and its share spent.
+        self.count: dict[Setting, int] = dict.fromkeys(settings, 0)
+        self.cost: dict[Setting, int] = dict.fromkeys(settings, 0)
+        self.share: dict[Setting, float] = dict.fromkeys(settings, 0.0)
 
     def add(self, output: SweepOutput) -> float:
-        """Record a finished sweep; returns the evaluations spent so far."""
-        self.done[output.setting].append(output)
-        spent = 0.0
-        for outs in self.done.values():
-            if outs:
-                cost = setting_cost(outs, self.grid)
-                spent += cost if len(outs) == self.n_classes else cost * len(outs) / self.n_classes
-        return spent
+        """Record a finished sweep; returns the evaluations spent so far (O(settings))."""
+        s = output.setting
+        self.count[s] += 1
+        step = setting_cost([output], self.grid)
+        self.cost[s] = step if self.grid is not None else max(self.cost[s], step)
+        n = self.count[s]
+        self.share[s] = self.cost[s] if n == self.n_classes else self.cost[s] * n / self.n_classes
+        # Summed afresh in settings order: the last value equals the result's evaluations exactly.
+        return sum(v for v in self.share.values() if v)
 
 
 def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext) -> list[SweepOutput]:
