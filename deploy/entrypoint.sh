@@ -11,7 +11,8 @@
 #   entrypoint.sh job --job-id ID --spec-file FILE [--spec-sha256 HEX]
 #                                      python -m service.jobrun (the entrypoint the service submits:
 #                                      the spec in a job file under <output root>/.sedtune/jobs;
-#                                      --spec-b64 B64 instead for `sedtune submit --ray-address`)
+#                                      a relative job file in the uploaded working directory for
+#                                      `sedtune submit --ray-address`)
 #   entrypoint.sh healthcheck [ROLE]   exit 0 when ROLE's process answers (default: this container's role)
 #   entrypoint.sh CMD [ARGS]           anything else runs as is (sedtune ..., ray status, bash)
 #

@@ -120,19 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolved and checked again here, before anything is read (:mod:`service.server.confine`),
     and the job runs on the resolved paths. A path that now leads out of the roots (a folder
     swapped for a symlink after submission) ends the job at once: exit 2, status ``failed``
-    with the one-line reason. ``--spec-b64`` carries a small spec on the command line
-    (``sedtune submit --ray-address``).
+    with the one-line reason.
     """
     from service.server.confine import Confinement, confine_spec
-    from service.server.entrypoint import JOB_ID_PATTERN, decode_spec
+    from service.server.entrypoint import JOB_ID_PATTERN
     from service.server.jobfile import read_jobfile
     from service.server.policy import FieldError
 
     parser = argparse.ArgumentParser(prog="python -m service.jobrun", description=__doc__.splitlines()[0])
     parser.add_argument("--job-id", required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec-file", help="the job file the service wrote (or a JSON spec)")
-    source.add_argument("--spec-b64", help="URL-safe base64 of the spec's JSON")
+    parser.add_argument("--spec-file", required=True, help="the job file the service wrote (or a JSON spec)")
     parser.add_argument("--spec-sha256", help="SHA-256 of --spec-file; the job refuses a file that differs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -142,12 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     conf: Confinement | None = None
     try:
-        if args.spec_file is not None:
-            spec, conf_doc = read_jobfile(args.spec_file, args.job_id, args.spec_sha256)
-            if conf_doc is not None:
-                conf = Confinement.from_json(conf_doc, f"--spec-file {args.spec_file}")
-        else:
-            spec = decode_spec(args.spec_b64)
+        spec, conf_doc = read_jobfile(args.spec_file, args.job_id, args.spec_sha256)
+        if conf_doc is not None:
+            conf = Confinement.from_json(conf_doc, f"--spec-file {args.spec_file}")
     except SedtuneInputError as e:
         print(f"sedtune job {args.job_id}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

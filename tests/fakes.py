@@ -38,7 +38,12 @@ class FakeSubmitter(Submitter):
             raise SubmitterError("cannot reach the Ray Jobs API at fake://cluster (down)")
 
     def submit(
-        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+        self,
+        submission_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        metadata: dict[str, str],
+        working_dir: str | None = None,
     ) -> str:
         """Accept a job (PENDING)."""
         self._check()

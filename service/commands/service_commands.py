@@ -196,9 +196,13 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def _submit_to_ray(args: argparse.Namespace) -> int:
-    """Submit straight to a cluster's Jobs API: the spec on the entrypoint's command line (no folder
-    is known to be shared with the cluster), refused here if it is too large for one."""
-    from service.server.entrypoint import build_b64_entrypoint, new_job_id
+    """Submit straight to a cluster's Jobs API: the spec travels in a job file inside the job's
+    working directory, which Ray uploads to the cluster (no folder is known to be shared with
+    it), so the command line stays short whatever the spec's size."""
+    import tempfile
+
+    from service.server.entrypoint import build_entrypoint, new_job_id
+    from service.server.jobfile import write_jobfile
     from service.server.policy import check_options
     from service.server.submitter import RayJobsSubmitter
     from service.tuning.spec import load_spec
@@ -207,9 +211,12 @@ def _submit_to_ray(args: argparse.Namespace) -> int:
     check_options(spec)
     job_id = new_job_id()
     sub = RayJobsSubmitter(args.ray_address)
-    entrypoint = build_b64_entrypoint(args.python, job_id, spec)
-    ray_id = sub.submit(job_id, entrypoint, {"SEDTUNE_JOB_ID": job_id},
-                        {"sedtune_job": job_id, "name": spec.name})
+    with tempfile.TemporaryDirectory(prefix="sedtune-submit-") as folder:
+        name = f"{job_id}.json"  # the job runs in the uploaded folder: a relative path finds it
+        sha = write_jobfile(os.path.join(folder, name), job_id, spec, None)
+        entrypoint = build_entrypoint(args.python, job_id, name, sha)
+        ray_id = sub.submit(job_id, entrypoint, {"SEDTUNE_JOB_ID": job_id},
+                            {"sedtune_job": job_id, "name": spec.name}, working_dir=folder)
     doc = {"id": job_id, "ray_job_id": ray_id, "address": args.ray_address, "output_dir": spec.output_dir}
     _print(args, doc, f"submitted job {job_id} to Ray at {args.ray_address} (Ray id {ray_id}); "
                       f"results in {spec.output_dir} on the cluster")

@@ -51,7 +51,12 @@ class Submitter(ABC):
 
     @abstractmethod
     def submit(
-        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+        self,
+        submission_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        metadata: dict[str, str],
+        working_dir: str | None = None,
     ) -> str:
         """Start a job.
 
@@ -60,6 +65,8 @@ class Submitter(ABC):
             entrypoint: Shell command run on the cluster (built by sedtune, never from a request).
             env: Environment variables of the entrypoint.
             metadata: Labels shown by Ray (job name, schedule).
+            working_dir: A local folder Ray uploads to the cluster and runs the entrypoint in
+                (its files reach the job whatever node it lands on), or None.
 
         Returns:
             The Ray submission id.
@@ -132,13 +139,21 @@ class RayJobsSubmitter(Submitter):
             self._client = None
 
     def submit(
-        self, submission_id: str, entrypoint: str, env: dict[str, str], metadata: dict[str, str]
+        self,
+        submission_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        metadata: dict[str, str],
+        working_dir: str | None = None,
     ) -> str:
         """See :meth:`Submitter.submit`."""
         client = self._get()
+        runtime_env: dict[str, object] = {"env_vars": env}
+        if working_dir is not None:
+            runtime_env["working_dir"] = working_dir
         try:
             return str(client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                         runtime_env={"env_vars": env}, metadata=metadata))
+                                         runtime_env=runtime_env, metadata=metadata))
         except Exception as e:
             text = str(e)
             if "already" in text.lower() and submission_id in text:

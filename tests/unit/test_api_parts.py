@@ -12,15 +12,8 @@ from envs.errors import SedtuneInputError
 from service.results.status import ProgressFile, read_status
 from service.server.cron import CronSchedule
 from service.server.drift import compute_drift
-from service.server.entrypoint import (
-    MAX_ENTRYPOINT_BYTES,
-    build_b64_entrypoint,
-    build_entrypoint,
-    decode_spec,
-    encode_spec,
-)
+from service.server.entrypoint import build_entrypoint
 from service.server.settings import load_settings
-from service.tuning.spec import parse_spec
 
 SPEC = {"name": "p", "data": {"scores": "/d/s", "ground_truth": "/d/g.tsv"},
         "strategies": [{"name": "manual"}]}
@@ -72,7 +65,6 @@ def test_cron_dst_and_fires() -> None:
 
 
 def test_entrypoint_round_trip_and_no_injection() -> None:
-    spec = parse_spec(SPEC)
     sha = "0" * 64
     ep = build_entrypoint("/opt/py/bin/python", "j-0123abcd", "/out/.sedtune/jobs/j-0123abcd.json", sha)
     assert ep == ("/opt/py/bin/python -m service.jobrun --job-id j-0123abcd "
@@ -80,29 +72,9 @@ def test_entrypoint_round_trip_and_no_injection() -> None:
     assert "'/a b/$(id).json'" in build_entrypoint("python", "j-0123abcd", "/a b/$(id).json", sha)
     with pytest.raises(ValueError, match="sha256 must be"):
         build_entrypoint("python", "j-0123abcd", "/f.json", "; rm -rf /")
-    ep = build_b64_entrypoint("/opt/py/bin/python", "j-0123abcd", spec)
-    assert ep.startswith("/opt/py/bin/python -m service.jobrun --job-id j-0123abcd --spec-b64 ")
-    assert decode_spec(ep.split()[-1]) == spec
     for bad in ("j-1; rm -rf /", "$(id)", "J-UPPER", "ab"):
         with pytest.raises(ValueError, match="job id must match"):
             build_entrypoint("python", bad, "/f.json", sha)
-        with pytest.raises(ValueError, match="job id must match"):
-            build_b64_entrypoint("python", bad, spec)
-    # a spec too large for a command line is refused before Ray sees it, in one line
-    big = parse_spec({**SPEC, "data": {**SPEC["data"], "classes": ["c" * 60] * 2500}})
-    with pytest.raises(SedtuneInputError, match=f"over the {MAX_ENTRYPOINT_BYTES} a command line can carry"):
-        build_b64_entrypoint("python", "j-0123abcd", big)
-    with pytest.raises(SedtuneInputError, match="not base64 of a JSON spec"):
-        decode_spec("%%%")
-    with pytest.raises(SedtuneInputError, match="spec: strategies"):
-        decode_spec(_b64({**SPEC, "strategies": []}))
-    assert decode_spec(encode_spec(spec)) == spec
-
-
-def _b64(obj) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
 
 
 def test_progress_file(tmp_path) -> None:
@@ -167,15 +139,21 @@ def test_drift_across_decoders() -> None:
 def test_jobrun_refuses_bad_input_with_one_line(tmp_path, capsys) -> None:
     from service.jobrun import main
 
-    assert main(["--job-id", "BAD ID", "--spec-b64", "x"]) == 2
+    def spec_file(doc: dict, name: str) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps(doc))
+        return str(path)
+
+    assert main(["--job-id", "BAD ID", "--spec-file", spec_file(SPEC, "a.json")]) == 2
     assert "--job-id must match" in capsys.readouterr().err
-    assert main(["--job-id", "j-00000001", "--spec-b64", _b64({**SPEC, "strategies": []})]) == 2
+    no_strategies = spec_file({**SPEC, "strategies": []}, "b.json")
+    assert main(["--job-id", "j-00000001", "--spec-file", no_strategies]) == 2
     assert "strategies" in capsys.readouterr().err
     # the data is missing: refused before any Ray work, the status file says why
     out = tmp_path / "out"
     spec = {**SPEC, "data": {"scores": str(tmp_path / "none"), "ground_truth": str(tmp_path / "g.tsv")},
             "output": str(out)}
-    assert main(["--job-id", "j-00000002", "--spec-b64", _b64(spec)]) == 2
+    assert main(["--job-id", "j-00000002", "--spec-file", spec_file(spec, "c.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sedtune job j-00000002: error: data.scores") and "\n" not in err
     doc = read_status(str(out))
