@@ -76,6 +76,11 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+#: Up to this many distinct values, a class's ranks are median-filtered with a running
+#: histogram (:func:`envs.stack.median_filter_levels`) instead of scipy's rank filter.
+SMALL_ALPHABET = 256
+
+
 class _Lru(Generic[K, V]):
     """A small least-recently-used cache (unbounded when ``size`` is None)."""
 
@@ -204,8 +209,11 @@ class Evaluator:
 
     def filtered_ranks(self, label: str, kernel_frames: int) -> I64:
         """Every frame's rank among :meth:`ranked` values after median filtering (not cached)."""
-        _, rank = self.ranked(label)
-        return median_filter_values(rank, self.data.scores(label).offsets, kernel_frames)
+        values, rank = self.ranked(label)
+        offsets = self.data.scores(label).offsets
+        if len(values) <= SMALL_ALPHABET:  # few distinct values (quantized scores): a histogram
+            return median_filter_levels(rank, offsets, kernel_frames, len(values))
+        return median_filter_values(rank, offsets, kernel_frames)
 
     def grid_levels(self, label: str, kernel_frames: int, grid: Sequence[float]) -> LevelIndex:
         """Level index of ``q(p)``: how many of the ascending ``grid`` thresholds lie below p.

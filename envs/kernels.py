@@ -444,3 +444,116 @@ def level_counts(
         starts, ends = hysteresis_runs(s_off, e_off, starts)
     clip, on, off = clean_decode(starts, ends, offsets, hop, fill_gap_s, min_duration_s, durations)
     return group_counts(clip, on, off, refs[0], refs[1], refs[2], metric[0], metric[1], groups, n_groups)
+
+
+@njit(cache=True, nogil=True)
+def small_alphabet_median(q: I64, offsets: I64, kernel: int, n_levels: int) -> I64:  # pragma: no cover
+    """Median filter (reflect boundary) of small integer values ``0..n_levels - 1`` per clip.
+
+    A histogram of the window and the running median move one frame at a time (the median
+    is the smallest value whose cumulative count reaches ``kernel // 2 + 1``), so a frame
+    costs O(1) amortized whatever the kernel. Clips no longer than ``kernel // 2`` are left
+    at 0 for the caller (scipy reflects those its own way).
+    """
+    half = kernel // 2
+    need = half + 1
+    out = np.zeros(q.size, np.int64)
+    hist = np.zeros(n_levels, np.int64)
+    for c in range(offsets.size - 1):
+        lo = offsets[c]
+        length = offsets[c + 1] - lo
+        if length <= half:
+            continue
+        hist[:] = 0
+        for d in range(-half, half + 1):
+            hist[q[lo + _reflect(d, length)]] += 1
+        m = 0
+        below = 0
+        while below + hist[m] < need:
+            below += hist[m]
+            m += 1
+        out[lo] = m
+        for t in range(1, length):
+            enter = t + half
+            leave = t - half - 1
+            x = q[lo + (enter if enter < length else _reflect(enter, length))]
+            y = q[lo + (leave if leave >= 0 else _reflect(leave, length))]
+            hist[x] += 1
+            if x < m:
+                below += 1
+            hist[y] -= 1
+            if y < m:
+                below -= 1
+            while below >= need:
+                m -= 1
+                below -= hist[m]
+            while below + hist[m] < need:
+                below += hist[m]
+                m += 1
+            out[lo + t] = m
+    return out
+
+
+@njit(cache=True, nogil=True)
+def compact_ranks(rank: I64, n_values: int) -> tuple[I64, npt.NDArray[np.bool_]]:  # pragma: no cover
+    """Ranks renumbered over the values that occur, and which values occur."""
+    used = np.zeros(n_values, np.bool_)
+    for i in range(rank.size):
+        used[rank[i]] = True
+    new = np.empty(n_values, np.int64)
+    k = 0
+    for v in range(n_values):
+        new[v] = k
+        if used[v]:
+            k += 1
+    out = np.empty(rank.size, np.int64)
+    for i in range(rank.size):
+        out[i] = new[rank[i]]
+    return out, used
+
+
+@njit(cache=True, nogil=True)
+def rank_edges(rank: I64, offsets: I64) -> tuple[I64, I64, I64, I64, I64, I64]:  # pragma: no cover
+    """Rising and falling rank edges per clip (see :class:`envs.levels.LevelIndex`).
+
+    A frame is a rising edge when its rank exceeds its predecessor's (-1 at a clip start),
+    a falling edge when it exceeds its successor's (-1 at a clip end).
+
+    Returns:
+        (start_pos, start_prev_rank, start_rank, end_pos, end_next_rank, end_rank).
+    """
+    n_rise = 0
+    n_fall = 0
+    for c in range(offsets.size - 1):
+        lo, hi = offsets[c], offsets[c + 1]
+        for t in range(lo, hi):
+            prev = rank[t - 1] if t > lo else -1
+            nxt = rank[t + 1] if t + 1 < hi else -1
+            if rank[t] > prev:
+                n_rise += 1
+            if rank[t] > nxt:
+                n_fall += 1
+    s_pos = np.empty(n_rise, np.int64)
+    s_prev = np.empty(n_rise, np.int64)
+    s_rank = np.empty(n_rise, np.int64)
+    e_pos = np.empty(n_fall, np.int64)
+    e_next = np.empty(n_fall, np.int64)
+    e_rank = np.empty(n_fall, np.int64)
+    i = 0
+    j = 0
+    for c in range(offsets.size - 1):
+        lo, hi = offsets[c], offsets[c + 1]
+        for t in range(lo, hi):
+            prev = rank[t - 1] if t > lo else -1
+            nxt = rank[t + 1] if t + 1 < hi else -1
+            if rank[t] > prev:
+                s_pos[i] = t
+                s_prev[i] = prev
+                s_rank[i] = rank[t]
+                i += 1
+            if rank[t] > nxt:
+                e_pos[j] = t
+                e_next[j] = nxt
+                e_rank[j] = rank[t]
+                j += 1
+    return s_pos, s_prev, s_rank, e_pos, e_next, e_rank

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from envs.kernels import level_blocks
+from envs.kernels import compact_ranks, level_blocks, rank_edges
 from envs.scoreset import ClassScores
 
 I64 = npt.NDArray[np.int64]
@@ -70,33 +70,11 @@ class LevelIndex:
         A median filter commutes with the monotone map value -> rank, so a class is ranked
         once and each kernel filters the ranks; unused values are dropped here in O(n).
         """
-        used = np.bincount(rank, minlength=len(values)) > 0
+        rank = np.ascontiguousarray(rank, np.int64)
+        compact, used = compact_ranks(rank, len(values))
         if not used.all():
-            rank = (np.cumsum(used) - 1)[rank]
-            values = values[used]
-        n = rank.size
-        prev = np.empty(n, np.int64)
-        nxt = np.empty(n, np.int64)
-        if n:
-            prev[1:] = rank[:-1]
-            prev[0] = -1
-            nxt[:-1] = rank[1:]
-            nxt[-1] = -1
-            prev[offsets[:-1][offsets[:-1] < n]] = -1
-            nxt[offsets[1:][offsets[1:] > 0] - 1] = -1
-        rising = np.flatnonzero(rank > prev).astype(np.int64)
-        falling = np.flatnonzero(rank > nxt).astype(np.int64)
-        return LevelIndex(
-            values,
-            offsets,
-            rising,
-            prev[rising],
-            rank[rising],
-            falling,
-            nxt[falling],
-            rank[falling],
-            rank,
-        )
+            rank, values = compact, values[used]
+        return LevelIndex(values, offsets, *rank_edges(rank, offsets), rank)
 
     @functools.cached_property
     def blocks(self) -> Blocks:

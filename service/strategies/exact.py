@@ -247,8 +247,37 @@ class _Progress:
         return sum(v for v in self.share.values() if v)
 
 
+def run_sweep_batch(tasks: list[SweepTask], data: DataRef, folds: I64) -> list[SweepOutput]:
+    """Several tasks of one class in one Ray task: the class is read and quantized once, and
+    the per-task overhead of Ray is paid once (see :func:`run_sweep_task`)."""
+    return [run_sweep_task(t, data, folds) for t in tasks]
+
+
+def batches(tasks: list[SweepTask], n_cpus: int) -> list[list[SweepTask]]:
+    """Consecutive tasks of one class grouped into Ray tasks.
+
+    Groups hold about ``len(tasks) / (8 * n_cpus)`` tasks (at least one, never more than a
+    class's settings), so every CPU still gets several Ray tasks to balance the load while a
+    large job (thousands of (class, setting) tasks) stops paying Ray's per-task overhead and
+    the class column's read and quantization once per setting.
+
+    Args:
+        tasks: Class-major tasks.
+        n_cpus: CPUs of the cluster.
+    """
+    size = max(1, len(tasks) // (8 * max(n_cpus, 1)))
+    out: list[list[SweepTask]] = []
+    for t in tasks:
+        if out and out[-1][0].label == t.label and len(out[-1]) < size:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
+
+
 def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext) -> list[SweepOutput]:
-    """Run the tasks on Ray (one task each) or in this process, in task order."""
+    """Run the tasks on Ray (in batches of one class, :func:`batches`) or in this process, in
+    task order."""
     settings = tuple(dict.fromkeys(t.setting for t in tasks))
     tally = _Progress(settings, len({t.label for t in tasks}), tasks[0].grid if tasks else None)
     if not ctx.use_ray:
@@ -259,18 +288,20 @@ def _execute(tasks: list[SweepTask], data: DataRef, folds: I64, ctx: RunContext)
         return out
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_sweep_task)
+    remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_sweep_batch)
     data_ref, folds_ref = ray.put(data), ray.put(folds)
-    refs = [remote.remote(t, data_ref, folds_ref) for t in tasks]
-    results: dict[ray.ObjectRef, SweepOutput] = {}  # type: ignore[type-arg]
+    groups = batches(tasks, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+    refs = [remote.remote(g, data_ref, folds_ref) for g in groups]
+    results: dict[ray.ObjectRef, list[SweepOutput]] = {}  # type: ignore[type-arg]
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for r in done:
             results[r] = ray.get(r)
-            spent = tally.add(results[r])
+            for output in results[r]:
+                spent = tally.add(output)
         ctx.progress(spent)
-    return [results[r] for r in refs]
+    return [o for r in refs for o in results[r]]
 
 
 def _combine(

@@ -70,3 +70,24 @@ def test_without_a_budget_progress_ends_at_the_evaluations_spent(data, tmp_path)
     assert total is None
     assert values == sorted(values) and values[-1] == evaluations == compared
     assert evaluations > settings  # every decision of every setting
+
+
+def test_ray_batches_keep_class_order_and_balance_the_cpus() -> None:
+    from dataclasses import dataclass
+
+    from service.strategies.exact import batches
+
+    @dataclass
+    class T:
+        label: str
+        setting: int
+
+    tasks = [T(c, s) for c in "abc" for s in range(11)]
+    # 33 tasks on 2 CPUs: 33 // 16 = 2 per Ray task, never across classes
+    assert [len(g) for g in batches(tasks, 2)] == [2, 2, 2, 2, 2, 1] * 3
+    assert all(len({t.label for t in g}) == 1 for g in batches(tasks, 2))
+    big = [T(f"c{i}", s) for i in range(400) for s in range(11)]
+    groups = batches(big, 2)
+    assert len(groups) == 400 and all(len(g) == 11 for g in groups)  # a class per Ray task
+    assert [t for g in groups for t in g] == big
+    assert [len(g) for g in batches(tasks, 64)] == [1] * 33
