@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune the post-processing of sound event detection models.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at INFO level; tune and demo: also show the run's log (Ray, Tune, RLlib, Optuna) live",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.register(sub)
     _register_optional(sub)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.commands.bars import progress_bar
+from service.commands.live import budget_text
 
 if TYPE_CHECKING:
-    from service.results.tracking import TrackingReport
-    from service.strategies.base import StrategyResult
-    from service.tuning.runner import JobResult
     from service.tuning.spec import JobSpec
 
 LOG = logging.getLogger(__name__)
@@ -35,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _verbose(p)
     p.set_defaults(handler=run_tune)
 
     p = sub.add_parser("demo", help="generate a set, tune it with every strategy, print the comparison")
@@ -44,56 +41,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--budget", type=float, default=40, help="evaluations per searching strategy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    _verbose(p)
     p.set_defaults(handler=run_demo)
 
 
-class TerminalReporter:
-    """Progress bars on the terminal for :func:`service.tuning.pipeline.run_pipeline`.
-
-    Strategies run one after another: a new bar closes the ones before it (a strategy may end
-    below its budget, e.g. exact's grid), so every bar is drawn once and ends where it stopped.
-    """
-
-    def __init__(self) -> None:
-        self._open: list[Any] = []
-
-    def stage(self, state: str) -> None:
-        """Close the bars when the runs are over."""
-        if state != "running":
-            self.close()
-
-    def progress(self, label: str, total: float | None) -> Callable[[float], None]:
-        """A bar per strategy run; budgets count fractional evaluations: one decimal."""
-        self.close()
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]"
-        bar = progress_bar(total=total, desc=label, unit="eval", bar_format=fmt if total else None)
-        self._open.append(bar)
-
-        def update(done: float) -> None:
-            bar.n = round(float(done), 1)
-            bar.refresh()
-            if total is not None and done >= total:
-                bar.close()
-
-        return update
-
-    def strategy_done(self, name: str, result: StrategyResult) -> None:
-        """Nothing to add: the bar shows where the strategy stopped."""
-
-    def written(self, result: JobResult, paths: dict[str, str]) -> None:
-        """Nothing to add: the comparison is printed at the end."""
-
-    def tracked(self, report: TrackingReport | None, line: str) -> None:
-        """Nothing to add: the tracking line is printed at the end."""
-
-    def close(self) -> None:
-        """Close every open bar."""
-        while self._open:
-            self._open.pop().close()
+def _verbose(p: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` after the command too (``sedtune demo --verbose``), as before it."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # not given here: the global flag's value stands
+        help="also show the run's log (Ray, Tune, RLlib, Optuna) live on stderr",
+    )
 
 
-def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool, force: bool = False) -> int:
-    """Run the pipeline with bars, then print the comparison; shared by ``tune`` and ``demo``.
+def execute(
+    spec: JobSpec,
+    address: str | None,
+    tracking: bool,
+    as_json: bool,
+    force: bool = False,
+    verbose: bool = False,
+    header: str | None = None,
+) -> int:
+    """Run the pipeline with the live display, then print the comparison; shared by ``tune`` and ``demo``.
+
+    The terminal gets sedtune's own lines only (``header``, the log's path, a line per
+    strategy run, the comparison, the results and tracking lines): everything else the run
+    writes, Ray's and the libraries' output included, goes to ``<output>/sedtune.log``
+    (:mod:`service.commands.runlog`; ``verbose`` shows it live too). With ``as_json``, stdout
+    carries the comparison's JSON only.
 
     The run happens in a staging folder renamed to the spec's output folder when complete; a
     non-empty output folder is refused unless ``force`` (:mod:`service.tuning.staging`).
@@ -102,23 +80,35 @@ def execute(spec: JobSpec, address: str | None, tracking: bool, as_json: bool, f
     """
     import json
 
+    from service.commands.live import LiveReporter
+    from service.commands.runlog import RunLog
+    from service.tuning.interrupt import Interrupted
     from service.tuning.outputs import comparison_json, comparison_markdown
     from service.tuning.pipeline import run_pipeline
 
-    reporter = TerminalReporter()
-    try:
-        run = run_pipeline(spec, reporter, address=address, track=tracking, staged=True, force=force)
-    finally:
-        reporter.close()
-    result = run.result
-    if as_json:
-        json.dump(comparison_json(result), sys.stdout, indent=2)
-        print()
-    else:
-        print(comparison_markdown(result))
-        print(f"results: {result.output_dir} (best parameters: {run.paths.get('best_params', 'n/a')})")
-    if run.tracking_line:
-        print(run.tracking_line, file=sys.stdout if run.tracking is not None else sys.stderr)
+    log = RunLog(spec.with_absolute_paths().output_dir, verbose, info_to_err=as_json)
+    with log as console:
+        if header:
+            console.out(header)
+        reporter = LiveReporter(console, log.path)
+        try:
+            run = run_pipeline(spec, reporter, address=address, track=tracking, staged=True, force=force)
+        except Interrupted as e:
+            if e.note:  # stopped after the results were published (while tracking): the log joins them
+                log.publish()
+            raise
+        finally:
+            reporter.close()
+        log.publish()
+        result = run.result
+        if as_json:
+            console.out(json.dumps(comparison_json(result), indent=2))
+        else:
+            console.out(comparison_markdown(result))
+            best = run.paths.get("best_params", "n/a")
+            console.out(f"results: {result.output_dir} (best parameters: {best})")
+        if run.tracking_line:
+            (console.out if run.tracking is not None else console.err)(run.tracking_line)
     return 0
 
 
@@ -131,7 +121,9 @@ def run_tune(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec)
         if args.output:
             spec = spec.model_copy(update={"output": args.output})
-        return execute(spec, args.address, not args.no_tracking, args.json, force=args.force)
+        return execute(
+            spec, args.address, not args.no_tracking, args.json, force=args.force, verbose=args.verbose
+        )
 
 
 def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
@@ -199,11 +191,11 @@ def _demo(args: argparse.Namespace) -> int:
     available = [s for s in raw["strategies"] if _importable(REGISTRY[s["name"]])]
     raw["strategies"] = available
     spec = parse_spec(raw, "demo spec")
-    print(
+    header = (
         f"demo: {args.clips} generated clips x {args.classes} classes, strategies "
-        f"{', '.join(s['name'] for s in available)}, budget {args.budget:g} evaluations each"
+        f"{', '.join(s['name'] for s in available)}, budget {budget_text(args.budget)} evaluations each"
     )
-    return execute(spec, None, not args.no_tracking, False, force=True)
+    return execute(spec, None, not args.no_tracking, False, force=True, verbose=args.verbose, header=header)
 
 
 def _importable(target: str) -> bool:

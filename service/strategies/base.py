@@ -127,13 +127,32 @@ class RunContext:
 
     Attributes:
         workdir: Directory for the strategy's files (checkpoints).
-        progress: Called with the evaluations spent so far.
+        progress: Called with the evaluations spent so far. A callback that also shows the best
+            tuning macro F so far (the CLI's live line) has a method ``best(f)``, which
+            :meth:`report` calls.
         use_ray: Whether Ray is initialised and strategies should distribute work.
     """
 
     workdir: str
     progress: ProgressFn = lambda _: None
     use_ray: bool = True
+
+    def report(self, evaluations: float, best_f: float | None = None) -> None:
+        """Report the evaluations spent so far and, when known, the best tuning macro F so far.
+
+        ``progress`` gets the evaluations as always; a finite ``best_f`` goes to
+        ``progress.best`` first when the callback has one, and nowhere otherwise, so a
+        strategy may call this instead of ``progress`` whoever runs it.
+
+        Args:
+            evaluations: Full-set evaluations spent so far.
+            best_f: Best tuning macro F so far (None or NaN: not known).
+        """
+        if best_f is not None and np.isfinite(best_f):
+            best = getattr(self.progress, "best", None)
+            if callable(best):
+                best(float(best_f))
+        self.progress(evaluations)
 
 
 class Strategy(ABC):

@@ -36,7 +36,7 @@ import time
 import uuid
 import warnings
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -46,7 +46,7 @@ from envs.params import ClassParams
 from envs.problem import TuningProblem
 from envs.selection import Candidate
 from envs.space import SearchSpace
-from service.strategies.base import ProgressFn, RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
 from service.strategies.options import (
     SYSTEMATIC_FAILURES,
     BayesOptions,
@@ -114,14 +114,16 @@ class _Trials:
         return len(done) >= SYSTEMATIC_FAILURES and all(r.f is None for r in done)
 
 
-def _collector(store: _Trials, progress: ProgressFn) -> Callback:
-    """A Tune callback that fills ``store`` and reports progress as trials finish."""
+def _collector(store: _Trials, report: Callable[[float, float | None], None]) -> Callback:
+    """A Tune callback that fills ``store`` and reports progress (evaluations spent and the best
+    tuning F so far, :meth:`RunContext.report`) as trials finish."""
     from ray.tune import Callback
 
     class Collector(Callback):  # type: ignore[misc]
         def __init__(self) -> None:
             self._index: dict[str, int] = {}
             self._finished = 0
+            self._best = -math.inf
 
         def _see(self, all_trials: list[Any]) -> None:
             # Index = order of creation. Tune appends a new trial to its list, but moves a
@@ -139,9 +141,11 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
         def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
             self._see(trials)
 
-        def _finish(self) -> None:
+        def _finish(self, f: float | None = None) -> None:
             self._finished += 1
-            progress(float(self._finished))
+            if f is not None and math.isfinite(f):
+                self._best = max(self._best, f)
+            report(float(self._finished), self._best if math.isfinite(self._best) else None)
 
         def on_trial_result(
             self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -151,7 +155,7 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
                 rec.f, rec.counts, rec.error = float(result["f"]), result["counts"], None
                 rec.node = str(result.get("node", ""))
                 rec.done_at = time.perf_counter()
-                self._finish()
+                self._finish(rec.f)
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             store.retries += 1
@@ -161,7 +165,7 @@ def _collector(store: _Trials, progress: ProgressFn) -> Callback:
             if rec.f is None and rec.error is None:
                 rec.error = _error_text(trial)
                 rec.done_at = time.perf_counter()
-                self._finish()
+                self._finish(rec.f)
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             self._see(trials)  # trials stopped before they reported still count as spent
@@ -287,7 +291,7 @@ class _TuneStrategy(Strategy):
                 name=f"{self.name}-seed{seed}-{uuid.uuid4().hex[:8]}",
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 stop=_stopper(trials),
-                callbacks=[_collector(trials, ctx.progress)],
+                callbacks=[_collector(trials, ctx.report)],
                 verbose=0,
             ),
         )

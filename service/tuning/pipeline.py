@@ -1,7 +1,8 @@
 """The one pipeline of a tuning job: check, run, write outputs, publish them, track.
 
-Both entry points call :func:`run_pipeline`: ``sedtune tune`` / ``sedtune demo`` (progress
-bars on the terminal) and the Ray job process ``python -m service.jobrun`` (the status file
+Both entry points call :func:`run_pipeline`: ``sedtune tune`` / ``sedtune demo`` (a live line
+per strategy on the terminal, everything else in the run's log: :mod:`service.commands.runlog`)
+and the Ray job process ``python -m service.jobrun`` (the status file
 the service reads). What differs between them is how they report, which is a
 :class:`Reporter`, and their output folder (:mod:`service.tuning.staging`): the CLI runs in a
 staging folder renamed into place when complete (``staged=True``), the job in its own fresh
@@ -40,6 +41,9 @@ class Reporter(Protocol):
 
     def progress(self, label: str, total: float | None) -> Callable[[float], None]:
         """A callback for one strategy run, called with full-set evaluations spent so far.
+
+        The callback may also have a method ``best(f)`` for the best tuning macro F so far
+        (:meth:`service.strategies.base.RunContext.report`).
 
         Args:
             label: ``"<strategy> (split k/n)"``.

@@ -1,5 +1,6 @@
 """`sedtune demo` end to end (the README's main command), at a reduced size: it generates a
-set, runs every strategy on a local Ray, prints the comparison and writes the outputs."""
+set, runs every strategy on a local Ray, prints the comparison and writes the outputs; on
+pipes it prints sedtune's own lines only (the rest goes to the run's log)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from envs.params import load_params
+from tests.unit.test_cli_terminal import STRATEGY_LINE, foreign_lines
 
 pytestmark = pytest.mark.ray
 
@@ -34,3 +36,13 @@ def test_demo_runs_every_strategy_and_writes_a_usable_parameter_file(tmp_path: P
     assert len(best.classes) == 3
     # Tracked to the embedded SQLite store beside the demo.
     assert (out / "mlflow.db").is_file() and "tracked:" in proc.stdout
+
+    # Issue 13: only sedtune's lines, no Python warnings; Ray's, Tune's, RLlib's and Optuna's
+    # lines go to the log in the results. Not a terminal: a plain line per strategy as it ends.
+    assert proc.stderr == "", proc.stderr
+    assert foreign_lines(proc.stdout.splitlines()) == [], proc.stdout
+    ended = [ln for ln in proc.stdout.splitlines() if STRATEGY_LINE.match(ln)]
+    assert [ln.split(" ")[0] for ln in ended] == ["manual", "exact", "random", "bayes", "rl"], proc.stdout
+    log = out / "results" / "sedtune.log"
+    assert proc.stdout.splitlines()[1] == f"log: {log}"
+    assert "Started a local Ray instance" in log.read_text()

@@ -134,8 +134,8 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def run_job(spec: Path, out: Path, experiment: str) -> Job:
-    rc, stdout, stderr = run_cli(["tune", str(spec)])
+def run_job(spec: Path, out: Path, experiment: str, force: bool = False) -> Job:
+    rc, stdout, stderr = run_cli(["tune", str(spec), *(["--force"] if force else [])])
     return Job(spec, out, experiment, rc, stdout, stderr)
 
 
@@ -283,7 +283,8 @@ def test_figures_are_real(online_job: Job) -> None:
 
 
 def test_rerun_logs_identical_params_and_f1(online_job: Job, rest: Rest) -> None:
-    again = run_job(online_job.spec, online_job.out, online_job.experiment)
+    # into the same output: tune refuses a non-empty folder unless told to replace it
+    again = run_job(online_job.spec, online_job.out, online_job.experiment, force=True)
     assert again.rc == 0, again.stderr[-3000:]
     first, second = sorted(parents(rest, online_job.experiment), key=lambda r: r["info"]["start_time"])
     assert tags(first)["job_id"] != tags(second)["job_id"]
