@@ -26,13 +26,12 @@ from envs.events import ClassEvents
 from envs.kernels import (
     block_runs,
     clean_decode,
-    group_counts,
     hysteresis_runs,
-    level_counts,
     majority_hysteresis_runs,
     majority_runs,
 )
 from envs.levels import LevelIndex
+from envs.matching import group_counts, level_counts
 from envs.metrics.counts import Counts
 from envs.metrics.event_based import ref_first
 from envs.metrics.fscore import class_f_measure, macro_f_measure, precision, recall

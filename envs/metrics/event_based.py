@@ -9,7 +9,7 @@ system event e of the same clip *hit* when
 
 and the true positives are a maximum-cardinality bipartite matching of the hits
 (Hopcroft-Karp in sed_eval). The size of a maximum matching is unique, so any exact maximum
-matching gives sed_eval's count: :func:`envs.kernels.match_units` finds the hits of every
+matching gives sed_eval's count: :func:`envs.matching.match_units` finds the hits of every
 clip with the same float64 operations and matches them by augmenting paths.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from envs.events import ClassEvents
-from envs.kernels import match_units
+from envs.matching import match_units
 from envs.metrics.counts import Counts
 
 I64 = npt.NDArray[np.int64]
