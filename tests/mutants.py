@@ -92,10 +92,10 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "selection ignores threshold neighbours (plateau width forced to one threshold)",
         SELECTION,
-        '            lo = np.searchsorted(rt, t - width - 1e-12, side="left")\n'
-        '            hi = np.searchsorted(rt, t + width + 1e-12, side="right")\n',
-        '            lo = np.searchsorted(rt, t - 1e-12, side="left")\n'
-        '            hi = np.searchsorted(rt, t + 1e-12, side="right")\n',
+        '                lo[j, mine] = ra + np.searchsorted(rt, t - width - 1e-12, side="left")\n'
+        '                hi[j, mine] = ra + np.searchsorted(rt, t + width + 1e-12, side="right")\n',
+        '                lo[j, mine] = ra + np.searchsorted(rt, t - 1e-12, side="left")\n'
+        '                hi[j, mine] = ra + np.searchsorted(rt, t + 1e-12, side="right")\n',
         (
             "test_robust_takes_the_plateau_over_the_spike_at_fixed_width",
             "test_robust_default_chooses_smoothing_by_cv_and_takes_the_plateau_centre",
@@ -104,8 +104,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "selection ignores kernel neighbours (plateau width forced to one kernel)",
         SELECTION,
-        "        for dk in range(-kernel_width, kernel_width + 1):\n",
-        "        for dk in (0,):\n",
+        "            for j, dk in enumerate(range(-kernel_width, kernel_width + 1)):\n",
+        "            for j, dk in enumerate((0,)):\n",
         ("test_robust_smooths_over_neighbouring_kernels",),
     ),
     Mutant(
