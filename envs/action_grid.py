@@ -1,217 +1,215 @@
-"""The discrete per-class parameter grid behind the RL action space.
+"""The residual action grid of the RL agent: per class, a static table's entry and its neighbours.
 
-An action of :class:`envs.gym_env.PostProcessingEnv` is one integer per (parameter, class);
-:class:`ActionGrid` lays the blocks out, maps an action to every class's parameters and
-back (nearest action), and round-trips through JSON for the policy artifact.
+The agent does not choose a class's parameters from the whole space: a static per-class table
+(the exact sweep's robust recommendation, or the manual setting) is the starting point, and an
+action of :class:`envs.gym_env.ResidualEnv` is a *change* of one class's entry for one clip:
+
+- an *alternative*: one of the class's static settings, each with its own threshold;
+  alternative 0 is the table's entry, the others are the class's next best settings of the
+  sweep (:func:`alternatives`; another decoder, step filter, merge criterion, kernel, ...);
+- an *offset* of the threshold, ``-max_offset..max_offset`` steps of ``offset_step_logit`` in
+  logit space: ``θ' = sigmoid(logit(θ) + d * step)``, kept inside ``[threshold_low,
+  threshold_high]``. Logit steps, because a clip whose scores are shifted by a calibration
+  offset needs its threshold shifted by the same amount in logit space.
+
+Action index ``a = m * (2 D + 1) + (d + D)`` for alternative m and offset d (D =
+``max_offset``); the *base action* (m 0, d 0, index D) keeps the static table, so a policy
+that always takes it is the table.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from envs.errors import SedtuneInputError
-from envs.params import BoxSetting, ClassParams, class_params_from_json
-from envs.snap import box_settings, nearest_box
-from envs.space import SearchSpace, Setting
+from envs.metrics.fscore import f_measure
+from envs.params import ClassParams, class_params_from_json
+from envs.selection import Candidate
+from envs.space import Setting
 
 I64 = npt.NDArray[np.int64]
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
 @dataclass(frozen=True)
-class ActionGrid:
-    """The discrete per-class parameter grid behind the action space.
-
-    The action is one integer per (parameter, class), laid out parameter block by parameter
-    block: ``[decoding index] * C + [threshold index] * C``, followed by ``[gap index] * C``
-    and ``[min-duration index] * C`` only when the space offers more than one value for
-    those stages (with one value they are fixed and take no action dimension).
-
-    A *decoding* is everything a setting fixes before the clean-up: a ``frames`` kernel or a
-    box setting (box kernel, step filter, merge criterion, confidence). The decoding index
-    runs over the ``frames`` kernels first, then the box settings, so the full setting index
-    ``(decoding * gaps + gap) * min_durations + min_duration`` (:meth:`split`) is the index
-    into ``space.settings``. A ``frames``-only grid is the grid of before: its decoding
-    index is the kernel index, and its first block is named ``median_filter_frames``.
+class ResidualGrid:
+    """Per class, the alternatives (alternative 0: the static table) and the threshold offsets.
 
     Attributes:
-        n_classes: Number of classes C.
-        kernels: Median-filter kernels (frames) of the ``frames`` decoder; empty when the
-            space does not search it.
-        thresholds: Decision thresholds (frame thresholds or box-confidence thresholds).
-        fill_gap_s: Gap-filling values (seconds).
-        min_duration_s: Minimum-duration values (seconds).
-        boxes: Box settings of the ``boxes`` decoder, in ``space.settings`` order; empty when
-            the space does not search it.
+        alternatives: Per class (in class order), its alternatives, the same number for every
+            class; ``alternatives[c][0]`` is the static table's entry.
+        offset_step_logit: Step of a threshold offset, logit units (> 0).
+        max_offset: Offsets run over ``-max_offset..max_offset`` steps (>= 0).
+        threshold_low: Lowest threshold an offset may reach (in (0, 1)).
+        threshold_high: Highest threshold an offset may reach (in (threshold_low, 1)).
+
+    Raises:
+        SedtuneInputError: Classes with different numbers of alternatives, no alternative,
+            or an offset rule broken.
     """
 
-    n_classes: int
-    kernels: tuple[int, ...]
-    thresholds: tuple[float, ...]
-    fill_gap_s: tuple[float, ...] = (0.0,)
-    min_duration_s: tuple[float, ...] = (0.0,)
-    boxes: tuple[BoxSetting, ...] = ()
+    alternatives: tuple[tuple[ClassParams, ...], ...]
+    offset_step_logit: float = 0.5
+    max_offset: int = 2
+    threshold_low: float = 0.01
+    threshold_high: float = 0.99
 
     def __post_init__(self) -> None:
-        if not self.kernels and not self.boxes:
-            raise ValueError("an action grid needs frames kernels or box settings, but got neither")
-
-    @staticmethod
-    def from_space(space: SearchSpace, n_classes: int) -> ActionGrid:
-        """The grid of a search space (thresholds from ``space.threshold_grid()``)."""
-        if n_classes < 1:
-            raise SedtuneInputError(f"an action grid needs at least one class, but got {n_classes=}")
-        return ActionGrid(
-            n_classes,
-            tuple(int(k) for k in space.kernels) if "frames" in space.decoders else (),
-            tuple(float(t) for t in space.threshold_grid()),
-            tuple(float(g) for g in space.fill_gap_s),
-            tuple(float(d) for d in space.min_duration_s),
-            tuple(box_settings(space)),
-        )
-
-    @property
-    def n_decodings(self) -> int:
-        """Choices of the first block: ``frames`` kernels plus box settings."""
-        return len(self.kernels) + len(self.boxes)
+        sizes = {len(a) for a in self.alternatives}
+        if not self.alternatives or len(sizes) != 1 or 0 in sizes:
+            raise SedtuneInputError(
+                f"a residual grid needs the same number (>= 1) of alternatives for every class, but got "
+                f"{[len(a) for a in self.alternatives]}"
+            )
+        if not (self.offset_step_logit > 0 and math.isfinite(self.offset_step_logit)) or self.max_offset < 0:
+            raise SedtuneInputError(
+                f"`offset_step_logit > 0 and max_offset >= 0` must hold, but got "
+                f"({self.offset_step_logit=}, {self.max_offset=})"
+            )
+        if not 0 < self.threshold_low < self.threshold_high < 1:
+            raise SedtuneInputError(
+                f"`0 < threshold_low < threshold_high < 1` must hold, but got "
+                f"({self.threshold_low=}, {self.threshold_high=})"
+            )
 
     @property
-    def blocks(self) -> list[tuple[str, int]]:
-        """(parameter name, number of values) of every action block, in layout order."""
-        first = "decoding" if self.boxes else "median_filter_frames"
-        out = [(first, self.n_decodings), ("threshold", len(self.thresholds))]
-        if len(self.fill_gap_s) > 1:
-            out.append(("fill_gap_s", len(self.fill_gap_s)))
-        if len(self.min_duration_s) > 1:
-            out.append(("min_duration_s", len(self.min_duration_s)))
-        return out
+    def n_classes(self) -> int:
+        """Classes C."""
+        return len(self.alternatives)
 
     @property
-    def nvec(self) -> I64:
-        """Number of choices of every action dimension (MultiDiscrete ``nvec``)."""
-        return np.repeat(np.array([n for _, n in self.blocks], np.int64), self.n_classes)
+    def n_alternatives(self) -> int:
+        """Alternatives per class M."""
+        return len(self.alternatives[0])
+
+    @property
+    def n_offsets(self) -> int:
+        """Threshold offsets per alternative, ``2 * max_offset + 1``."""
+        return 2 * self.max_offset + 1
+
+    @property
+    def n_actions(self) -> int:
+        """Actions per (clip, class): ``n_alternatives * n_offsets``."""
+        return self.n_alternatives * self.n_offsets
+
+    @property
+    def base_action(self) -> int:
+        """The action that keeps the static table (alternative 0, offset 0)."""
+        return self.max_offset
+
+    @property
+    def table(self) -> tuple[ClassParams, ...]:
+        """The static table: every class's alternative 0."""
+        return tuple(a[0] for a in self.alternatives)
+
+    def split(self, action: int) -> tuple[int, int]:
+        """(alternative, offset in steps) of an action index.
+
+        Raises:
+            ValueError: If the index is not an action of the grid.
+        """
+        if not 0 <= int(action) < self.n_actions:
+            raise ValueError(f"an action must lie in [0, {self.n_actions}), but got {action}")
+        m, k = divmod(int(action), self.n_offsets)
+        return m, k - self.max_offset
+
+    def threshold(self, class_index: int, action: int) -> float:
+        """The threshold an action gives a class (see the module docstring)."""
+        m, d = self.split(action)
+        theta = self.alternatives[class_index][m].threshold
+        if d == 0:
+            return theta
+        moved = _sigmoid(_logit(theta) + d * self.offset_step_logit)
+        return float(min(max(moved, self.threshold_low), self.threshold_high))
+
+    def params(self, class_index: int, action: int) -> ClassParams:
+        """A class's parameters under an action."""
+        return self._actions[class_index][action]
+
+    def class_actions(self, class_index: int) -> tuple[ClassParams, ...]:
+        """A class's parameters under every action, in action order."""
+        return self._actions[class_index]
 
     @functools.cached_property
-    def _settings(self) -> tuple[Setting, ...]:
-        clean_up = list(itertools.product(self.fill_gap_s, self.min_duration_s))
-        frames = [Setting(k, g, d) for k in self.kernels for g, d in clean_up]
-        boxes = [
-            Setting(b.median_filter_frames, g, d, "boxes", b.step_filter_s, b.merge_abs, b.merge_rel,
-                    b.confidence)
-            for b in self.boxes
-            for g, d in clean_up
-        ]
-        return tuple(frames + boxes)
+    def _actions(self) -> tuple[tuple[ClassParams, ...], ...]:
+        return tuple(
+            tuple(_moved(alts[self.split(a)[0]], self.threshold(c, a)) for a in range(self.n_actions))
+            for c, alts in enumerate(self.alternatives)
+        )
 
-    def settings(self) -> list[Setting]:
-        """The setting of every setting index, as ``SearchSpace.settings`` (frames, then boxes)."""
-        return list(self._settings)
-
-    def split(self, action: npt.ArrayLike) -> tuple[I64, I64]:
-        """Setting index and threshold index of every class.
-
-        Args:
-            action: One action (``len(nvec)`` integers) or a batch (n, ``len(nvec)``).
-
-        Returns:
-            Two integer arrays of shape (C,) or (n, C).
-
-        Raises:
-            ValueError: If the action does not lie in the action space.
-        """
-        a = np.asarray(action)
-        nvec = self.nvec
-        if a.shape[-1:] != nvec.shape or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"an action must be {len(nvec)} integers, but got shape {a.shape} ({a.dtype})")
-        a = a.astype(np.int64)
-        if (a < 0).any() or (a >= nvec).any():
-            raise ValueError(f"every action entry must lie in [0, nvec), but got {a.tolist()} ({nvec=})")
-        c = self.n_classes
-        blocks = [n for n, _ in self.blocks]
-        by = {n: a[..., i * c : (i + 1) * c] for i, n in enumerate(blocks)}
-        zero = np.zeros_like(by["threshold"])
-        gap = by.get("fill_gap_s", zero)
-        dur = by.get("min_duration_s", zero)
-        setting = (by[blocks[0]] * len(self.fill_gap_s) + gap) * len(self.min_duration_s) + dur
-        return setting, by["threshold"]
-
-    def class_params(self, setting: int, threshold: int) -> ClassParams:
-        """The parameters of a (setting index, threshold index) pair."""
-        return self._settings[setting].with_threshold(self.thresholds[threshold])
-
-    def _nearest_decoding(self, p: ClassParams) -> int:
-        """Index of the decoding nearest to ``p`` (its own decoder's if the grid has it)."""
-        if self.kernels and (p.decoder == "frames" or not self.boxes):
-            return int(np.argmin(np.abs(np.asarray(self.kernels, np.float64) - p.median_filter_frames)))
-        return len(self.kernels) + nearest_box(p, self.boxes)
-
-    def nearest_action(self, params: Sequence[ClassParams]) -> I64:
-        """The action closest to per-class parameters: per block, the nearest grid value.
-
-        The decoding block keeps a class's decoder when the grid has it, else takes the
-        other decoder's nearest decoding (:mod:`envs.snap`).
-
-        Args:
-            params: One :class:`ClassParams` per class, in class order.
-
-        Returns:
-            ``len(nvec)`` integers (hysteresis ``threshold_off`` is ignored).
-
-        Raises:
-            ValueError: If ``params`` does not have one entry per class.
-        """
-        if len(params) != self.n_classes:
-            raise ValueError(f"need {self.n_classes} class parameters, but got {len(params)}")
-        values = {"threshold": self.thresholds, "fill_gap_s": self.fill_gap_s,
-                  "min_duration_s": self.min_duration_s}
-        out = [self._nearest_decoding(p) for p in params]
-        for name, _ in self.blocks[1:]:
-            grid = np.asarray(values[name], np.float64)
-            out += [int(np.argmin(np.abs(grid - float(getattr(p, name))))) for p in params]
-        return np.asarray(out, np.int64)
-
-    def params(self, action: npt.ArrayLike, classes: Sequence[str]) -> dict[str, ClassParams]:
-        """Per class, the parameters one action picks."""
-        setting, thr = self.split(action)
-        return {c: self.class_params(int(setting[i]), int(thr[i])) for i, c in enumerate(classes)}
+    def lowest_threshold(self, class_index: int) -> float:
+        """The lowest threshold the table's setting reaches (alternative 0, most negative offset)."""
+        return self.threshold(class_index, 0)
 
     def to_json(self) -> dict[str, Any]:
-        """The grid as a JSON-ready dict (without ``n_classes``); :meth:`from_json` inverts it."""
+        """The grid as a JSON-ready dict; :meth:`from_json` inverts it."""
         return {
-            "kernels": list(self.kernels),
-            "thresholds": list(self.thresholds),
-            "fill_gap_s": list(self.fill_gap_s),
-            "min_duration_s": list(self.min_duration_s),
-            "boxes": [
-                {"median_filter_frames": b.median_filter_frames, "step_filter_s": b.step_filter_s,
-                 "merge_abs": b.merge_abs, "merge_rel": b.merge_rel, "confidence": b.confidence}
-                for b in self.boxes
-            ],
+            "alternatives": [[p.to_json() for p in alts] for alts in self.alternatives],
+            "offset_step_logit": self.offset_step_logit,
+            "max_offset": self.max_offset,
+            "threshold_low": self.threshold_low,
+            "threshold_high": self.threshold_high,
         }
 
     @staticmethod
-    def from_json(obj: Mapping[str, Any], n_classes: int, where: str = "grid") -> ActionGrid:
-        """The grid of :meth:`to_json` (``boxes`` absent: a ``frames``-only grid).
+    def from_json(obj: Mapping[str, Any], where: str = "grid") -> ResidualGrid:
+        """The grid of :meth:`to_json`.
 
         Raises:
-            SedtuneInputError: A box setting that breaks a parameter rule.
+            SedtuneInputError: Parameters that break a rule, or a missing field.
         """
-        boxes = tuple(
-            class_params_from_json({**b, "decoder": "boxes", "threshold": 0.5}, f"{where}, boxes[{i}]")
-            .box_setting
-            for i, b in enumerate(obj.get("boxes", []))
-        )
-        return ActionGrid(
-            n_classes,
-            tuple(int(k) for k in obj["kernels"]),
-            tuple(float(t) for t in obj["thresholds"]),
-            tuple(float(g) for g in obj["fill_gap_s"]),
-            tuple(float(d) for d in obj["min_duration_s"]),
-            boxes,
-        )
+        try:
+            alts = tuple(
+                tuple(class_params_from_json(p, f"{where}.alternatives[{c}][{m}]") for m, p in enumerate(row))
+                for c, row in enumerate(obj["alternatives"])
+            )
+            return ResidualGrid(alts, float(obj["offset_step_logit"]), int(obj["max_offset"]),
+                                float(obj["threshold_low"]), float(obj["threshold_high"]))
+        except (KeyError, TypeError) as e:
+            raise SedtuneInputError(f"{where}: not a residual grid ({type(e).__name__}: {e})") from None
+
+
+def _moved(p: ClassParams, threshold: float) -> ClassParams:
+    """``p`` at another threshold (a hysteresis release stays at or below it)."""
+    off = None if p.threshold_off is None else min(p.threshold_off, threshold)
+    return replace(p, threshold=threshold, threshold_off=off)
+
+
+def alternatives(candidates: Sequence[Candidate], table: ClassParams, n: int) -> tuple[ClassParams, ...]:
+    """A class's alternatives: the table's entry, then the best of each other setting.
+
+    Per setting (everything but the threshold, :class:`envs.space.Setting`) the candidate with
+    the best tuning F (ties: the first); the settings other than the table's ranked by that F.
+    With fewer settings than ``n`` the table's entry fills the rest (an alternative that
+    changes nothing).
+
+    Args:
+        candidates: The class's evaluated candidates (per-fold counts).
+        table: The class's static table entry (alternative 0).
+        n: Alternatives wanted (>= 1).
+    """
+    best: dict[Setting, tuple[float, ClassParams]] = {}
+    for cand in candidates:
+        s = Setting.of(cand.params)
+        tot = cand.counts.sum(axis=0)
+        f = float(np.nan_to_num(f_measure(tot[0], tot[1], tot[2]), nan=-1.0))
+        if s not in best or f > best[s][0]:
+            best[s] = (f, cand.params)
+    own = Setting.of(table)
+    ranked = sorted((v for s, v in best.items() if s != own), key=lambda v: -v[0])
+    out = [table] + [p for _, p in ranked[: n - 1]]
+    return tuple(out + [table] * (n - len(out)))

@@ -74,6 +74,11 @@ class SynthConfig:
         noise_correlation_s: Correlation time of that noise, seconds (AR(1) coefficient
             exp(-hop / time)); short times give spiky noise that a median filter removes.
         clip_offset_std_logit: Std of a per-(clip, class) logit offset (recording conditions).
+        clip_calibration_std_logit: Std of a per-clip logit offset shared by every class (a
+            clip-level miscalibration, e.g. gain or noise floor). It shifts the clip's best
+            threshold by the same amount in logit space and is visible in the clip: every
+            class's silent frames move with it. 0 (the default) draws nothing, so sets of
+            earlier configs are unchanged.
         response_smoothing_s: Time constant of the symmetric smoothing of the response, seconds
             (0 = none); soft edges make the threshold shift the detected onsets and offsets.
         onset_lag_range_s: Per-class delay of the response's onset, seconds (negative = early).
@@ -107,6 +112,7 @@ class SynthConfig:
     noise_std_logit: float = 0.6
     noise_correlation_s: float = 0.08
     clip_offset_std_logit: float = 0.5
+    clip_calibration_std_logit: float = 0.0
     response_smoothing_s: float = 0.1
     onset_lag_range_s: tuple[float, float] = (-0.05, 0.25)
     offset_lag_range_s: tuple[float, float] = (0.0, 0.4)
@@ -137,6 +143,7 @@ class SynthConfig:
             "event_strength_std",
             "noise_std_logit",
             "clip_offset_std_logit",
+            "clip_calibration_std_logit",
             "response_smoothing_s",
             "lag_jitter_s",
             "fp_bursts_per_event",

@@ -10,7 +10,9 @@
   and false-positive bursts (short ones that a median filter removes, longer ones that only a
   higher threshold removes);
 - scores: ``sigmoid(gain_c * response + bias_c + clip offset + AR(1) noise)``; the per-class
-  bias is miscalibrated on purpose, so the best threshold is not 0.5 and differs by class.
+  bias is miscalibrated on purpose, so the best threshold is not 0.5 and differs by class; the
+  clip offset is per (clip, class), plus, with ``clip_calibration_std_logit``, one per clip
+  shared by all classes, so each clip's best thresholds move together (visible in the clip).
 
 Class properties (:func:`class_profiles`) come from ``SeedSequence(seed, spawn_key=(0, class
 index))`` and the confusion cycle from ``spawn_key=(2,)``; a chunk's events and scores
@@ -275,6 +277,8 @@ def chunk_scores(rng: np.random.Generator, cfg: SynthConfig, prof: ClassProfiles
     logit = _response(rng, cfg, prof, ev)
     logit *= prof.gain[:, None].astype(np.float32)
     offset = prof.bias + rng.normal(0.0, cfg.clip_offset_std_logit, size=(n, k))
+    if cfg.clip_calibration_std_logit > 0:  # drawn only when asked: earlier sets stay the same
+        offset += rng.normal(0.0, cfg.clip_calibration_std_logit, size=(n, 1))
     logit += offset[..., None].astype(np.float32)
     logit += _ar1_noise(rng, cfg, logit.shape)
     probs = np.asarray(expit(logit), dtype=np.float32)

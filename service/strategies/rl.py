@@ -1,238 +1,225 @@
-"""The rl strategy: PPO (Ray RLlib, new API stack) on replicas of the post-processing env.
+"""The rl strategy: a static table, and PPO (Ray RLlib, new API stack) learning per-clip changes to it.
 
-The environment (:class:`envs.gym_env.PostProcessingEnv`) shows one clip per step, takes
-every class's (setting, threshold) for that clip (a setting of ``space.settings``: a
-``frames`` kernel or a ``boxes`` setting, with gap filling and minimum duration; see
-:class:`envs.action_grid.ActionGrid`) and pays the clip's marginal macro F1; with
-discount 1 (the default here) an episode's return is its macro F1 exactly, which fixes the
-credit assignment of the paper's setup (one end-of-pass reward, discounted by 0.99 per clip).
-The replicas, the RLlib module and the algorithm are built by :mod:`service.strategies.rl_training`;
-this module trains, reads out and accounts.
+A static per-class table cannot beat exact: exact is the optimum on the grid. What only RL can
+give is parameters chosen per clip from what the clip looks like, so the run has two parts:
 
-Budget. An env step is one clip: ``steps / N`` full-set evaluations for N tuning clips.
-Read-outs evaluate per-class settings on the tuning clips, ``1 / C`` evaluation each (each
-setting once; ``count_readouts``), and the clip-adaptive policy, 1 evaluation each. Training
-stops before the next iteration and its read-outs could exceed the budget; the untrained
-policy's read-outs must fit (:meth:`service.strategies.options.RLOptions.budget_error`).
+1. **Static table** (:func:`~service.strategies.rl_readout.static_part`): an exact sweep with
+   ``static_share`` of the budget and its robust selection (the manual setting when the budget
+   cannot give every setting one threshold). Its candidates are the result's, so ``rl/naive``
+   and ``rl/robust`` are what that sweep supports.
+2. **Residual policy**: PPO on replicas of :class:`envs.gym_env.ResidualEnv`. Each step is one
+   (clip, class): the agent keeps the table's entry, moves its threshold by logit steps, or
+   switches to one of the class's alternative settings (:class:`envs.action_grid.ResidualGrid`),
+   and is paid the change of that class's F relative to the table. The untrained networks take
+   the table on every clip, so training can only add what adapts. ``cv_nets`` networks are
+   cross-fitted over the tuning folds; the gate (:func:`~service.strategies.rl_readout.gate`)
+   scores every tuning clip with the network that never trained on it and keeps adaptation
+   only where it beats the table with bootstrap probability ``gate_confidence`` (the whole
+   policy, or else single classes). The others keep the table, and ``info["gate"]`` says which
+   and by how much.
 
-Read-outs (both produced):
+Budget (full-set evaluations). The sweep costs what exact's accounting says (settings x
+thresholds per setting); one env step decides one class on one clip, ``1 / (N C)`` for N tuning
+clips and C classes; the gate's cross-fitted evaluation of every class on every tuning clip is
+1 (with ``count_readouts``; also the manual table's evaluation when there is no sweep).
+Training uses what the sweep leaves, in iterations of about ``train_batch_size`` steps.
 
-- *static table* (what the other strategies produce): after every iteration the greedy
-  policy acts on every tuning clip; per class, of the ``static_top_k`` settings it picks most
-  often, the one with the best tuning F (:func:`~service.strategies.rl_readout.static_table`;
-  ``static_top_k = 1`` is the plain mode). The best table over the iterations is ``naive``;
-  every evaluated per-class setting is a ``candidate`` (with per-fold counts) for robust
-  selection; the first iteration's table, that of the untrained policy, is the read-out
-  ``untrained`` (``result.readouts``).
-- *clip-adaptive policy* (``result.policies["adaptive"]``, the untrained one as
-  ``"untrained_adaptive"``): :class:`~service.strategies.rl_policy.AdaptivePolicy`, the
-  policy of the best iteration applied clip by clip; plain torch (``rl_policy.py``), saved as
-  ``policy.pt`` + ``policy.json`` in the work directory (``result.artifacts["policy"]``), so
-  inference needs no Ray.
+Read-outs: ``naive`` (the sweep's best tuning F), the table as ``readouts["untrained"]``
+(what the untrained policy does on every clip), and the policies ``adaptive`` (the gated,
+trained policy; plain torch, :mod:`service.strategies.rl_policy`, saved as ``policy.pt`` +
+``policy.json`` in the work directory, ``result.artifacts["policy"]``) and
+``untrained_adaptive`` (the untrained networks, which act as the table).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from envs.action_grid import ActionGrid
-from envs.params import ClassParams
+from envs.action_grid import ResidualGrid, alternatives
 from envs.problem import TuningProblem
-from service.strategies.base import RunContext, Strategy, StrategyResult, Trajectory
+from service.strategies.base import RunContext, Strategy, StrategyResult
 from service.strategies.options import RLOptions
 from service.strategies.rl_policy import AdaptivePolicy
-from service.strategies.rl_readout import CountCache, static_table
+from service.strategies.rl_readout import GateReport, StaticPart, gate, static_part
 from service.strategies.rl_training import build_algorithm, env_steps, module_state, runner_nodes
 
 LOG = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- the strategy
-
-
-@dataclass
-class _Readout:
-    """The static read-out of the greedy policy after one training iteration."""
-
-    iteration: int
-    env_steps: int
-    f: float
-    mode_f: float
-    params: dict[str, ClassParams]
-
-
-@dataclass
-class _AdaptiveReadout:
-    """The clip-adaptive policy after one training iteration and its tuning macro F."""
-
-    iteration: int
-    f: float
-    weights: dict[str, torch.Tensor] = field(repr=False)
-
-
 class RLStrategy(Strategy):
-    """PPO over replicas of the post-processing environment (see the module docstring)."""
+    """A static table by an exact sweep, then a cross-fitted residual PPO policy (module docstring)."""
 
     name = "rl"
     Options = RLOptions
 
     def run(self, problem: TuningProblem, budget: float | None, seed: int, ctx: RunContext) -> StrategyResult:
-        """Train, read out after every iteration, keep the best static table and its policy."""
+        """Sweep, train, gate; return the table's read-outs and both policies."""
         self.check_budget(budget, len(problem.space.settings))
         import ray
 
         opts: RLOptions = self.options  # type: ignore[assignment]
-        t0 = time.perf_counter()
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(opts.learner_threads)
         try:
-            run = _Run(problem, opts, seed, ctx)
-            return run.train(budget if budget is not None else opts.default_budget, t0)
+            return _Run(problem, opts, seed, ctx).run(budget if budget is not None else opts.default_budget)
         finally:
-            torch.set_num_threads(threads)
             if started_ray:
                 ray.shutdown()
 
 
 class _Run:
-    """One training run: the algorithm, the read-outs and the accounting."""
+    """One run: the static part, the training, the gate and the accounting."""
 
     def __init__(self, problem: TuningProblem, opts: RLOptions, seed: int, ctx: RunContext) -> None:
-        torch.manual_seed(seed)
         self.problem, self.opts, self.seed, self.ctx = problem, opts, seed, ctx
         self.classes = problem.classes
-        self.n_clips = len(problem.tuning)
-        scores = [problem.tuning.scores(c) for c in self.classes]
-        self.n_frames_max = int(max(np.diff(cs.offsets).max() for cs in scores))
-        self.grid = ActionGrid.from_space(problem.space, len(self.classes))
-        self.policy = AdaptivePolicy.create(
-            self.grid, self.classes, self.n_frames_max, opts.hidden, opts.quantiles
-        )
-        self.scores = scores
-        self.cache = CountCache(problem)
-        self.trajectory = Trajectory()
-        self.readouts: list[_Readout] = []
-        self.adaptive: list[_AdaptiveReadout] = []
+        self.step_cost = 1.0 / (len(problem.tuning) * len(self.classes))
+        self.n_nets = min(opts.cv_nets, problem.n_folds)
+        # Clips of fold f are held out from network f mod n_nets.
+        self.holdout = (problem.folds % self.n_nets).astype(np.int64)
+        self.timing: dict[str, float] = {}
         self.steps = 0
-        self.iteration = 0
-        self.top_k = opts.static_top_k
+        self.iterations = 0
+        self.nodes: list[str] = []
 
-    def spent(self) -> float:
-        """Full-set evaluations so far: env steps / N, plus read-outs if counted."""
-        readouts = self.cache.evaluations + len(self.adaptive)
-        return self.steps / self.n_clips + (readouts if self.opts.count_readouts else 0.0)
+    def run(self, budget: float) -> StrategyResult:
+        """Everything, within ``budget`` full-set evaluations."""
+        t0 = time.perf_counter()
+        problem, opts = self.problem, self.opts
+        torch.manual_seed(self.seed)
+        part = static_part(problem, opts.static_share * budget, self.seed, self.ctx, opts.count_readouts)
+        self.timing["static_s"] = time.perf_counter() - t0
+        grid = ResidualGrid(
+            tuple(alternatives(part.candidates[c], part.table[c], opts.alternatives) for c in self.classes),
+            opts.offset_step_logit,
+            opts.max_offset,
+            problem.space.threshold_low,
+            problem.space.threshold_high,
+        )
+        policy = AdaptivePolicy.create(grid, self.classes, self.n_nets, opts.hidden, opts.prior_logit)
+        untrained = copy.deepcopy(policy)
+        gate_cost = 1.0 if opts.count_readouts else 0.0
+        steps_left = math.floor((budget - part.evaluations - gate_cost) / self.step_cost + 1e-6)
+        report: GateReport | None = None
+        if self._trainable(steps_left):
+            self._train(policy, grid, part, steps_left)
+            t = time.perf_counter()
+            report = gate(problem, policy, self.holdout, part.table, opts.gate_confidence, self.seed)
+            policy.adapt = [report.adapt[c] for c in self.classes]
+            self.timing["gate_s"] = time.perf_counter() - t
+        else:
+            # No budget to learn anything: the policy stays the table.
+            policy.adapt = [False] * len(self.classes)
+        spent = part.evaluations + self.steps * self.step_cost + (gate_cost if report is not None else 0.0)
+        self.ctx.progress(spent)
+        return self._result(part, policy, untrained, report, spent, t0)
 
-    def adaptive_due(self, iteration: int) -> bool:
-        """Whether the clip-adaptive policy is evaluated after ``iteration`` (0: untrained)."""
-        return iteration % self.opts.adaptive_every == 0
+    def _trainable(self, steps: int) -> bool:
+        """Whether ``steps`` env steps make one training batch of every sampler at least."""
+        samplers = self.opts.num_envs_per_env_runner * max(1, self.opts.num_env_runners)
+        return steps >= 2 * samplers * len(self.classes)
 
-    def train(self, budget: float, t0: float) -> StrategyResult:
-        """Iterate until the next iteration (and its read-outs) would exceed the budget.
-
-        Args:
-            budget: Full-set evaluations, within the rule of :meth:`RLOptions.budget_error`.
-            t0: ``time.perf_counter()`` at the start of the run.
-        """
+    def _train(self, policy: AdaptivePolicy, grid: ResidualGrid, part: StaticPart, steps_left: int) -> None:
+        """PPO until the next iteration could exceed ``steps_left`` env steps; load the weights."""
         opts = self.opts
-        # One clip-adaptive evaluation (the untrained policy's, or after the last iteration) is
-        # always kept in reserve.
-        adaptive_cost = 1.0 if opts.count_readouts else 0.0
-        # A read-out evaluates at most top_k new settings per class: top_k full-set evaluations;
-        # the untrained policy's static table and clip-adaptive evaluation fit the budget.
-        counted = min(opts.static_top_k, int(budget - adaptive_cost))
-        self.top_k = counted if opts.count_readouts else opts.static_top_k
-        readout_cost = float(self.top_k) if opts.count_readouts else 0.0
-        algo: Any = build_algorithm(self.problem, opts, self.seed, self.n_frames_max, self.grid)
-        last = opts.train_batch_size
+        threads = torch.get_num_threads()
+        torch.set_num_threads(opts.learner_threads)
+        samplers = opts.num_envs_per_env_runner * max(1, opts.num_env_runners)
+        n_iter = max(1, round(steps_left / opts.train_batch_size))
+        if opts.max_iterations is not None:
+            n_iter = min(n_iter, opts.max_iterations)
+        # A sample call may overshoot its batch by up to one step of every sampler.
+        batch = max(samplers, (steps_left - n_iter * samplers) // n_iter)
+        if opts.max_iterations is not None:
+            batch = min(batch, max(samplers, opts.train_batch_size))
         try:
-            self.read_out(algo)  # the untrained policy
-            while True:
-                due = adaptive_cost if self.adaptive_due(self.iteration + 1) else 0.0
-                step = last / self.n_clips + readout_cost + due
-                if self.spent() + step + adaptive_cost > budget + 1e-9:
-                    break
-                if opts.max_iterations is not None and self.iteration >= opts.max_iterations:
-                    break
-                result = algo.train()
-                self.iteration += 1
-                now = env_steps(result)
-                last, self.steps = max(now - self.steps, 1), now
-                self.read_out(algo)
-            if not self.adaptive or self.adaptive[-1].iteration != self.iteration:
-                self.read_out_adaptive()
-            self.nodes = runner_nodes(algo)
+            t = time.perf_counter()
+            algo: Any = build_algorithm(self.problem, opts, self.seed, grid, self.holdout, self.n_nets, batch)
+            self.timing["build_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            timers: dict[str, float] = {"sample_s": 0.0, "learn_s": 0.0}
+            try:
+                last = batch + samplers
+                while self.iterations < n_iter and self.steps + last <= steps_left:
+                    result = algo.train()
+                    self.iterations += 1
+                    now = env_steps(result)
+                    last, self.steps = max(now - self.steps, 1), now
+                    _add_timers(timers, result)
+                    self.ctx.progress(self.steps * self.step_cost + part.evaluations)
+                    LOG.info("rl iteration %d: %d env steps", self.iterations, self.steps)
+                policy.load_rllib_state(module_state(algo))
+                self.nodes = runner_nodes(algo)
+            finally:
+                algo.stop()
+            self.timing["train_s"] = time.perf_counter() - t
+            self.timing.update(timers)
         finally:
-            algo.stop()
-        return self.result(t0)
+            torch.set_num_threads(threads)
 
-    def read_out_adaptive(self) -> None:
-        """Score the current clip-adaptive policy (already loaded) on the tuning clips."""
-        from envs.heldout import clip_counts_of_events, macro_f
-
-        problem = self.problem
-        counts = clip_counts_of_events(problem.evaluator, self.policy.events(problem.tuning))
-        weights = {k: v.clone() for k, v in self.policy.net.state_dict().items()}
-        self.adaptive.append(_AdaptiveReadout(self.iteration, macro_f(counts), weights))
-        LOG.info("rl iteration %d: clip-adaptive tuning F %.4f", self.iteration, self.adaptive[-1].f)
-
-    def read_out(self, algo: Any) -> None:
-        """Evaluate the current greedy policy's static table; record a trajectory point."""
-        self.policy.load_rllib_state(module_state(algo))
-        actions = self.policy.actions(self.scores)
-        params, f, mode_f = static_table(actions, self.grid, self.classes, self.cache, self.top_k)
-        if self.adaptive_due(self.iteration):
-            self.read_out_adaptive()
-        evaluations = self.spent()
-        self.readouts.append(_Readout(self.iteration, self.steps, f, mode_f, params))
-        self.trajectory.add(evaluations, f)
-        self.ctx.progress(evaluations)
-        LOG.info("rl iteration %d: %d clips, %.2f evaluations, static-table tuning F %.4f (mode table %.4f)",
-                 self.iteration, self.steps, evaluations, f, mode_f)
-
-    def result(self, t0: float) -> StrategyResult:
-        """The best read-out's table and policy (saved to the work directory)."""
-        problem, policy = self.problem, self.policy
-        best = max(self.readouts, key=lambda r: (np.nan_to_num(r.f, nan=-1.0), -r.iteration))
-        adaptive = max(self.adaptive, key=lambda r: (np.nan_to_num(r.f, nan=-1.0), -r.iteration))
-        untrained = AdaptivePolicy.create(self.grid, self.classes, self.n_frames_max, self.opts.hidden,
-                                          self.opts.quantiles)
-        untrained.net.load_state_dict(self.adaptive[0].weights)
-        untrained.frame_hop_s = problem.tuning.frame_hop_s
-        policy.net.load_state_dict(adaptive.weights)
+    def _result(
+        self,
+        part: StaticPart,
+        policy: AdaptivePolicy,
+        untrained: AdaptivePolicy,
+        report: GateReport | None,
+        spent: float,
+        t0: float,
+    ) -> StrategyResult:
+        """The static read-outs and both policies (the trained one saved to the work directory)."""
+        hop = self.problem.tuning.frame_hop_s
         os.makedirs(self.ctx.workdir, exist_ok=True)
         path = os.path.join(self.ctx.workdir, "policy.pt")
-        policy.save(path, problem.tuning.frame_hop_s)
-        first, last = self.readouts[0], self.readouts[-1]
+        t = time.perf_counter()
+        policy.save(path, hop)
+        untrained.frame_hop_s = hop
+        self.timing["save_s"] = time.perf_counter() - t
+        self.timing["total_s"] = time.perf_counter() - t0
+        if report is None:
+            verdict = "untrained: no budget left for training; the policy is the static table"
+        elif any(report.adapt.values()):
+            verdict = f"adapts {sum(report.adapt.values())} of {len(self.classes)} classes (cross-validated)"
+        else:
+            verdict = "no class's adaptation won in cross-validation; the policy is the static table"
         return StrategyResult(
             strategy=RLStrategy.name,
-            naive=dict(best.params),
-            candidates=self.cache.candidates(),
-            trajectory=list(self.trajectory.points),
-            evaluations=self.spent(),
+            naive=dict(part.naive),
+            candidates=part.candidates,
+            trajectory=list(part.trajectory),
+            evaluations=spent,
             wall_s=time.perf_counter() - t0,
             artifacts={"policy": path},
-            readouts={"untrained": dict(first.params)},
+            readouts={"untrained": dict(part.table)},
             policies={"adaptive": policy, "untrained_adaptive": untrained},
             info={
-                "untrained_f": first.f,
-                "nodes": getattr(self, "nodes", []),
-                "best_iteration": best.iteration,
-                "adaptive_iteration": adaptive.iteration,
-                "adaptive_f": [[r.iteration, r.f] for r in self.adaptive],
-                "iterations": last.iteration,
-                "env_steps": last.env_steps,
-                "readout_evaluations": self.cache.evaluations + len(self.adaptive),
-                "mode_table_f": [r.mode_f for r in self.readouts],
+                "static": part.source,
+                "static_evaluations": part.evaluations,
+                "adaptive": verdict,
+                "gate": None if report is None else report.as_info(),
+                "nets": self.n_nets,
+                "actions": policy.grid.n_actions,
+                "iterations": self.iterations,
+                "env_steps": self.steps,
+                "env_step_evaluations": self.steps * self.step_cost,
+                "nodes": self.nodes,
+                "timing_s": dict(self.timing),
                 "options": self.opts.model_dump(),
             },
         )
+
+
+def _add_timers(acc: dict[str, float], result: Mapping[str, Any]) -> None:
+    """Add an iteration's sampling and learner seconds (RLlib's ``timers``) to ``acc``."""
+    timers = result.get("timers", {})
+    acc["sample_s"] += float(timers.get("env_runner_sampling_timer", 0.0))
+    acc["learn_s"] += float(timers.get("learner_update_timer", 0.0))

@@ -1,14 +1,19 @@
 """The clip-adaptive policy of the rl strategy, in plain torch (no Ray needed).
 
-:class:`AdaptivePolicy` is what ``sedtune apply --policy`` loads: the policy network
-(:class:`PolicyNet` over :class:`ClipFeatures`, per class quantiles and mean of a clip's
-frames) and the action grid; for every clip it picks each class's setting (a ``frames``
-kernel or a box setting, gap, minimum duration) and threshold, and decodes with them
-(:func:`envs.decoders.class_events`, either decoder). Saved as ``policy.pt`` (weights) +
-``policy.json`` (description, format :data:`POLICY_FORMAT`: the grid of
-:meth:`envs.action_grid.ActionGrid.to_json`, whose ``boxes`` list holds the box settings;
-descriptions of format ``sedtune.rl_policy/1``, ``frames`` grids without that list, still
-load). :class:`ValueNet` is the PPO critic, needed in training only.
+:class:`AdaptivePolicy` is what ``sedtune apply --policy`` loads. For every (clip, class) it
+sees the clip's features (:func:`envs.gym_data.clip_features`) and picks an action of the
+residual grid (:class:`envs.action_grid.ResidualGrid`): keep the class's static-table entry,
+move its threshold by some logit steps, or take one of the class's alternative settings.
+
+It holds ``n_nets`` policy networks trained by cross-fitting (clip i never trains network
+``holdout[i]``, which scores it in the gate: :meth:`AdaptivePolicy.crossfit_actions`); applied
+to new clips it takes the mean of their logits. Classes whose adaptation did not beat the
+table in that cross-validation (``adapt`` False) always take the base action, the table.
+
+Every network starts as the table: its last layer is zero and the base action's bias is
+``prior_logit``, so the untrained policy takes the base action on every clip, and sampling
+still tries the others. Saved as ``policy.pt`` (weights) + ``policy.json`` (description,
+format :data:`POLICY_FORMAT`). :class:`ValueNet` is the PPO critic, needed in training only.
 """
 
 from __future__ import annotations
@@ -25,23 +30,23 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from envs.action_grid import ActionGrid
+from envs.action_grid import ResidualGrid
 from envs.decoders import class_events
 from envs.evalset import EvalSet
 from envs.events import ClassEvents
-from envs.gym_data import observations
+from envs.gym_data import clip_features, feature_names
 from envs.scoreset import ClassScores
 
 I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
 
-POLICY_FORMAT = "sedtune.rl_policy/2"
-#: Descriptions :meth:`AdaptivePolicy.load` reads: /1 has no ``boxes`` (a ``frames`` grid).
-POLICY_FORMATS = ("sedtune.rl_policy/1", POLICY_FORMAT)
+POLICY_FORMAT = "sedtune.rl_policy/3"
 #: Clips per forward pass when a policy acts on a whole set.
-INFERENCE_CHUNK = 1024
+INFERENCE_CHUNK = 4096
 
 
 def _mlp(n_in: int, hidden: Sequence[int], n_out: int, out_std: float) -> nn.Sequential:
+    """Tanh MLP (no hidden layer: linear); orthogonal init, last layer scaled by ``out_std``."""
     layers: list[nn.Module] = []
     for h in hidden:
         lin = nn.Linear(n_in, h)
@@ -50,148 +55,156 @@ def _mlp(n_in: int, hidden: Sequence[int], n_out: int, out_std: float) -> nn.Seq
         layers += [lin, nn.Tanh()]
         n_in = h
     out = nn.Linear(n_in, n_out)
-    # A small last layer starts the policy near uniform (cleanrl's ppo.py does the same).
-    nn.init.orthogonal_(out.weight, out_std)
+    if out_std > 0:
+        nn.init.orthogonal_(out.weight, out_std)
+    else:
+        nn.init.zeros_(out.weight)
     nn.init.zeros_(out.bias)
     layers.append(out)
     return nn.Sequential(*layers)
 
 
-class ClipFeatures(nn.Module):
-    """A compact view of the observation: per class, quantiles and mean of the frames.
-
-    Quantiles of a class's probabilities say how much of the clip lies above any
-    threshold, which is what the threshold choice depends on; they do not depend on where
-    in the clip the frames are.
-
-    Args:
-        quantiles: Number of evenly spaced quantiles (including min and max).
-    """
-
-    def __init__(self, quantiles: int) -> None:
-        super().__init__()
-        self.quantiles = quantiles
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B, C * (quantiles + 1))."""
-        n_frames = obs.shape[1]
-        pos = torch.linspace(0, n_frames - 1, self.quantiles, device=obs.device).round().long()
-        q = torch.sort(obs, dim=1).values[:, pos, :]
-        feats = torch.cat([q, obs.mean(dim=1, keepdim=True)], dim=1)
-        return feats.transpose(1, 2).reshape(obs.shape[0], -1)
-
-    def size(self, n_classes: int) -> int:
-        """Feature count for C classes."""
-        return n_classes * (self.quantiles + 1)
-
-
 class PolicyNet(nn.Module):
-    """Observation -> logits of every action dimension (concatenated), plain torch.
+    """(Clip, class) features -> action logits; starts at the table (see the module docstring).
 
     Args:
-        n_classes: Classes C (columns of the observation).
-        nvec: Choices per action dimension.
-        hidden: Hidden layer sizes.
-        quantiles: Quantiles per class in the features.
+        n_features: Feature columns.
+        n_actions: Actions of the residual grid.
+        hidden: Hidden layer sizes (empty: a linear policy).
+        base_action: The grid's base action.
+        prior_logit: The base action's initial bias (0: uniform).
     """
 
-    def __init__(self, n_classes: int, nvec: Sequence[int], hidden: Sequence[int], quantiles: int) -> None:
+    def __init__(
+        self, n_features: int, n_actions: int, hidden: Sequence[int], base_action: int, prior_logit: float
+    ) -> None:
         super().__init__()
-        self.nvec = [int(n) for n in nvec]
-        self.features = ClipFeatures(quantiles)
-        self.mlp = _mlp(self.features.size(n_classes), hidden, sum(self.nvec), 0.01)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B, sum(nvec)) logits."""
-        return self.mlp(self.features(obs))  # type: ignore[no-any-return]
-
-    @torch.no_grad()
-    def favour(self, action: Sequence[int], logit: float) -> None:
-        """Add ``logit`` to the output bias of ``action``'s choice in every dimension.
-
-        The last layer starts with small weights and zero bias, so afterwards the greedy
-        action is ``action`` on every observation while sampling stays broad (a logit of 1
-        over 18 choices gives the favoured one 14 % instead of 6 %).
-        """
+        self.mlp = _mlp(n_features, hidden, n_actions, 0.0)
         last = self.mlp[-1]
         assert isinstance(last, nn.Linear)
-        bias = last.bias
-        start = 0
-        for n, a in zip(self.nvec, action, strict=True):
-            bias[start + int(a)] += logit
-            start += n
+        with torch.no_grad():
+            last.bias[base_action] = prior_logit
 
-    @torch.no_grad()
-    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
-        """Argmax action of every dimension, (B, len(nvec)) int64."""
-        parts = torch.split(self.forward(obs), self.nvec, dim=-1)
-        return torch.stack([p.argmax(dim=-1) for p in parts], dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_features) -> (B, n_actions)."""
+        return self.mlp(x)  # type: ignore[no-any-return]
 
 
 class ValueNet(nn.Module):
-    """Observation -> value estimate (the PPO critic; not needed for inference)."""
+    """(Clip, class) features -> expected reward (the PPO critic; not needed for inference)."""
 
-    def __init__(self, n_classes: int, hidden: Sequence[int], quantiles: int) -> None:
+    def __init__(self, n_features: int, hidden: Sequence[int]) -> None:
         super().__init__()
-        self.features = ClipFeatures(quantiles)
-        self.mlp = _mlp(self.features.size(n_classes), hidden, 1, 1.0)
+        self.mlp = _mlp(n_features, hidden, 1, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_features) -> (B,)."""
+        return self.mlp(x).squeeze(-1)  # type: ignore[no-any-return]
+
+
+class RoutedNets(nn.Module):
+    """Networks of which each sample uses one: the one its route one-hot names.
+
+    The observation is ``[route one-hot (len(nets)), features]``; a network's output is masked
+    out for the samples not routed to it, so no gradient reaches it from them.
+    """
+
+    def __init__(self, nets: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, frames, C) -> (B,)."""
-        return self.mlp(self.features(obs)).squeeze(-1)  # type: ignore[no-any-return]
+        """(B, n_nets + n_features) -> the routed network's output, (B, ...)."""
+        k = len(self.nets)
+        route, x = obs[:, :k], obs[:, k:]
+        outs = torch.stack([net(x) for net in self.nets], dim=1)  # (B, k, ...)
+        weights = route.reshape(route.shape + (1,) * (outs.dim() - 2))
+        return (outs * weights).sum(dim=1)
 
 
 @dataclass
 class AdaptivePolicy:
-    """The clip-adaptive read-out: the policy picks every class's parameters per clip.
+    """The clip-adaptive read-out (see the module docstring).
 
     Attributes:
-        net: The policy network.
-        grid: The action grid (settings of either decoder, thresholds, ...).
-        classes: Class order of observations and actions.
-        n_frames_max: Observation frames.
-        hidden: Hidden sizes (to rebuild the network).
-        quantiles: Feature quantiles (to rebuild the network).
-        frame_hop_s: Frame hop (seconds) of the scores it was trained on, once known; the
-            kernels are in frames, so scores with another hop are refused.
+        nets: The policy networks (cross-fitted).
+        grid: The residual grid (the static table and its alternatives and offsets).
+        classes: Class order of features and actions.
+        adapt: Per class, whether it adapts (False: always the table).
+        hidden: Hidden sizes (to rebuild the networks).
+        prior_logit: The base action's initial bias (to rebuild the networks).
+        frame_hop_s: Frame hop (seconds) of the scores it was trained on, once known; kernels
+            and step filters are in frames and seconds of that hop, so other hops are refused.
     """
 
-    net: PolicyNet
-    grid: ActionGrid
+    nets: list[PolicyNet]
+    grid: ResidualGrid
     classes: list[str]
-    n_frames_max: int
+    adapt: list[bool]
     hidden: tuple[int, ...]
-    quantiles: int
+    prior_logit: float
     frame_hop_s: float | None = None
 
     @staticmethod
     def create(
-        grid: ActionGrid, classes: Sequence[str], n_frames_max: int, hidden: Sequence[int], quantiles: int
+        grid: ResidualGrid, classes: Sequence[str], n_nets: int, hidden: Sequence[int], prior_logit: float
     ) -> AdaptivePolicy:
-        """A policy with fresh weights."""
-        net = PolicyNet(len(classes), grid.nvec.tolist(), hidden, quantiles)
-        return AdaptivePolicy(net, grid, list(classes), n_frames_max, tuple(hidden), quantiles)
+        """An untrained policy: every class takes its table entry on every clip."""
+        n_features = len(feature_names(classes))
+        nets = [PolicyNet(n_features, grid.n_actions, hidden, grid.base_action, prior_logit)
+                for _ in range(n_nets)]
+        return AdaptivePolicy(nets, grid, list(classes), [True] * len(classes), tuple(hidden), prior_logit)
 
     def load_rllib_state(self, state: Mapping[str, Any]) -> None:
-        """Take the policy weights from an RLlib module state (keys ``pi.*``)."""
-        sd = {k[3:]: torch.as_tensor(np.asarray(v)) for k, v in state.items() if k.startswith("pi.")}
-        self.net.load_state_dict(sd)
+        """Take the policy weights from an RLlib module state (keys ``pi.nets.<k>.*``)."""
+        for k, net in enumerate(self.nets):
+            prefix = f"pi.nets.{k}."
+            sd = {key[len(prefix) :]: torch.as_tensor(np.asarray(v)) for key, v in state.items()
+                  if key.startswith(prefix)}
+            net.load_state_dict(sd)
 
-    def actions(self, scores: Sequence[ClassScores]) -> I64:
-        """Greedy action of every clip, (n_clips, len(nvec)), computed chunk by chunk.
+    def features(self, scores: Sequence[ClassScores], frame_hop_s: float) -> npt.NDArray[np.float32]:
+        """:func:`envs.gym_data.clip_features` of clips given as every class's scores."""
+        return clip_features(scores, self.grid, frame_hop_s)
+
+    @torch.no_grad()
+    def _logits(self, feats: npt.NDArray[np.float32], nets: Sequence[PolicyNet]) -> F64:
+        x = torch.from_numpy(feats.reshape(-1, feats.shape[-1]))
+        out = np.zeros((x.shape[0], self.grid.n_actions), np.float64)
+        for net in nets:
+            net.eval()
+            for lo in range(0, x.shape[0], INFERENCE_CHUNK):
+                out[lo : lo + INFERENCE_CHUNK] += net(x[lo : lo + INFERENCE_CHUNK]).double().numpy()
+        return (out / len(nets)).reshape(feats.shape[0], feats.shape[1], -1)
+
+    def actions(self, scores: Sequence[ClassScores], frame_hop_s: float) -> I64:
+        """Every (clip, class)'s action, (n_clips, C): the mean of the networks' logits, argmax;
+        the base action for classes that do not adapt.
 
         Args:
             scores: Every class's scores in :attr:`classes` order.
+            frame_hop_s: Seconds per frame.
         """
-        n = len(scores[0].offsets) - 1
-        out = [np.zeros((0, len(self.grid.nvec)), np.int64)]
-        self.net.eval()
-        for lo in range(0, n, INFERENCE_CHUNK):
-            # Observations of one chunk at a time: a whole set's would be clips x frames x C.
-            idx = np.arange(lo, min(n, lo + INFERENCE_CHUNK), dtype=np.int64)
-            obs = observations([cs.take(idx) for cs in scores], self.n_frames_max)
-            out.append(self.net.greedy(torch.from_numpy(obs)).numpy().astype(np.int64))
-        return np.concatenate(out)
+        feats = self.features(scores, frame_hop_s)
+        acts = np.asarray(self._logits(feats, self.nets).argmax(axis=-1), np.int64)
+        acts[:, ~np.asarray(self.adapt, bool)] = self.grid.base_action
+        return acts
+
+    def crossfit_actions(self, scores: Sequence[ClassScores], frame_hop_s: float, holdout: I64) -> I64:
+        """Every (clip, class)'s action by the network that never trained on the clip.
+
+        Args:
+            scores: Every class's scores in :attr:`classes` order.
+            frame_hop_s: Seconds per frame.
+            holdout: Per clip, its held-out network.
+        """
+        feats = self.features(scores, frame_hop_s)
+        out = np.full(feats.shape[:2], self.grid.base_action, np.int64)
+        for k, net in enumerate(self.nets):
+            mine = np.flatnonzero(holdout == k)
+            if len(mine):
+                out[mine] = self._logits(feats[mine], [net]).argmax(axis=-1)
+        return out
 
     def events(self, evalset: EvalSet) -> dict[str, ClassEvents]:
         """Per class, the events over ``evalset``'s clips, each clip with its own action.
@@ -210,9 +223,16 @@ class AdaptivePolicy:
         self,
         scores: Mapping[str, ClassScores],
         frame_hop_s: float,
-        durations_s: npt.NDArray[np.float64] | None,
+        durations_s: F64 | None,
+        actions: I64 | None = None,
     ) -> dict[str, ClassEvents]:
         """Per class, events of clips given as class scores (e.g. ``ScoreSet.read_class``).
+
+        Args:
+            scores: Every class's scores (same clips).
+            frame_hop_s: Seconds per frame.
+            durations_s: Per clip duration (NaN where unknown), or None.
+            actions: The actions (n_clips, C) to decode with (default: :meth:`actions`).
 
         Raises:
             ValueError: If a class is missing or the hop differs from the training scores'.
@@ -225,24 +245,26 @@ class AdaptivePolicy:
         if missing:
             raise ValueError(f"no scores for class {missing[0]!r}; the policy needs {self.classes}")
         ordered = [scores[c] for c in self.classes]
-        setting, thr = self.grid.split(self.actions(ordered))
+        acts = self.actions(ordered, frame_hop_s) if actions is None else actions
         return {
-            c: _per_clip_events(ordered[j], setting[:, j], thr[:, j], self.grid, frame_hop_s, durations_s)
+            c: _per_clip_events(ordered[j], acts[:, j], self.grid, j, frame_hop_s, durations_s)
             for j, c in enumerate(self.classes)
         }
 
     def save(self, path: str, frame_hop_s: float) -> None:
         """Write the weights to ``path`` (``.pt``) and the description beside it (``.json``)."""
         self.frame_hop_s = frame_hop_s
-        torch.save(self.net.state_dict(), path)
+        torch.save([net.state_dict() for net in self.nets], path)
         meta = {
             "format": POLICY_FORMAT,
             "frame_hop_s": frame_hop_s,
             "classes": self.classes,
-            "n_frames_max": self.n_frames_max,
-            **self.grid.to_json(),
+            "adapt": self.adapt,
+            "n_nets": len(self.nets),
             "hidden": list(self.hidden),
-            "quantiles": self.quantiles,
+            "prior_logit": self.prior_logit,
+            "features": feature_names(self.classes),
+            "grid": self.grid.to_json(),
         }
         with open(_meta_path(path), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
@@ -257,15 +279,20 @@ class AdaptivePolicy:
         """
         with open(_meta_path(path), encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("format") not in POLICY_FORMATS:
+        if meta.get("format") != POLICY_FORMAT:
             raise ValueError(
-                f"{_meta_path(path)}: format must be one of {list(POLICY_FORMATS)}, "
-                f"but got {meta.get('format')!r}"
+                f"{_meta_path(path)}: format must be {POLICY_FORMAT!r} (a policy of an earlier sedtune "
+                f"chose from the whole grid; train it again), but got {meta.get('format')!r}"
             )
-        grid = ActionGrid.from_json(meta, len(meta["classes"]), _meta_path(path))
-        policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_frames_max"]), meta["hidden"],
-                                       int(meta["quantiles"]))
-        policy.net.load_state_dict(torch.load(path, weights_only=True))
+        grid = ResidualGrid.from_json(meta["grid"], f"{_meta_path(path)}: grid")
+        if grid.n_classes != len(meta["classes"]):
+            raise ValueError(f"{_meta_path(path)}: the grid has {grid.n_classes} classes, not "
+                             f"{len(meta['classes'])}")
+        policy = AdaptivePolicy.create(grid, meta["classes"], int(meta["n_nets"]), meta["hidden"],
+                                       float(meta["prior_logit"]))
+        for net, sd in zip(policy.nets, torch.load(path, weights_only=True), strict=True):
+            net.load_state_dict(sd)
+        policy.adapt = [bool(a) for a in meta["adapt"]]
         policy.frame_hop_s = float(meta["frame_hop_s"])
         return policy
 
@@ -276,19 +303,18 @@ def _meta_path(path: str) -> str:
 
 def _per_clip_events(
     scores: ClassScores,
-    setting: I64,
-    thr: I64,
-    grid: ActionGrid,
+    actions: I64,
+    grid: ResidualGrid,
+    class_index: int,
     frame_hop_s: float,
-    durations_s: npt.NDArray[np.float64] | None,
+    durations_s: F64 | None,
 ) -> ClassEvents:
-    """One class's events when clip i uses (setting[i], thr[i]): one stack run per distinct pair."""
+    """One class's events when clip i takes ``actions[i]``: one decode per distinct action."""
     parts: list[ClassEvents] = []
-    pairs = np.stack([setting, thr], axis=1)
-    for s, t in np.unique(pairs, axis=0):
-        clips = np.flatnonzero((setting == s) & (thr == t)).astype(np.int64)
+    for a in np.unique(actions):
+        clips = np.flatnonzero(actions == a).astype(np.int64)
         dur = None if durations_s is None else durations_s[clips]
-        ev = class_events(scores.take(clips), grid.class_params(int(s), int(t)), frame_hop_s, dur)
+        ev = class_events(scores.take(clips), grid.params(class_index, int(a)), frame_hop_s, dur)
         parts.append(ClassEvents(clips[ev.clip], ev.onset_s, ev.offset_s))
     if not parts:
         return ClassEvents.empty()

@@ -1,16 +1,18 @@
 """The rl strategy's Ray side: environment replicas, the RLlib module and the PPO algorithm.
 
-Distribution. Every EnvRunner holds ``num_envs_per_env_runner`` replicas; each replica reads
-its own Parquet shard(s), chosen round-robin from its worker and vector index
-(:func:`envs.gym_data.replica_shards`); ``env_config`` carries only URIs, shard paths, clip
-names and numbers, never scores. RLlib's new stack hands every sub-environment of an
-EnvRunner the same ``EnvContext`` (``vector_index`` 0: Ray 2.60's
+Distribution. Every EnvRunner holds ``num_envs_per_env_runner`` replicas (with
+``num_env_runners`` 0, the default, they sample in the driver: on a few cores the fastest);
+each replica reads its own Parquet shard(s), chosen round-robin from its worker and vector
+index (:func:`envs.gym_data.replica_shards`); ``env_config`` carries only URIs, shard paths,
+clip names, the residual grid and numbers, never scores. RLlib's new stack hands every
+sub-environment of an EnvRunner the same ``EnvContext`` (``vector_index`` 0: Ray 2.60's
 ``SingleAgentEnvRunner.make_env`` registers ``lambda: creator(env_ctx)`` with
 ``gym.make_vec``), so :func:`make_replica_env` numbers the replicas of its process itself.
 
-The networks see a compact view of the clip (per class, quantiles and mean of its frames,
-:class:`~service.strategies.rl_policy.ClipFeatures`); the actor and critic are separate MLPs
-(:class:`~service.strategies.rl_policy.PolicyNet`, :class:`~service.strategies.rl_policy.ValueNet`).
+The module holds the cross-fitted networks (:class:`~service.strategies.rl_policy.RoutedNets`
+of :class:`~service.strategies.rl_policy.PolicyNet` and
+:class:`~service.strategies.rl_policy.ValueNet`): each sample trains the network its route
+names, never the one its clip is held out from.
 
 Ray is imported inside the functions only.
 """
@@ -23,16 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from envs.action_grid import ActionGrid
+from envs.action_grid import ResidualGrid
 from envs.evaluator import MetricConfig
-from envs.gym_data import replica_shards
-from envs.gym_env import PostProcessingEnv
+from envs.gym_data import FEATURE_BOUND, feature_names, replica_shards
+from envs.gym_env import ResidualEnv
 from envs.problem import DataRef, TuningProblem
 from envs.scoreset import ScoreSet
-from envs.space import SearchSpace
 from service.strategies.base import current_node
 from service.strategies.options import RLOptions
-from service.strategies.rl_policy import PolicyNet, ValueNet
+from service.strategies.rl_policy import PolicyNet, RoutedNets, ValueNet
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ ENV_NAME = "sedtune-postprocessing"
 _REPLICAS_MADE: dict[int, int] = {}
 
 
-def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
+def make_replica_env(ctx: Mapping[str, Any]) -> ResidualEnv:
     """Env creator for RLlib: one replica on the shards of its worker and vector index.
 
     Args:
@@ -65,62 +66,43 @@ def make_replica_env(ctx: Mapping[str, Any]) -> PostProcessingEnv:
     data = DataRef(ctx["scores"], ctx["ground_truth"], ctx["durations"],
                    None if ctx["clips"] is None else tuple(ctx["clips"]),
                    None if ctx["classes"] is None else tuple(ctx["classes"]))
-    return PostProcessingEnv.from_shards(
+    return ResidualEnv.from_shards(
         data,
         mine,
-        space_from_config(ctx["space"]),
+        ResidualGrid.from_json(ctx["grid"]),
         MetricConfig(**ctx["metric"]),
         shard_paths=ctx["shard_paths"],
+        holdout=dict(zip(ctx["clips"], ctx["holdout"], strict=True)),
+        n_nets=int(ctx["n_nets"]),
         episode_clips=int(ctx["episode_clips"]),
-        n_frames_max=int(ctx["n_frames_max"]),
     )
 
 
-def space_config(space: SearchSpace) -> dict[str, Any]:
-    """A search space as plain lists and numbers (``env_config``); :func:`space_from_config` inverts it."""
-    return {
-        "kernels": list(space.kernels), "threshold_low": space.threshold_low,
-        "threshold_high": space.threshold_high, "fill_gap_s": list(space.fill_gap_s),
-        "min_duration_s": list(space.min_duration_s), "threshold_step": space.threshold_step,
-        "decoders": list(space.decoders), "box_kernels": list(space.box_kernels),
-        "box_step_filter_s": list(space.box_step_filter_s),
-        "box_merge": [list(m) for m in space.box_merge],
-        "box_confidence": list(space.box_confidence),
-    }
-
-
-def space_from_config(cfg: Mapping[str, Any]) -> SearchSpace:
-    """The search space of :func:`space_config` (tuples again, so that it hashes)."""
-    sequences = ("kernels", "fill_gap_s", "min_duration_s", "decoders", "box_kernels", "box_step_filter_s",
-                 "box_confidence")
-    kwargs: dict[str, Any] = {k: tuple(v) if k in sequences else v for k, v in cfg.items()}
-    if "box_merge" in cfg:
-        kwargs["box_merge"] = tuple((a, r) for a, r in cfg["box_merge"])
-    return SearchSpace(**kwargs)
-
-
-def env_config(problem: TuningProblem, opts: RLOptions, n_frames_max: int) -> dict[str, Any]:
-    """What replicas need to read their own shards: URIs, shard paths, clip names, numbers."""
+def env_config(
+    problem: TuningProblem, opts: RLOptions, grid: ResidualGrid, holdout: np.ndarray, n_nets: int
+) -> dict[str, Any]:
+    """What replicas need to read their own shards and build their tables: URIs, shard paths,
+    clip names, each clip's held-out network, the residual grid, numbers."""
     ref = problem.data
     scores = ScoreSet.open(ref.scores)
     wanted = set(problem.tuning.filenames)
     # Shards without any tuning clip would leave a replica without data.
     eligible = [i for i, s in enumerate(scores.shards) if any(n in wanted for n in s.filenames)]
-    sp = problem.space
     return {
         "scores": ref.scores,
         "ground_truth": ref.ground_truth,
         "durations": ref.durations,
         "clips": list(problem.tuning.filenames),
-        "classes": None if ref.classes is None else list(ref.classes),
+        "holdout": [int(h) for h in holdout],
+        "classes": list(problem.classes),
         "shard_paths": [s.path for s in scores.shards],
         "shards": eligible,
-        "space": space_config(sp),
+        "grid": grid.to_json(),
         "metric": {"t_collar_s": problem.metric.t_collar_s,
                    "percentage_of_length": problem.metric.percentage_of_length,
                    "segment_s": problem.metric.segment_s},
+        "n_nets": n_nets,
         "episode_clips": opts.episode_clips,
-        "n_frames_max": n_frames_max,
         "num_envs_per_env_runner": opts.num_envs_per_env_runner,
     }
 
@@ -134,26 +116,23 @@ def _policy_rl_module_class() -> type:
     if _MODULE_CLASS is not None:
         return _MODULE_CLASS
     from ray.rllib.core.columns import Columns
-    from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
     from ray.rllib.core.rl_module.apis import ValueFunctionAPI
     from ray.rllib.core.rl_module.torch import TorchRLModule
 
     class PolicyRLModule(TorchRLModule, ValueFunctionAPI):  # type: ignore[misc]
-        """PolicyNet (actor) and ValueNet (critic) for PPO; the actor is what gets exported."""
+        """Routed PolicyNets (actors) and ValueNets (critics) for PPO; the actors get exported."""
 
         def setup(self) -> None:
             cfg: Any = self.model_config
-            obs_space: Any = self.observation_space
-            act_space: Any = self.action_space
-            n_classes = int(obs_space.shape[1])
-            nvec = [int(n) for n in act_space.nvec]
-            self.pi = PolicyNet(n_classes, nvec, cfg["hidden"], cfg["quantiles"])
-            self.vf = ValueNet(n_classes, cfg["hidden"], cfg["quantiles"])
-            if cfg.get("prior_action") is not None and cfg.get("prior_logit", 0.0) > 0:
-                self.pi.favour(cfg["prior_action"], float(cfg["prior_logit"]))
-            # One categorical per action dimension (RLlib's own choice for MultiDiscrete).
-            dist: Any = TorchMultiCategorical
-            self.action_dist_cls = dist.get_partial_dist_cls(input_lens=nvec)
+            k = int(cfg["n_nets"])
+            n_features = int(cfg["n_features"])
+            action_space: Any = self.action_space
+            n_actions = int(action_space.n)
+            self.pi = RoutedNets([PolicyNet(n_features, n_actions, cfg["hidden"], cfg["base_action"],
+                                            cfg["prior_logit"]) for _ in range(k)])
+            self.vf = RoutedNets([ValueNet(n_features, cfg["value_hidden"]) for _ in range(k)])
+            self.action_dist_cls = TorchCategorical
 
         def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
             return {Columns.ACTION_DIST_INPUTS: self.pi(batch[Columns.OBS])}
@@ -185,24 +164,42 @@ def runner_nodes(algo: Any) -> list[str]:
 
 
 def build_algorithm(
-    problem: TuningProblem, opts: RLOptions, seed: int, n_frames_max: int, grid: ActionGrid
+    problem: TuningProblem,
+    opts: RLOptions,
+    seed: int,
+    grid: ResidualGrid,
+    holdout: np.ndarray,
+    n_nets: int,
+    batch_size: int,
 ) -> Any:
-    """The PPO ``Algorithm`` on replicas of the environment (Ray must be initialised)."""
+    """The PPO ``Algorithm`` on replicas of the environment (Ray must be initialised).
+
+    Args:
+        problem: The tuning problem.
+        opts: The options.
+        seed: Seed of sampling and initialisation.
+        grid: The residual grid.
+        holdout: Per tuning clip, its held-out network.
+        n_nets: Cross-fitted networks.
+        batch_size: Env steps per training iteration.
+    """
     import gymnasium as gym
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
     register_env(ENV_NAME, make_replica_env)
-    n_classes = len(problem.classes)
+    n_features = len(feature_names(problem.classes))
     config: Any = PPOConfig()  # type: ignore[no-untyped-call]
     config = (
         config.environment(
             env=ENV_NAME,
-            env_config=env_config(problem, opts, n_frames_max),
-            # Given here so that the driver never builds an environment (it holds no shard).
-            observation_space=gym.spaces.Box(0.0, 1.0, (n_frames_max, n_classes), np.float32),
-            action_space=gym.spaces.MultiDiscrete(grid.nvec),
+            env_config=env_config(problem, opts, grid, holdout, n_nets),
+            # Given here so that the driver builds no environment of its own.
+            observation_space=gym.spaces.Box(
+                -FEATURE_BOUND, FEATURE_BOUND, (n_nets + n_features,), np.float32
+            ),
+            action_space=gym.spaces.Discrete(grid.n_actions),
         )
         .env_runners(
             num_env_runners=opts.num_env_runners,
@@ -214,8 +211,8 @@ def build_algorithm(
             gamma=opts.gamma,
             lambda_=opts.lambda_,
             lr=opts.lr,
-            train_batch_size_per_learner=opts.train_batch_size,
-            minibatch_size=min(opts.minibatch_size, opts.train_batch_size),
+            train_batch_size_per_learner=batch_size,
+            minibatch_size=min(opts.minibatch_size, batch_size),
             num_epochs=opts.num_epochs,
             entropy_coeff=opts.entropy_coeff,
             clip_param=opts.clip_param,
@@ -223,9 +220,11 @@ def build_algorithm(
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=_policy_rl_module_class(),
             model_config={
+                "n_nets": n_nets,
+                "n_features": n_features,
                 "hidden": list(opts.hidden),
-                "quantiles": opts.quantiles,
-                "prior_action": grid.nearest_action([problem.manual[c] for c in problem.classes]).tolist(),
+                "value_hidden": list(opts.value_hidden),
+                "base_action": grid.base_action,
                 "prior_logit": opts.prior_logit,
             },
         ))

@@ -1,34 +1,39 @@
-"""The post-processing Gymnasium environment: API conformance, determinism, the reward's
-telescoping to the episode's macro F, observations, empty clips and per-replica shards."""
+"""The residual post-processing environment: its grid, what it shows the agent, its rewards
+(the change of a class's F relative to the static table), live decisions, routes, determinism
+and per-replica shards."""
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from gymnasium.spaces import MultiDiscrete
+from gymnasium.spaces import Discrete
 from gymnasium.utils.env_checker import check_env
 
-from envs.action_grid import ActionGrid
+from envs.action_grid import ResidualGrid, alternatives
+from envs.boxes import detect_boxes
+from envs.errors import SedtuneInputError
 from envs.evalset import EvalSet
-from envs.evaluator import Evaluator, MetricConfig
+from envs.evaluator import Evaluator
 from envs.events import ClassEvents
-from envs.gym_data import load_shards, observation, replica_shards
-from envs.gym_env import PostProcessingEnv
+from envs.gym_data import NO_UNIT, clip_features, feature_names, load_shards, replica_shards
+from envs.gym_env import ResidualEnv, ResidualTables, residual_rewards
 from envs.metrics.counts import Counts
-from envs.metrics.fscore import class_f_measure, macro_f_measure
+from envs.metrics.fscore import class_f_measure
 from envs.params import ClassParams
 from envs.problem import DataRef
 from envs.scoreset import ClassScores
-from envs.space import SearchSpace
+from envs.selection import Candidate
+from envs.stack import median_filter_values
 from envs.synth import SynthResult, generate
 from envs.synth_config import SynthConfig
 
-SPACE = SearchSpace(kernels=(1, 5, 9), threshold_low=0.05, threshold_high=0.95, threshold_step=0.1)
+FRAMES = ClassParams(median_filter_frames=5, threshold=0.5)
+BOXES = ClassParams(median_filter_frames=1, threshold=0.4, decoder="boxes", step_filter_s=0.32, merge_abs=0.2)
+LOW = ClassParams(median_filter_frames=1, threshold=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -43,179 +48,315 @@ def data(synth: SynthResult) -> EvalSet:
     return DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path).load()
 
 
+@pytest.fixture(scope="module")
+def grid() -> ResidualGrid:
+    # Class 0 frames, class 1 boxes (alternative: frames), class 2 frames (alternative: boxes).
+    return ResidualGrid(((FRAMES, LOW), (BOXES, FRAMES), (LOW, BOXES)), 0.5, 2, 0.05, 0.95)
+
+
+@pytest.fixture(scope="module")
+def tables(data: EvalSet, grid: ResidualGrid) -> ResidualTables:
+    return ResidualTables.build(data, grid)
+
+
 @pytest.fixture
-def env(data: EvalSet) -> PostProcessingEnv:
-    return PostProcessingEnv(data, SPACE, episode_clips=8)
+def env(data: EvalSet, grid: ResidualGrid, tables: ResidualTables) -> ResidualEnv:
+    return ResidualEnv(data, grid, holdout=np.arange(len(data)) % 3, n_nets=3, episode_clips=4, tables=tables)
 
 
-Episode = tuple[list[np.ndarray], list[float], list[np.ndarray]]
+# --------------------------------------------------------------------------- the grid
 
 
-def _rollout(env: PostProcessingEnv, seed: int, action_seed: int) -> Episode:
-    obs, _ = env.reset(seed=seed)
-    env.action_space.seed(action_seed)
-    observations, rewards, actions = [obs], [], []
-    done = False
-    while not done:
-        a = env.action_space.sample()
-        obs, r, done, truncated, _ = env.step(a)
-        assert not truncated
-        observations.append(obs)
-        rewards.append(float(r))
-        actions.append(a)
-    return observations, rewards, actions
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
 
 
-def test_passes_gymnasium_env_checker(env: PostProcessingEnv) -> None:
+def test_grid_lays_out_alternatives_times_logit_offsets(grid: ResidualGrid) -> None:
+    assert (grid.n_alternatives, grid.n_offsets, grid.n_actions, grid.base_action) == (2, 5, 10, 2)
+    assert [grid.split(a) for a in (0, 2, 4, 5, 9)] == [(0, -2), (0, 0), (0, 2), (1, -2), (1, 2)]
+    assert grid.table == (FRAMES, BOXES, LOW)
+    assert grid.params(1, grid.base_action) == BOXES
+    # Offsets move the threshold in logit steps of 0.5, inside [0.05, 0.95].
+    assert grid.threshold(0, 3) == pytest.approx(_sigmoid(0.5))
+    assert grid.threshold(0, 0) == pytest.approx(_sigmoid(-1.0))
+    t = math.log(0.3 / 0.7)
+    assert grid.threshold(2, 1) == pytest.approx(_sigmoid(t - 0.5))
+    assert grid.params(2, 9) == replace(BOXES, threshold=_sigmoid(math.log(0.4 / 0.6) + 1.0))
+    edge = ResidualGrid(((replace(LOW, threshold=0.06),),), 1.0, 1, 0.05, 0.95)
+    assert edge.threshold(0, 0) == 0.05 and edge.lowest_threshold(0) == 0.05
+    assert len(grid.class_actions(1)) == 10 and all(p.validate("x") == p for p in grid.class_actions(1))
+    with pytest.raises(ValueError, match="action"):
+        grid.split(10)
+
+
+def test_grid_round_trips_through_json_and_refuses_bad_grids(grid: ResidualGrid) -> None:
+    assert ResidualGrid.from_json(grid.to_json()) == grid
+    with pytest.raises(SedtuneInputError, match="same number"):
+        ResidualGrid(((FRAMES,), (FRAMES, LOW)))
+    with pytest.raises(SedtuneInputError, match="offset_step_logit"):
+        ResidualGrid(((FRAMES,),), 0.0)
+    with pytest.raises(SedtuneInputError, match="threshold_low"):
+        ResidualGrid(((FRAMES,),), 0.5, 1, 0.9, 0.1)
+    with pytest.raises(SedtuneInputError, match="residual grid"):
+        ResidualGrid.from_json({"alternatives": []} | {"max_offset": 1})
+
+
+def test_a_hysteresis_release_stays_below_a_moved_threshold() -> None:
+    hyst = ClassParams(median_filter_frames=1, threshold=0.5, threshold_off=0.45)
+    g = ResidualGrid(((hyst,),), 1.0, 1)
+    assert g.params(0, 0).threshold_off == pytest.approx(g.threshold(0, 0))
+    assert g.params(0, 2).threshold_off == 0.45
+
+
+def test_alternatives_are_the_table_then_the_best_other_settings() -> None:
+    def cand(p: ClassParams, tp: int) -> Candidate:
+        return Candidate(p, np.array([[10, 10, tp]] * 2, np.int64))
+
+    cands = [cand(FRAMES, 5), cand(replace(FRAMES, threshold=0.7), 8), cand(BOXES, 6), cand(LOW, 3),
+             cand(replace(LOW, threshold=0.6), 4)]
+    # Per setting its best candidate; the table's setting first whatever its F; then by F.
+    assert alternatives(cands, FRAMES, 3) == (FRAMES, BOXES, replace(LOW, threshold=0.6))
+    assert alternatives(cands, LOW, 2) == (LOW, replace(FRAMES, threshold=0.7))
+    assert alternatives(cands[:1], FRAMES, 3) == (FRAMES, FRAMES, FRAMES)
+
+
+# --------------------------------------------------------------------------- what the agent sees
+
+
+def test_features_are_the_documented_columns(data: EvalSet, grid: ResidualGrid) -> None:
+    scores = [data.scores(c) for c in data.classes]
+    feats = clip_features(scores, grid, data.frame_hop_s)
+    names = feature_names(data.classes)
+    n, c = len(data), len(data.classes)
+    assert feats.shape == (n, c, 2 * c + 9) == (n, c, len(names)) and feats.dtype == np.float32
+
+    def lg(p: float) -> float:
+        q = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(q / (1 - q))
+
+    col = {name: i for i, name in enumerate(names)}
+    for i in (0, 5, 23):
+        everything = np.sort(np.concatenate([cs.clip(i) for cs in scores]))
+        for j, cs in enumerate(scores):
+            f, t = feats[i, j], lg(grid.table[j].threshold)
+            assert f[:c].tolist() == [float(k == j) for k in range(c)]
+            frames = np.sort(cs.clip(i))
+            for q in (0.5, 0.9, 1.0):
+                expected = (lg(float(frames[math.floor(q * (len(frames) - 1))])) - t) / 4
+                assert f[col[f"score_q{q:g}"]] == pytest.approx(expected, abs=1e-5)
+            assert [f[col[f"max[{k}]"]] for k in data.classes] == pytest.approx(
+                [lg(float(s.clip(i).max())) / 4 for s in scores], abs=1e-5)
+            median = float(everything[(len(everything) - 1) // 2])
+            assert f[col["clip_median"]] == pytest.approx(lg(median) / 4, abs=1e-5)
+            conf = _unit_confidences(cs, i, grid.table[j], grid.lowest_threshold(j), data.frame_hop_s)
+            top = [(lg(v) - t) / 4 for v in sorted(conf, reverse=True)[:3]]
+            top += [NO_UNIT] * (3 - len(top))
+            assert [f[col[f"unit{k}"]] for k in (1, 2, 3)] == pytest.approx(top, abs=1e-5)
+            assert f[col["units"]] == pytest.approx(len(conf) / 5)
+            assert f[col["units_above"]] == pytest.approx(sum(v > grid.table[j].threshold for v in conf) / 5)
+    with pytest.raises(ValueError, match="classes"):
+        clip_features(scores[:2], grid, data.frame_hop_s)
+
+
+def _unit_confidences(cs: ClassScores, clip: int, p: ClassParams, low: float, hop: float) -> list[float]:
+    """One clip's decoding units, by their definition (boxes: confidences; frames: run peaks)."""
+    values = cs.clip(clip)
+    offsets = np.array([0, len(values)], np.int64)
+    if p.decoder == "boxes":
+        return detect_boxes(values, offsets, hop, p.box_setting).confidence.tolist()
+    filtered = median_filter_values(values, offsets, p.median_filter_frames).astype(np.float64)
+    peaks, run = [], []
+    for v in filtered:
+        if v > low:
+            run.append(v)
+        elif run:
+            peaks.append(max(run))
+            run = []
+    return peaks + ([max(run)] if run else [])
+
+
+def test_passes_gymnasium_env_checker(env: ResidualEnv) -> None:
     with warnings.catch_warnings():
         # The checker cannot test render modes without a registered spec; we have none.
         warnings.filterwarnings("ignore", message=".*render.*")
         check_env(env)
 
 
-def test_spaces_follow_the_paper_layout(env: PostProcessingEnv, data: EvalSet) -> None:
-    c = len(data.classes)
-    assert env.observation_space.shape == (env.n_frames_max, c)
-    assert env.observation_space.dtype == np.float32
-    k, t = len(SPACE.kernels), len(SPACE.threshold_grid())
-    assert env.action_space == MultiDiscrete([k] * c + [t] * c)
+def test_observation_is_the_route_then_the_pairs_features(env: ResidualEnv, tables: ResidualTables) -> None:
+    assert env.action_space == Discrete(10)
+    assert env.observation_space.shape == (3 + tables.features.shape[-1],)
+    obs, info = env.reset(seed=4)
+    assert info["class"] == env.classes[env.episode_pairs[0][1]]
+    for step in range(5):
+        clip, ci = env.episode_pairs[step]
+        route = int(np.argmax(obs[:3]))
+        assert obs[:3].sum() == 1 and route != env.holdout[clip]
+        assert np.array_equal(obs[3:], tables.features[clip, ci])
+        obs, _, _, _, info = env.step(env.grid.base_action)
+        assert (info["route"], info["clip"]) == (route, env.data.filenames[clip])
+        assert info["class"] == env.classes[ci]
 
 
-def test_same_seed_and_actions_give_identical_episodes(data: EvalSet) -> None:
-    a = PostProcessingEnv(data, SPACE, episode_clips=8)
-    b = PostProcessingEnv(data, SPACE, episode_clips=8)
-    obs_a, rew_a, act_a = _rollout(a, seed=11, action_seed=5)
-    obs_b, rew_b, act_b = _rollout(b, seed=11, action_seed=5)
-    assert all(np.array_equal(x, y) for x, y in zip(act_a, act_b, strict=True))
-    assert all(np.array_equal(x, y) for x, y in zip(obs_a, obs_b, strict=True))
-    assert rew_a == rew_b
-    # Another seed draws other clips.
-    a.reset(seed=12)
-    order_12 = a.clip_order
-    a.reset(seed=11)
-    assert not np.array_equal(order_12, a.clip_order)
+# --------------------------------------------------------------------------- rewards
 
 
-def _direct_macro_f(data: EvalSet, grid: ActionGrid, clips: np.ndarray, actions: list[np.ndarray]) -> float:
-    """The episode's macro F, computed clip by clip with a fresh evaluator (no count table)."""
-    totals = {c: Counts.zero() for c in data.classes}
-    for clip, action in zip(clips, actions, strict=True):
-        single = Evaluator(data.subset([int(clip)]), MetricConfig())
-        for c, p in grid.params(action, data.classes).items():
-            totals[c] = totals[c] + single.class_counts(c, p)
-    f = macro_f_measure([class_f_measure(n) for n in totals.values()])
-    return 0.0 if math.isnan(f) else f
+def test_counts_are_the_evaluators_per_clip(
+    data: EvalSet, grid: ResidualGrid, tables: ResidualTables
+) -> None:
+    # Some entries detect events and some hit: the comparison is not vacuous.
+    assert tables.counts[..., 1].sum() > 0 and tables.counts[..., 2].sum() > 0
+    for clip in (0, 7, 19):
+        single = Evaluator(data.subset([clip]))
+        for ci, c in enumerate(data.classes):
+            for a in range(grid.n_actions):
+                n = single.class_counts(c, grid.params(ci, a))
+                assert tables.counts[clip, ci, a].tolist() == [n.nref, n.nsys, n.ntp], (clip, c, a)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_undiscounted_return_is_the_episode_macro_f(env: PostProcessingEnv, data: EvalSet, seed: int) -> None:
-    _, rewards, actions = _rollout(env, seed=seed, action_seed=100 + seed)
-    expected = _direct_macro_f(data, env.grid, env.clip_order, actions)
-    assert sum(rewards) == pytest.approx(expected, abs=1e-12)
-    assert all(-1.0 <= r <= 1.0 for r in rewards)
+def test_reward_is_n_times_the_class_f_change_if_only_this_clip_moves(
+    data: EvalSet, grid: ResidualGrid, tables: ResidualTables
+) -> None:
+    ev = Evaluator(data)
+    n = len(data)
+    assert np.all(tables.rewards[:, :, grid.base_action] == 0)
+    nonzero = 0
+    for ci, c in enumerate(data.classes):
+        per_clip = ev.class_counts_by_group(c, grid.table[ci], np.arange(n), n)
+        total = per_clip.sum(axis=0)
+        before = class_f_measure(_counts(total))
+        for clip in range(n):
+            for a in (0, 4, 7):
+                moved = total - per_clip[clip] + _clip_counts(data, c, clip, grid, ci, a)
+                f = class_f_measure(_counts(moved))
+                expected = n * ((0.0 if math.isnan(f) else f) - (0.0 if math.isnan(before) else before))
+                assert tables.rewards[clip, ci, a] == pytest.approx(expected, abs=1e-5)
+                nonzero += expected != 0
+    assert nonzero > 10
 
 
-def test_info_carries_the_step_counts(env: PostProcessingEnv, data: EvalSet) -> None:
-    env.reset(seed=3)
-    clip = int(env.clip_order[0])
-    action = env.action_space.sample()
-    _, _, _, _, info = env.step(action)
-    assert info["clip"] == data.filenames[clip]
-    single = Evaluator(data.subset([clip]))
-    for j, (c, p) in enumerate(env.grid.params(action, data.classes).items()):
-        n = single.class_counts(c, p)
-        assert info["class_counts"][j].tolist() == [n.nref, n.nsys, n.ntp]
+def _counts(v: np.ndarray) -> Counts:
+    return Counts(int(v[0]), int(v[1]), int(v[2]))
 
 
-def test_observation_is_the_clip_matrix_padded_or_cut(data: EvalSet) -> None:
-    scores = [data.scores(c) for c in data.classes]
-    n_frames = int(np.diff(scores[0].offsets)[0])
-    long = observation(scores, 0, n_frames + 5)
-    assert long.shape == (n_frames + 5, len(scores)) and long.dtype == np.float32
-    for j, cs in enumerate(scores):
-        assert np.array_equal(long[:n_frames, j], cs.clip(0))
-    assert not long[n_frames:].any()
-    short = observation(scores, 0, 7)
-    assert np.array_equal(short[:, 0], scores[0].clip(0)[:7])
-    env = PostProcessingEnv(data, SPACE, n_frames_max=7, episode_clips=3)
-    obs, _ = env.reset(seed=0)
-    assert np.array_equal(obs, observation(scores, int(env.clip_order[0]), 7))
+def _clip_counts(data: EvalSet, c: str, clip: int, grid: ResidualGrid, ci: int, a: int) -> np.ndarray:
+    n = Evaluator(data.subset([clip])).class_counts(c, grid.params(ci, a))
+    return np.array([n.nref, n.nsys, n.ntp])
 
 
-def _tiny_set() -> EvalSet:
-    """Two clips of 20 frames, one class: clip 0 silent (no event), clip 1 one event."""
-    hop = 0.1
-    p0 = np.full(20, 0.3, np.float32)
-    p1 = np.full(20, 0.1, np.float32)
-    p1[5:15] = 0.9
-    cs = ClassScores("Dog", np.concatenate([p0, p1]), np.array([0, 20, 40], np.int64))
+def test_rewards_of_a_small_table_by_hand() -> None:
+    # One class, 2 clips x 3 actions (base 1). Table totals: nref 4, nsys 4, ntp 2 -> F 0.5.
+    counts = np.array([[[[2, 3, 1], [2, 2, 1], [2, 0, 0]]], [[[2, 2, 1], [2, 2, 1], [2, 1, 1]]]])
+    r = residual_rewards(counts, 1)
+    # F = 2 ntp / (nref + nsys). Clip 0, action 0: totals [4, 5, 2] -> F 4/9; action 2:
+    # totals [4, 2, 1] -> F 1/3.
+    assert r[0, 0].tolist() == pytest.approx([2 * (4 / 9 - 0.5), 0.0, 2 * (1 / 3 - 0.5)])
+    # Clip 1, action 2: totals [4, 3, 2] -> F 4/7.
+    assert r[1, 0].tolist() == pytest.approx([0.0, 0.0, 2 * (4 / 7 - 0.5)])
+
+
+# --------------------------------------------------------------------------- live decisions
+
+
+def test_live_pairs_are_those_where_some_action_changes_the_events(
+    data: EvalSet, grid: ResidualGrid, tables: ResidualTables
+) -> None:
+    assert 0 < tables.live.sum() < tables.live.size
+    for clip in range(len(data)):
+        single = Evaluator(data.subset([clip]))
+        for ci, c in enumerate(data.classes):
+            events = [single.events(c, p) for p in grid.class_actions(ci)]
+            base = events[grid.base_action]
+            changed = any(len(e.onset_s) != len(base.onset_s) or not np.array_equal(e.onset_s, base.onset_s)
+                          or not np.array_equal(e.offset_s, base.offset_s) for e in events)
+            assert tables.live[clip, ci] == changed, (clip, c)
+    # A pair that is not live has the same counts under every action.
+    dead = ~tables.live
+    assert np.all(tables.counts[dead] == tables.counts[dead][:, :1])
+
+
+def test_episodes_show_live_pairs_only_and_every_one_of_them(
+    env: ResidualEnv, tables: ResidualTables
+) -> None:
+    live = {tuple(p) for p in np.argwhere(tables.live).tolist()}
+    assert {tuple(p) for p in env.pairs.tolist()} == live
+    assert env.episode_steps == min(4 * 3, len(live))
+    seen: set[tuple[int, int]] = set()
+    for seed in range(200):
+        env.reset(seed=seed)
+        pairs = [tuple(p) for p in env.episode_pairs.tolist()]
+        assert len(set(pairs)) == len(pairs) and set(pairs) <= live
+        seen |= set(pairs)
+    assert seen == live
+
+
+def test_with_no_live_pair_every_pair_is_shown() -> None:
+    # One class, two clips whose scores never reach any threshold of the grid.
+    cs = ClassScores("Dog", np.full(40, 0.01, np.float32), np.array([0, 20, 40], np.int64))
     refs = {"Dog": ClassEvents.from_lists([1], [0.5], [1.5])}
-    return EvalSet(["a.wav", "b.wav"], ["Dog"], hop, np.array([2.0, 2.0]), refs, lambda _: cs)
-
-
-def test_a_clip_without_events() -> None:
-    data = _tiny_set()
-    space = SearchSpace(kernels=(1,), threshold_low=0.2, threshold_high=0.8, threshold_step=0.2)
-    env = PostProcessingEnv(data, space, episode_clips=2)
-    thresholds = env.grid.thresholds
-    low = thresholds.index(0.2)  # fires on the silent clip (0.3 > 0.2)
-    # Find a seed that shows the silent clip first.
-    seed = next(s for s in range(100) if env.reset(seed=s)[1]["clip"] == "a.wav")
-    env.reset(seed=seed)
-    _, r, done, _, info = env.step(np.array([0, low]))
-    # A false alarm before any reference event: F is NaN (sed_eval), counted as 0.
-    assert info["class_counts"].tolist() == [[0, 1, 0]]
-    assert r == 0.0 and not done
-    _, r, done, _, info = env.step(np.array([0, low]))
-    assert info["class_counts"].tolist() == [[1, 1, 1]]
-    # The earlier false alarm now counts: P = 1/2, R = 1, F = 2/3.
-    assert r == pytest.approx(2 / 3) and done
-    env.reset(seed=seed)
-    high = thresholds.index(0.4)  # silent clip stays silent
-    _, r, _, _, info = env.step(np.array([0, high]))
-    assert info["class_counts"].tolist() == [[0, 0, 0]] and r == 0.0
-    _, r, _, _, _ = env.step(np.array([0, high]))
-    assert r == pytest.approx(1.0)
-
-
-def test_rejects_bad_actions_and_steps_after_the_end(env: PostProcessingEnv) -> None:
+    data = EvalSet(["a.wav", "b.wav"], ["Dog"], 0.1, np.array([2.0, 2.0]), refs, lambda _: cs)
+    env = ResidualEnv(data, ResidualGrid(((LOW,),), 0.5, 1), episode_clips=5)
+    assert not env.tables.live.any() and env.pairs.tolist() == [[0, 0], [1, 0]]
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="nvec"):
-        env.step(np.full(len(env.grid.nvec), 99))
-    with pytest.raises(ValueError, match="integers"):
-        env.step(np.zeros(2, np.int64))
-    for _ in range(env.episode_clips):
-        env.step(env.action_space.sample())
+    steps = [env.step(a) for a in (0, 2)]
+    assert [s[1] for s in steps] == [0.0, 0.0] and [s[2] for s in steps] == [False, True]
+    assert sorted(s[4]["counts"].tolist() for s in steps) == [[0, 0, 0], [1, 0, 0]]
+
+
+# --------------------------------------------------------------------------- routes, episodes
+
+
+def test_routes_train_every_network_but_the_clips_held_out_one(env: ResidualEnv) -> None:
+    used: dict[int, set[int]] = {}
+    for seed in range(100):
+        obs, _ = env.reset(seed=seed)
+        for step in range(env.episode_steps):
+            clip = int(env.episode_pairs[step][0])
+            route = int(np.argmax(obs[:3]))
+            assert route != env.holdout[clip]
+            used.setdefault(clip, set()).add(route)
+            obs, *_ = env.step(env.grid.base_action)
+    assert all(r == {0, 1, 2} - {int(env.holdout[c])} for c, r in used.items() if len(r) > 1)
+    assert any(len(r) == 2 for r in used.values())
+
+
+def test_same_seed_and_actions_give_identical_episodes(env: ResidualEnv, data: EvalSet,
+                                                        grid: ResidualGrid, tables: ResidualTables) -> None:
+    other = ResidualEnv(data, grid, holdout=np.arange(len(data)) % 3, n_nets=3, episode_clips=4,
+                        tables=tables)
+
+    def rollout(e: ResidualEnv, seed: int) -> list[tuple[list[float], float]]:
+        obs, _ = e.reset(seed=seed)
+        e.action_space.seed(seed)
+        out, done = [], False
+        while not done:
+            obs, r, done, truncated, _ = e.step(e.action_space.sample())
+            assert not truncated
+            out.append((obs.tolist(), float(r)))
+        return out
+
+    assert rollout(env, 11) == rollout(other, 11)
+    env.reset(seed=12)
+    order = env.episode_pairs
+    env.reset(seed=11)
+    assert not np.array_equal(order, env.episode_pairs)
+
+
+def test_rejects_bad_actions_steps_after_the_end_and_bad_arguments(env: ResidualEnv, data: EvalSet,
+                                                                   grid: ResidualGrid) -> None:
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(10)
+    for _ in range(env.episode_steps):
+        env.step(0)
     with pytest.raises(RuntimeError, match="reset"):
-        env.step(env.action_space.sample())
+        env.step(0)
+    with pytest.raises(SedtuneInputError, match="holdout"):
+        ResidualEnv(data, grid, holdout=np.full(len(data), 3), n_nets=3, tables=env.tables)
+    with pytest.raises(SedtuneInputError, match="grid has 1 classes"):
+        ResidualEnv(data, ResidualGrid(((LOW,),)))
 
 
-def test_action_grid_adds_blocks_only_for_searched_stages() -> None:
-    space = SearchSpace(
-        kernels=(1, 3), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9, threshold_step=0.4
-    )
-    grid = ActionGrid.from_space(space, 2)
-    assert [name for name, _ in grid.blocks] == ["median_filter_frames", "threshold", "fill_gap_s"]
-    assert grid.nvec.tolist() == [2, 2, 3, 3, 2, 2]
-    params = grid.params(np.array([1, 0, 2, 1, 1, 0]), ["a", "b"])
-    assert params["a"] == ClassParams(median_filter_frames=3, threshold=0.9, fill_gap_s=0.2)
-    assert params["b"] == ClassParams(median_filter_frames=1, threshold=0.5, fill_gap_s=0.0)
-
-
-def test_nearest_action_round_trips_grid_points_and_snaps_others() -> None:
-    space = SearchSpace(
-        kernels=(1, 3, 7), fill_gap_s=(0.0, 0.2), threshold_low=0.1, threshold_high=0.9, threshold_step=0.4
-    )
-    grid = ActionGrid.from_space(space, 2)
-    for action in ([2, 0, 1, 2, 1, 0], [0, 1, 0, 0, 0, 1]):
-        params = grid.params(np.array(action), ["a", "b"])
-        assert grid.nearest_action([params["a"], params["b"]]).tolist() == action
-    off_grid = [ClassParams(median_filter_frames=5, threshold=0.62, fill_gap_s=0.15),
-                ClassParams(median_filter_frames=9, threshold=0.05)]
-    # kernel 5 -> 3 (first of the nearest), 9 -> 7; thresholds 0.62 -> 0.5, 0.05 -> 0.1; gaps 0.2, 0.0
-    assert grid.nearest_action(off_grid).tolist() == [1, 2, 1, 0, 1, 0]
-    with pytest.raises(ValueError, match="need 2 class parameters"):
-        grid.nearest_action(off_grid[:1])
+# --------------------------------------------------------------------------- replicas and shards
 
 
 @pytest.mark.parametrize(
@@ -242,15 +383,20 @@ def test_replica_index_errors() -> None:
         replica_shards(4, 3, 0, 2, 2)
 
 
-def test_replicas_read_different_shards(synth: SynthResult, data: EvalSet) -> None:
+def test_replicas_read_different_shards_and_share_tables(synth: SynthResult, data: EvalSet,
+                                                         grid: ResidualGrid) -> None:
     ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path)
     seen: list[set[str]] = []
+    holdout = {n: i % 2 for i, n in enumerate(data.filenames)}
     for worker in (1, 2):
         for vector in (0, 1):
             shards = replica_shards(4, worker, vector, num_workers=2, num_envs=2)
-            env = PostProcessingEnv.from_shards(ref, shards, SPACE, episode_clips=4)
+            env = ResidualEnv.from_shards(ref, shards, grid, holdout=holdout, n_nets=2, episode_clips=4)
             seen.append(set(env.data.filenames))
             assert len(env.data) == 6
+            assert env.holdout.tolist() == [holdout[n] for n in env.data.filenames]
+            again = ResidualEnv.from_shards(ref, shards, grid, holdout=holdout, n_nets=2)
+            assert again.tables is env.tables
     assert all(a.isdisjoint(b) for i, a in enumerate(seen) for b in seen[i + 1 :])
     assert set().union(*seen) == set(data.filenames)
 
@@ -271,114 +417,13 @@ def test_shards_are_restricted_to_the_clips_in_play(synth: SynthResult, data: Ev
 def test_replicas_see_only_the_jobs_classes_in_its_order(synth: SynthResult, data: EvalSet) -> None:
     picked = (data.classes[2], data.classes[0])
     ref = DataRef(synth.scores_uri, synth.ground_truth_path, synth.durations_path, classes=picked)
-    env = PostProcessingEnv.from_shards(ref, [0, 1], SPACE, episode_clips=4)
+    g = ResidualGrid(((FRAMES,), (LOW,)), 0.5, 1)
+    env = ResidualEnv.from_shards(ref, [0, 1], g, episode_clips=4)
     assert env.data.classes == list(picked)
-    assert env.observation_space.shape == (env.n_frames_max, 2)
+    assert env.observation_space.shape == (1 + 2 * 2 + 9,)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
-    clip = data.filenames.index(env.data.filenames[int(env.clip_order[0])])
-    assert np.array_equal(obs[: len(data.scores(picked[0]).clip(clip)), 0], data.scores(picked[0]).clip(clip))
-
-
-# --------------------------------------------------------------------------- both decoders
-
-# 2 frames kernels + 2 step filters x 2 merge criteria of boxes: 6 decodings per class.
-SPACE2 = SearchSpace(
-    kernels=(1, 5),
-    threshold_low=0.05,
-    threshold_high=0.95,
-    threshold_step=0.1,
-    decoders=("frames", "boxes"),
-    box_step_filter_s=(0.32, 0.64),
-    box_merge=((0.2, None), (None, 2.0)),
-)
-
-
-@pytest.fixture
-def env2(data: EvalSet) -> PostProcessingEnv:
-    return PostProcessingEnv(data, SPACE2, episode_clips=8)
-
-
-def test_two_decoder_env_passes_the_checker(env2: PostProcessingEnv) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*render.*")
-        check_env(env2)
-
-
-def test_two_decoder_grid_indexes_the_space_settings(env2: PostProcessingEnv, data: EvalSet) -> None:
-    c, t = len(data.classes), len(SPACE2.threshold_grid())
-    grid = env2.grid
-    assert [name for name, _ in grid.blocks] == ["decoding", "threshold"]
-    assert env2.action_space == MultiDiscrete([6] * c + [t] * c)
-    assert grid.settings() == list(SPACE2.settings)
-    assert [s.decoder for s in grid.settings()] == ["frames"] * 2 + ["boxes"] * 4
-    # Every (setting, threshold) pair is a point of the space, and the action picks it.
-    for si in range(len(SPACE2.settings)):
-        for ti in range(t):
-            p = grid.class_params(si, ti)
-            assert SPACE2.contains(p) and p.validate("grid") == p
-    action = np.array([0, 3, 5, 1, 2, 3])  # decodings, then thresholds
-    params = grid.params(action, data.classes)
-    assert params[data.classes[0]] == ClassParams(median_filter_frames=1, threshold=0.15)
-    assert params[data.classes[1]] == SPACE2.settings[3].with_threshold(0.25)
-    assert params[data.classes[2]].decoder == "boxes" and params[data.classes[2]].merge_rel == 2.0
-    assert grid.nearest_action(list(params.values())).tolist() == action.tolist()
-
-
-def test_two_decoder_grid_with_clean_up_blocks_keeps_the_setting_order() -> None:
-    space = replace(SPACE2, fill_gap_s=(0.0, 0.2), min_duration_s=(0.0, 0.1, 0.3))
-    grid = ActionGrid.from_space(space, 1)
-    assert grid.settings() == list(space.settings)
-    assert [n for n, _ in grid.blocks] == ["decoding", "threshold", "fill_gap_s", "min_duration_s"]
-    for si, s in enumerate(space.settings):
-        action = grid.nearest_action([s.with_threshold(0.45)])
-        setting, thr = grid.split(action)
-        assert int(setting[0]) == si and grid.thresholds[int(thr[0])] == pytest.approx(0.45)
-
-
-def test_nearest_action_crosses_decoders_when_the_grid_lacks_one() -> None:
-    boxes_only = ActionGrid.from_space(replace(SPACE2, decoders=("boxes",)), 2)
-    frames_only = ActionGrid.from_space(replace(SPACE2, decoders=("frames",)), 2)
-    manual = ClassParams(median_filter_frames=7, threshold=0.5)
-    box = ClassParams(median_filter_frames=1, threshold=0.3, decoder="boxes", step_filter_s=0.6,
-                      merge_rel=2.5)
-    # A frames class on a boxes grid: kernel 1 (the only one), the smallest step filter, and
-    # a merge criterion of neither kind matches, so the first listed; a box class keeps its own.
-    picked = boxes_only.params(boxes_only.nearest_action([manual, box]), ["a", "b"])
-    assert picked["a"] == SPACE2.settings[2].with_threshold(0.45)
-    assert (picked["b"].step_filter_s, picked["b"].merge_abs, picked["b"].merge_rel) == (0.64, None, 2.0)
-    # A box class on a frames grid: the nearest frames kernel to its median filter.
-    picked = frames_only.params(frames_only.nearest_action([manual, box]), ["a", "b"])
-    assert picked["a"].median_filter_frames == 5 and picked["b"] == ClassParams(median_filter_frames=1,
-                                                                                threshold=0.25)
-
-
-def test_grid_json_round_trip(env2: PostProcessingEnv) -> None:
-    grid = env2.grid
-    assert ActionGrid.from_json(json.loads(json.dumps(grid.to_json())), grid.n_classes) == grid
-    frames = ActionGrid.from_space(SPACE, 3)
-    old = {k: v for k, v in frames.to_json().items() if k != "boxes"}  # a sedtune.rl_policy/1 grid
-    assert ActionGrid.from_json(old, 3) == frames
-
-
-def test_count_table_of_box_settings_is_the_evaluators_count(env2: PostProcessingEnv, data: EvalSet) -> None:
-    grid = env2.grid
-    boxes = [si for si, s in enumerate(grid.settings()) if s.decoder == "boxes"]
-    assert boxes and env2.table.shape == (len(data), 3, len(grid.settings()), len(grid.thresholds), 3)
-    # Some box entries detect events and some of those hit: the comparison is not vacuous.
-    assert env2.table[:, :, boxes, :, 1].sum() > 0 and env2.table[:, :, boxes, :, 2].sum() > 0
-    for clip in (0, 7, 19):
-        single = Evaluator(data.subset([clip]))
-        for ci, c in enumerate(data.classes):
-            for si in boxes:
-                for ti in range(len(grid.thresholds)):
-                    n = single.class_counts(c, grid.class_params(si, ti))
-                    assert env2.table[clip, ci, si, ti].tolist() == [n.nref, n.nsys, n.ntp], (clip, c, si, ti)
-
-
-def test_two_decoder_return_is_the_episode_macro_f(env2: PostProcessingEnv, data: EvalSet) -> None:
-    _, rewards, actions = _rollout(env2, seed=5, action_seed=7)
-    settings = env2.grid.settings()
-    assert any(settings[int(s)].decoder == "boxes" for a in actions for s in env2.grid.split(a)[0])
-    expected = _direct_macro_f(data, env2.grid, env2.clip_order, actions)
-    assert sum(rewards) == pytest.approx(expected, abs=1e-12)
+    clip, ci = env.episode_pairs[0]
+    whole = data.filenames.index(env.data.filenames[clip])
+    scores = [data.scores(c).take(np.array([whole])) for c in picked]
+    assert np.array_equal(obs[1:], clip_features(scores, g, data.frame_hop_s)[0, ci])
