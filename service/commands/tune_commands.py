@@ -149,9 +149,9 @@ def demo_spec(root: str, budget: float, seed: int) -> dict[str, Any]:
             {"name": "exact", "budget": budget},
             {"name": "random", "budget": budget},
             {"name": "bayes", "budget": budget},
-            # Smaller PPO batches than the default 2048 clips: at 40 evaluations of 150 tuning
-            # clips the default leaves room for one iteration only (measured: static table
-            # held-out 0.454 = untrained; with 1024, two iterations and 0.509).
+            # Smaller PPO batches than the default 4096 steps: the static table's sweep takes 35
+            # of the 40 evaluations, and the rest (about 5 x 150 clips x 6 classes steps) would
+            # be one iteration at the default; 1024 gives the residual policy several.
             {"name": "rl", "budget": budget, "options": {"train_batch_size": 1024, "minibatch_size": 128}},
         ],
         "folds": 4,

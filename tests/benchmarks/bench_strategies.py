@@ -8,13 +8,16 @@ F1, the held-out gain over manual with its bootstrap interval, evaluations and w
 for manual, exact, random, bayes and rl (static table and clip-adaptive, plus its untrained
 policy), each with naive selection (best tuning F1) and the default robust selection.
 
-Bars (issue 3): every robust strategy at or above manual on mean held-out F1; rl above its
-own untrained policy, read out the same way (static table: ``rl/naive`` above
-``rl/untrained``; clip-adaptive: ``rl/adaptive`` above ``rl/untrained_adaptive``); robust
-exact above naive exact on held-out F1 on both sets. Goal (recorded either way): robust
-exact's mean held-out gain over manual >= +1.8 points on dcase2021-baseline-student and
->= +3.1 on dcase2020-baseline. Reported, not bars (INFO): the clip-adaptive read-out against
-manual and against the untrained static table.
+Bars (issue 3): every robust strategy at or above manual on mean held-out F1; rl's trained
+clip-adaptive policy at or above its untrained one (``rl/adaptive`` >= ``rl/untrained_adaptive``:
+since issue 12 the untrained policy is rl's static table, the robust selection of the exact
+sweep it starts from, so training can only add the per-clip changes its gate accepts; issue 3
+asked for "above", which held while the untrained policy was a random one); robust exact above
+naive exact on held-out F1 on both sets. Goal (recorded either way): robust exact's mean
+held-out gain over manual >= +1.8 points on dcase2021-baseline-student and >= +3.1 on
+dcase2020-baseline. Reported, not bars (INFO): the clip-adaptive read-out against manual and
+against the untrained static table, and ``rl/naive`` against ``rl/untrained`` (since issue 12
+two selections, naive and robust, of the same sweep).
 
 Issue 10 (decoders): per set it also prints the recommended parameters' mean held-out F1
 beside two references: the change-point event boxes of Ebbers et al. tuned on the same tuning
@@ -23,6 +26,13 @@ issue measured it with the authors' implementation (PUBLISHED, fixed figures), a
 grid search with sedtune's boxes decoder, measured in this run on the same splits (job
 ``authors-grid``: exact/naive, budget None, boxes only). Bar: the recommendation's mean
 held-out F1 >= PUBLISHED on every set. Goal: one point above it.
+
+Issue 12 (rl that earns its place): per set it also prints rl's seconds per split beside
+exact's and the paired bootstrap interval (over the same held-out clips of every split) of
+``rl/adaptive`` minus the job's best static recommendation. Bars: ``rl/adaptive`` at or above
+manual and at or above rl's own static table (``rl/robust``) on every set; ``rl/robust``
+within 0.3 points of ``exact/robust``; rl at most 60 s per split. Goal (recorded either way):
+``rl/adaptive`` above the best static recommendation on at least two sets.
 
 Run: python tests/benchmarks/bench_strategies.py [--splits 5] [--budget 200]
      [--strategies manual,exact,random,bayes,rl] [--sets student,2020,teacher] [--no-ray]
@@ -38,7 +48,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from envs.evaluator import Evaluator
+from envs.heldout import ClipCounts, GainInterval, clip_counts, clip_counts_of_events, gain_interval
 from envs.importers import import_tsv_folder
+from envs.params import ClassParams
+from envs.problem import DataRef, TuningProblem, fold_counts
+from envs.selection import Candidate, select_robust
+from envs.split import split_clips
+from service.strategies.base import StrategyResult
+from service.tuning.check import check_job
 from service.tuning.outputs import comparison_markdown
 from service.tuning.runner import JobResult, Row, run_job
 from service.tuning.spec import parse_spec
@@ -115,6 +133,85 @@ def _row(result: JobResult, strategy: str, selection: str) -> Row | None:
     return next((r for r in result.rows if r.strategy == strategy and r.selection == selection), None)
 
 
+#: Issue 12: rl's robust static table may trail exact's by at most this (held-out macro F).
+RL_STATIC_TOLERANCE = 0.003
+#: Issue 12: rl's wall seconds per split at a budget of 200.
+RL_SECONDS_PER_SPLIT = 60.0
+
+
+def _static_params(
+    res: StrategyResult, selection: str, manual: dict[str, Candidate]
+) -> dict[str, ClassParams]:
+    """A static row's parameters on one split, as the runner derived them."""
+    if selection == "robust":
+        return select_robust(res.candidates, manual)[0]
+    if selection in ("naive", "fixed"):
+        return dict(res.naive)
+    return dict(res.readouts[selection])
+
+
+def adaptive_vs_best_static(result: JobResult) -> tuple[str, GainInterval] | None:
+    """Paired bootstrap interval of rl/adaptive minus the recommended static row, over the splits.
+
+    Rebuilds every split as the runner did (same clips, folds and manual counts) and scores
+    both on its held-out clips; the interval is :func:`envs.heldout.gain_interval`'s.
+    """
+    rec, spec = result.recommended, result.spec
+    if "rl" not in result.results or rec.strategy not in result.results:
+        return None
+    job = check_job(spec)
+    pairs: list[tuple[ClipCounts, ClipCounts]] = []
+    for k, (mine, theirs) in enumerate(zip(result.results["rl"], result.results[rec.strategy], strict=True)):
+        tune_idx, held_idx = split_clips(len(job.data), spec.heldout.fraction, spec.heldout.seed + k)
+        names = tuple(job.data.filenames[i] for i in tune_idx)
+        data = spec.data
+        ref = DataRef(data.scores, data.ground_truth, data.durations, names, tuple(job.classes))
+        problem = TuningProblem(ref, ref.load(), job.space, job.metric, job.manual, spec.folds, spec.seed + k)
+        counts = fold_counts(problem.evaluator, job.manual, problem.folds, problem.n_folds)
+        manual = {c: Candidate(job.manual[c], counts[c]) for c in job.classes}
+        held = Evaluator(job.data.subset(held_idx), job.metric)
+        static = clip_counts(held, _static_params(theirs, rec.selection, manual))
+        pairs.append((clip_counts_of_events(held, mine.policies["adaptive"].events(held.data)), static))
+    return rec.key, gain_interval(pairs, spec.bootstrap, spec.seed)
+
+
+def rl_report(name: str, result: JobResult) -> list[tuple[str, bool]]:
+    """Issue 12: print rl's cost and its adaptive gain over the best static row; its bars."""
+    rl, exact = _row(result, "rl", "robust"), _row(result, "exact", "robust")
+    adaptive, manual = _row(result, "rl", "adaptive"), _row(result, "manual", "fixed")
+    if rl is None or adaptive is None:
+        return []
+    out = []
+    exact_s = f"{exact.wall_s:.1f}" if exact else "n/a"
+    print(f"rl: {rl.wall_s:.1f} s per split (exact: {exact_s} s); evaluations {rl.evaluations:.1f}")
+    for k, res in enumerate(result.results["rl"]):
+        gate = res.info.get("gate") or {}
+        timing = " ".join(f"{key} {v:.1f}" for key, v in res.info.get("timing_s", {}).items())
+        print(f"  split {k}: {res.info.get('adaptive')}; adapted {gate.get('adapted', [])}; "
+              f"seconds: {timing}")
+    vs = adaptive_vs_best_static(result)
+    if vs is not None:
+        key, g = vs
+        print(f"rl/adaptive - {key} (best static), held-out: {100 * g.gain:+.2f} points "
+              f"(95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f})")
+        interval = f"{100 * g.gain:+.2f} points (95% CI {100 * g.low:+.2f} to {100 * g.high:+.2f})"
+        out.append((f"{name}: GOAL rl/adaptive above the best static recommendation {key}: {interval}",
+                    g.gain > 0))
+    if manual is not None:
+        out.append((f"{name}: rl/adaptive held-out {adaptive.heldout_f_mean:.4f} >= manual "
+                    f"{manual.heldout_f_mean:.4f}", adaptive.heldout_f_mean >= manual.heldout_f_mean))
+    out.append((f"{name}: rl/adaptive held-out {adaptive.heldout_f_mean:.4f} >= rl/robust (its static table) "
+                f"{rl.heldout_f_mean:.4f}", adaptive.heldout_f_mean >= rl.heldout_f_mean))
+    if exact is not None:
+        out.append((f"{name}: rl/robust {rl.heldout_f_mean:.4f} within {100 * RL_STATIC_TOLERANCE:.1f} "
+                    f"points of exact/robust {exact.heldout_f_mean:.4f}",
+                    rl.heldout_f_mean >= exact.heldout_f_mean - RL_STATIC_TOLERANCE))
+    if any(s.budget == 200 for s in result.spec.strategies if s.name == "rl"):
+        out.append((f"{name}: rl {rl.wall_s:.1f} s per split <= {RL_SECONDS_PER_SPLIT:g}",
+                    rl.wall_s <= RL_SECONDS_PER_SPLIT))
+    return out
+
+
 def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
     manual = _row(result, "manual", "fixed")
     assert manual is not None
@@ -122,11 +219,20 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
     for r in result.rows:
         if r.selection == "robust":
             out.append((f"{name}: {r.key} held-out >= manual", r.heldout_f_mean >= manual.heldout_f_mean))
+    # Issue 3's rl bars compared trained and untrained read-outs. Since issue 12 rl's untrained
+    # policy *is* its static table (exact's robust selection of the sweep it runs first) and
+    # training can only add per-clip changes that its cross-fitted gate accepts, the bar is
+    # that the trained clip-adaptive policy is never below that starting point on held-out
+    # clips; on a set where the gate rejects every change the two are equal. That training
+    # learns is shown where adaptation is possible (tests/integration/test_rl_adaptive.py,
+    # the calibration-offset set). rl/naive against rl/untrained now compares two selections
+    # of the same sweep (naive and robust), so it is reported, not a bar.
     rl_static, rl_untrained = _row(result, "rl", "naive"), _row(result, "rl", "untrained")
     if rl_static and rl_untrained:
         out.append(
             (
-                f"{name}: rl/naive held-out > rl/untrained",
+                f"{name}: INFO rl/naive held-out {rl_static.heldout_f_mean:.4f} vs rl/untrained "
+                f"(the robust table) {rl_untrained.heldout_f_mean:.4f}",
                 rl_static.heldout_f_mean > rl_untrained.heldout_f_mean,
             )
         )
@@ -134,8 +240,9 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
     if rl_ad and rl_ad0:
         out.append(
             (
-                f"{name}: rl/adaptive held-out > rl/untrained_adaptive",
-                rl_ad.heldout_f_mean > rl_ad0.heldout_f_mean,
+                f"{name}: rl/adaptive held-out {rl_ad.heldout_f_mean:.4f} >= rl/untrained_adaptive "
+                f"(the table it starts from) {rl_ad0.heldout_f_mean:.4f}",
+                rl_ad.heldout_f_mean >= rl_ad0.heldout_f_mean,
             )
         )
     if rl_ad:
@@ -227,6 +334,8 @@ def main() -> int:
             per_class = comparison_markdown(result).split("## Per-class")[1].splitlines()[1:]
             print("\n".join(per_class), flush=True)
             bars += check_bars(name, result)
+            print()
+            bars += rl_report(name, result)
     print("\n## Bars and goals\n")
     for text, ok in bars:
         kind = ("met" if ok else "missed") if "GOAL" in text or "INFO" in text else ("PASS" if ok else "FAIL")
