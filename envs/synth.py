@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from envs.errors import SedtuneInputError
+from envs.folders import fresh_dir
 from envs.scoreformat import resolve
 from envs.scorewriter import ScoreSetWriter
 from envs.synth_config import SynthConfig
@@ -174,17 +174,6 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> tuple[pafs.FileSystem, str]
     return fs, root
 
 
-def _fresh_dir(parent: str, prefix: str) -> str:
-    """A new folder ``parent/<prefix><8 hex digits>`` with the default mode (mkdtemp's is 0700)."""
-    while True:
-        path = os.path.join(parent, prefix + secrets.token_hex(4))
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-
-
 def _publish(staging: str, root: str) -> None:
     """Move a complete set from ``staging`` to ``root`` (local paths).
 
@@ -249,7 +238,7 @@ def generate(
     else:
         parent, name = os.path.split(os.path.realpath(root))
         os.makedirs(parent, exist_ok=True)
-        staging = _fresh_dir(parent, f".{name}.synth-staging-")
+        staging = fresh_dir(parent, f".{name}.synth-staging-")
         try:
             n_events, n_clips = _write(fs, staging, staging, config, progress, overwrite=False)
             _publish(staging, os.path.join(parent, name))

@@ -24,12 +24,12 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from typing import Protocol
 
 from envs.errors import SedtuneInputError
+from envs.folders import fresh_dir
 from service.tuning import interrupt
 
 LOG = logging.getLogger(__name__)
@@ -53,17 +53,6 @@ class OutputFolder(Protocol):
 
     def discard(self) -> None:
         """Remove what the run staged (after a failure or an interrupt); the target is untouched."""
-
-
-def _fresh_dir(parent: str, prefix: str) -> str:
-    """A new folder ``parent/<prefix><8 hex digits>`` with the default mode (mkdtemp's is 0700)."""
-    while True:
-        path = os.path.join(parent, prefix + secrets.token_hex(4))
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
 
 
 def check_output(target: str, force: bool) -> None:
@@ -111,7 +100,7 @@ class StagedOutput:
         parent, name = os.path.split(self.target)
         try:
             os.makedirs(parent, exist_ok=True)
-            self.path = _fresh_dir(parent, f".{name}.sedtune-staging-")
+            self.path = fresh_dir(parent, f".{name}.sedtune-staging-")
         except OSError as e:
             raise SedtuneInputError(
                 f"output {target}: cannot create a folder in {parent} ({e.strerror or e})"
