@@ -14,6 +14,13 @@ return with partial results (Tune's SIGINT handler ends the experiment "graceful
 handler). So: Tune's SIGINT handler is switched off (``$TUNE_DISABLE_SIGINT_HANDLER=1`` while
 inside), and :func:`reinstall` puts this module's handlers back after ``ray.init``.
 
+A signal can arrive while Python runs code whose exceptions it cannot propagate (a finalizer,
+a weakref callback, the at-fork hooks that run while Ray starts its processes): Python then
+reports the exception as "ignored", with a traceback on stderr. Inside :func:`interruptible`
+``sys.unraisablehook`` drops an :class:`Interrupted` reported that way (the signal is already
+recorded, and the next :func:`check` raises it); any other unraisable exception is reported
+as before.
+
 Further signals while stopping are ignored (stopping takes a few seconds: Ray shuts down);
 SIGKILL ends the process at once. Inside :func:`deferred` (publishing results: a few renames)
 a signal is only recorded; the caller's next :func:`check` raises it.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +87,7 @@ class _State:
     deferring: int = 0
     previous: dict[int, Any] = field(default_factory=dict)
     env: str | None = None
+    unraisable: Any = None
 
 
 _STATE = _State()
@@ -91,6 +100,19 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     _STATE.signum = signum
     if not _STATE.deferring:
         raise Interrupted(signum)
+
+
+def _unraisable(args: Any) -> None:
+    """``sys.unraisablehook`` inside a block: an :class:`Interrupted` Python could not raise is dropped.
+
+    Args:
+        args: ``sys.UnraisableHookArgs`` (exception, traceback, message, object).
+    """
+    if isinstance(args.exc_value, Interrupted):
+        LOG.debug("%s arrived where Python cannot raise (%s); raised at the next check",
+                  args.exc_value.signame, args.err_msg or "unraisable")
+        return
+    (_STATE.unraisable or sys.__unraisablehook__)(args)
 
 
 def _main_thread() -> bool:
@@ -114,6 +136,8 @@ def interruptible() -> Iterator[None]:
         _STATE.previous = {int(signum): signal.getsignal(signum) for signum in SIGNALS}
         _STATE.env = os.environ.get(TUNE_SIGINT_ENV)
         os.environ[TUNE_SIGINT_ENV] = "1"
+        _STATE.unraisable = sys.unraisablehook
+        sys.unraisablehook = _unraisable
         for signum in SIGNALS:
             signal.signal(signum, _handler)
     _STATE.depth += 1
@@ -125,6 +149,8 @@ def interruptible() -> Iterator[None]:
             _STATE.signum = None
             for number, h in _STATE.previous.items():
                 signal.signal(number, h if h is not None else signal.SIG_DFL)
+            sys.unraisablehook = _STATE.unraisable or sys.__unraisablehook__
+            _STATE.unraisable = None
             if _STATE.env is None:
                 os.environ.pop(TUNE_SIGINT_ENV, None)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 
 import pytest
 
@@ -100,3 +101,42 @@ def test_rays_own_sigterm_exit_during_ray_init_is_an_interrupt(monkeypatch) -> N
     assert caught.value.exit_code == 143
     with pytest.raises(SystemExit):  # outside a run: left alone
         init_ray(None, 1)
+
+
+class _RaisesOnCollection:
+    """Sends itself a signal from its finalizer, where Python cannot raise an exception."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __del__(self) -> None:
+        signal.raise_signal(self.signum)
+
+
+def test_a_signal_where_python_cannot_raise_is_not_reported_and_is_raised_by_check(monkeypatch) -> None:
+    # As when SIGINT arrives in logging's at-fork hook while ray.init starts its processes:
+    # Python would print "Exception ignored in ..." with a traceback (the hook before ours).
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: reported.append(args.exc_value))
+    previous = sys.unraisablehook
+    with interrupt.interruptible():
+        obj = _RaisesOnCollection(signal.SIGINT)
+        del obj  # the finalizer runs here; its Interrupted is "unraisable"
+        assert interrupt.received() == signal.SIGINT
+        with pytest.raises(Interrupted):
+            interrupt.check()
+    assert reported == []
+    assert sys.unraisablehook is previous
+
+
+def test_other_unraisable_exceptions_go_to_the_previous_hook(monkeypatch) -> None:
+    class Broken:
+        def __del__(self) -> None:
+            raise ValueError("a real bug in a finalizer")
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_value))
+    with interrupt.interruptible():
+        obj = Broken()
+        del obj
+    assert len(seen) == 1 and isinstance(seen[0], ValueError)
