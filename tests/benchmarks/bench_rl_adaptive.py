@@ -17,6 +17,7 @@ Run: python tests/benchmarks/bench_rl_adaptive.py [--splits 5] [--budget 200] [-
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,18 +30,14 @@ from service.tuning.outputs import comparison_markdown
 from service.tuning.runner import JobResult, run_job
 from service.tuning.spec import parse_spec
 
-#: Clean events, so that the threshold is what matters (as tests/integration/test_rl_adaptive.py).
-CLEAN = {
-    "n_classes": 4, "seed": 1, "clips_per_shard": 100, "noise_std_logit": 0.3,
-    "fp_bursts_per_event": 0.1, "clip_offset_std_logit": 0.1, "event_strength_std": 0.1,
-    "onset_lag_range_s": (0.0, 0.0), "offset_lag_range_s": (0.0, 0.0), "lag_jitter_s": 0.02,
-    "confusion_fraction_range": (0.0, 0.05),
-}
+# The generator settings of the test (clean events, so that the threshold is what matters).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.integration.test_rl_adaptive import CALIBRATION_SD, CLEAN
 
 
 def run(root: Path, calibration_sd: float, args: argparse.Namespace) -> JobResult:
     """Generate the set and run manual, exact and rl on it."""
-    config = SynthConfig(n_clips=args.clips, clip_calibration_std_logit=calibration_sd, **CLEAN)
+    config = SynthConfig(**{**CLEAN, "n_clips": args.clips}, clip_calibration_std_logit=calibration_sd)
     synth = generate(str(root / "data"), config)
     spec = {
         "name": f"rl-adaptive-{calibration_sd:g}",
@@ -83,7 +80,8 @@ def main() -> int:
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--budget", type=float, default=200)
     ap.add_argument("--clips", type=int, default=400)
-    ap.add_argument("--calibration", type=float, default=1.5, help="per-clip offset std (logit units)")
+    ap.add_argument("--calibration", type=float, default=CALIBRATION_SD,
+                    help="per-clip offset std (logit units)")
     ap.add_argument("--static-share", type=float, default=0.95, help="rl's share of the budget for its table")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

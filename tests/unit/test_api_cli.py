@@ -4,40 +4,23 @@ one-line errors, exit codes."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 import yaml
 
 from service.cli import main
-from tests.ports import free_port
-from tests.unit.api_support import TOKEN, Api, make_api, write_fake_result
+from tests.unit.api_support import TOKEN, Api, make_api, serve, write_fake_result
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch) -> Iterator[tuple[Api, str]]:
     (tmp_path / "data" / "set").mkdir(parents=True)  # the data root; check_data is off
     api = make_api(tmp_path)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(api.client.app, host="127.0.0.1", port=port, log_level="warning",
-                                        lifespan="off"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("SEDTUNE_SERVER", url)
-    monkeypatch.setenv("SEDTUNE_TOKEN", TOKEN)
-    try:
+    with serve(api) as url:
+        monkeypatch.setenv("SEDTUNE_SERVER", url)
+        monkeypatch.setenv("SEDTUNE_TOKEN", TOKEN)
         yield api, url
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
