@@ -12,10 +12,14 @@ line, ``sedtune: interrupted (SIGINT); no results written`` or what it left, and
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from envs.errors import SedtuneInputError
 
@@ -103,6 +107,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The ``sedtune`` console script: :func:`main`, then a fast exit with its code.
+
+    Python's normal exit tears down every module and object left in the process; after a run
+    that loaded Ray, Tune, RLlib and torch that took 5.5 s of a 38 s ``sedtune demo``
+    (measured), after the results were written. When :func:`main` returns, the command's work
+    is done; this ends the process the way a normal exit would, minus that teardown: it joins
+    the non-daemon threads, runs the ``atexit`` handlers (logging's flush, the libraries'
+    shutdown hooks) and flushes stdout and stderr, then calls ``os._exit``. An exception out
+    of :func:`main` (``SystemExit`` from argparse, a ``--debug`` traceback) takes the normal
+    exit path. In-process callers (the tests) call :func:`main`.
+    """
+    code = main()
+    main_thread = threading.main_thread()
+    for t in threading.enumerate():
+        if t is not main_thread and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed stream or a broken pipe: nothing more can be said there.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def _interrupted(e: KeyboardInterrupt) -> int:
     """One line for an interrupted command; its exit code (128 + the signal number)."""
     from service.tuning.interrupt import Interrupted
@@ -120,4 +149,4 @@ def _one_line(text: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shlex
 import tempfile
@@ -300,6 +301,18 @@ class _Tally:
         return {name: run_id for r, name, run_id in self.runs if r == role}
 
 
+def _batches(params: list[Any], metrics: list[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
+    """``log_batch`` calls for a run: up to :data:`_PARAMS_PER_BATCH` params and
+    :data:`_METRICS_PER_BATCH` metrics in each (MLflow's limits: 100 params, 1000 entities per
+    call); a small run takes one call (one database transaction)."""
+    n = max(math.ceil(len(params) / _PARAMS_PER_BATCH), math.ceil(len(metrics) / _METRICS_PER_BATCH))
+    for i in range(n):
+        yield (
+            params[i * _PARAMS_PER_BATCH : (i + 1) * _PARAMS_PER_BATCH],
+            metrics[i * _METRICS_PER_BATCH : (i + 1) * _METRICS_PER_BATCH],
+        )
+
+
 def _log_run(client: Any, exp_id: str, plan: RunPlan, parent: str | None, tally: _Tally) -> str:
     """Create one run of the plan with its children; FINISHED only once all of it is logged."""
     from mlflow.entities import Metric, Param
@@ -309,13 +322,12 @@ def _log_run(client: Any, exp_id: str, plan: RunPlan, parent: str | None, tally:
         tags["mlflow.parentRunId"] = parent
     run_id = str(client.create_run(exp_id, tags=tags, run_name=plan.name).info.run_id)
     try:
-        params = [Param(k, v) for k, v in plan.params.items()]
-        for i in range(0, len(params), _PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=params[i : i + _PARAMS_PER_BATCH])
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v, step in plan.metrics]
-        for i in range(0, len(metrics), _METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=metrics[i : i + _METRICS_PER_BATCH])
+        for params, metrics in _batches(
+            [Param(k, v) for k, v in plan.params.items()],
+            [Metric(k, v, now, step) for k, v, step in plan.metrics],
+        ):
+            client.log_batch(run_id, params=params, metrics=metrics)
         for path, artifact_dir in plan.artifacts:
             if os.path.isdir(path):
                 client.log_artifacts(run_id, path, artifact_dir)

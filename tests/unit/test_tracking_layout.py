@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.results import tracking
 from service.results.plots import curve_points, write_plots
 from service.results.tracking import resolve_uri, try_log
 from service.results.tracking_layout import (
@@ -215,3 +216,18 @@ def test_default_uri_is_sqlite_in_the_working_directory(
     assert resolve_uri("http://h:5000") == "http://h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert resolve_uri(None) == "http://env:5000"
+
+
+@pytest.mark.parametrize(
+    ("n_params", "n_metrics", "calls"),
+    [(0, 0, 0), (3, 0, 1), (0, 5, 1), (100, 900, 1), (101, 10, 2), (250, 1801, 3)],
+)
+def test_batches_stay_within_mlflows_limits_and_lose_nothing(
+    n_params: int, n_metrics: int, calls: int
+) -> None:
+    params, metrics = list(range(n_params)), list(range(-n_metrics, 0))
+    batches = list(tracking._batches(params, metrics))
+    assert len(batches) == calls
+    assert all(len(p) <= 100 and len(m) + len(p) <= 1000 for p, m in batches)
+    assert [x for p, _ in batches for x in p] == params
+    assert [x for _, m in batches for x in m] == metrics

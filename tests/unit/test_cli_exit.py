@@ -1,0 +1,52 @@
+"""The console script's fast exit (:func:`service.cli.run`) ends the process like a normal exit.
+
+It skips only the interpreter's teardown: the exit code is main's, buffered output is
+flushed, ``atexit`` handlers run and non-daemon threads finish first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    import service.cli as cli
+
+    def fake_main(argv=None):
+        atexit.register(lambda: sys.stdout.write("atexit ran\\n"))
+        def late():
+            time.sleep(0.3)
+            with open(sys.argv[1], "w") as f:
+                f.write("thread done")
+        threading.Thread(target=late).start()
+        sys.stdout.write("buffered output, no newline")
+        return 3
+
+    cli.main = fake_main
+    cli.run()
+    sys.stdout.write("never reached\\n")
+    """
+)
+
+
+def test_run_exits_with_mains_code_after_flush_atexit_and_threads(tmp_path: Path) -> None:
+    marker = tmp_path / "thread.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(marker)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered output, no newlineatexit ran\n"
+    assert marker.read_text() == "thread done"
+
+
+def test_run_leaves_exceptions_to_the_normal_exit() -> None:
+    # argparse's SystemExit (no command given) goes through Python's normal exit.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import service.cli as c; c.run()"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "usage: sedtune" in proc.stderr
