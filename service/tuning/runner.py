@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
 from envs.split import split_clips
 from service.strategies.base import RunContext, Strategy, StrategyResult, TrajectoryPoint, evaluate_joint
-from service.tuning import interrupt
+from service.tuning import interrupt, ray_stop
 from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job
 from service.tuning.spec import JobSpec
 
@@ -123,31 +122,6 @@ def _no_progress(name: str, total: float | None) -> Callable[[float], None]:
     return lambda _: None
 
 
-#: A shutdown of the local Ray this process started, still running (see shutdown_ray_in_background).
-_SHUTDOWNS: list[threading.Thread] = []
-
-
-def shutdown_ray_in_background() -> None:
-    """Stop the local Ray instance in a thread while the caller goes on (results, tracking).
-
-    ``ray.shutdown`` of a local instance mostly waits for its processes to exit, one kind
-    after the other (1.1-1.4 s measured on 2 cores); nothing after the strategies needs Ray.
-    The thread is not a daemon: the process waits for it before it exits, and
-    :func:`init_ray` waits for it before starting or joining Ray again.
-    """
-    import ray
-
-    t = threading.Thread(target=ray.shutdown, name="sedtune-ray-shutdown")
-    t.start()
-    _SHUTDOWNS.append(t)
-
-
-def wait_for_ray_shutdown() -> None:
-    """Wait until a shutdown begun by :func:`shutdown_ray_in_background` has ended."""
-    while _SHUTDOWNS:
-        _SHUTDOWNS.pop().join()
-
-
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Connect to a cluster (``address``) or start local Ray; returns True if started here.
 
@@ -158,7 +132,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """
     import ray
 
-    wait_for_ray_shutdown()
+    ray_stop.wait()  # a background shutdown of an earlier run's instance
     if ray.is_initialized():
         return False
     try:
@@ -215,7 +189,7 @@ def run_job(
             ray.shutdown()
         raise
     if started:
-        shutdown_ray_in_background()
+        ray_stop.stop()
     rows = _aggregate(job, outcomes)
     recommended, message = recommend(rows, spec.selection)
     return JobResult(

@@ -1,22 +1,24 @@
-"""The local Ray instance is stopped in the background, and never raced by a new start."""
+"""A local Ray instance stops in the background only when asked, and is never raced by a new start."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import ray
 
-from service.tuning import runner
+from service.tuning import ray_stop, runner
 
 
-def test_init_ray_waits_for_a_background_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def slow_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """ray.shutdown takes 0.3 s; ray.init and the interrupt handlers are recorded, not run."""
     events: list[str] = []
-    running = threading.Event()
 
     def slow_shutdown() -> None:
-        running.set()
+        events.append("shutdown begins")
         time.sleep(0.3)
         events.append("shutdown done")
 
@@ -24,12 +26,24 @@ def test_init_ray_waits_for_a_background_shutdown(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: events.append("init"))
     monkeypatch.setattr(runner.interrupt, "reinstall", lambda: None)
+    yield events
+    ray_stop.wait()
+    ray_stop.stop_in_background(False)
 
-    runner.shutdown_ray_in_background()
-    assert running.wait(5)
-    assert events == []  # the caller went on while Ray was stopping
+
+def test_stop_is_synchronous_by_default(slow_ray: list[str]) -> None:
+    ray_stop.stop()
+    assert slow_ray == ["shutdown begins", "shutdown done"]
+    assert not ray_stop._pending
+
+
+def test_in_the_background_init_ray_waits_for_the_shutdown(slow_ray: list[str]) -> None:
+    ray_stop.stop_in_background()
+    ray_stop.stop()
+    assert slow_ray == [] or slow_ray == ["shutdown begins"]  # stop() returned at once
+    thread = ray_stop._pending[0]
     # Not a daemon: Python's exit (and service.cli.run) wait for it before the process ends.
-    assert not runner._SHUTDOWNS[0].daemon
+    assert isinstance(thread, threading.Thread) and not thread.daemon
     assert runner.init_ray(None, 2) is True
-    assert events == ["shutdown done", "init"]
-    assert not runner._SHUTDOWNS
+    assert slow_ray == ["shutdown begins", "shutdown done", "init"]
+    assert not ray_stop._pending
