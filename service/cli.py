@@ -117,8 +117,13 @@ def run() -> NoReturn:
     the non-daemon threads, runs the ``atexit`` handlers (logging's flush, the libraries'
     shutdown hooks) and flushes stdout and stderr, then calls ``os._exit``. An exception out
     of :func:`main` (``SystemExit`` from argparse, a ``--debug`` traceback) takes the normal
-    exit path. In-process callers (the tests) call :func:`main`.
+    exit path. In-process callers (the tests) call :func:`main`. For the same reason a local
+    Ray instance that the command started stops in a background thread while the command
+    writes its results (:mod:`service.tuning.ray_stop`); it is one of the threads joined.
     """
+    from service.tuning import ray_stop
+
+    ray_stop.stop_in_background()
     code = main()
     main_thread = threading.main_thread()
     for t in threading.enumerate():

@@ -1,7 +1,8 @@
 """The console script's fast exit (:func:`service.cli.run`) ends the process like a normal exit.
 
 It skips only the interpreter's teardown: the exit code is main's, buffered output is
-flushed, ``atexit`` handlers run and non-daemon threads finish first.
+flushed, ``atexit`` handlers run and non-daemon threads finish first. It also lets a local Ray
+instance stop in the background (its thread is one of those joined).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ SCRIPT = textwrap.dedent(
     """
     import atexit, sys, threading, time
     import service.cli as cli
+    from service.tuning import ray_stop
 
     def fake_main(argv=None):
         atexit.register(lambda: sys.stdout.write("atexit ran\\n"))
@@ -23,7 +25,7 @@ SCRIPT = textwrap.dedent(
             with open(sys.argv[1], "w") as f:
                 f.write("thread done")
         threading.Thread(target=late).start()
-        sys.stdout.write("buffered output, no newline")
+        sys.stdout.write(f"background stop {ray_stop._background}; buffered output, no newline")
         return 3
 
     cli.main = fake_main
@@ -39,7 +41,8 @@ def test_run_exits_with_mains_code_after_flush_atexit_and_threads(tmp_path: Path
         [sys.executable, "-c", SCRIPT, str(marker)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout == "buffered output, no newlineatexit ran\n"
+    # The command saw Ray's background shutdown enabled (service.tuning.ray_stop).
+    assert proc.stdout == "background stop True; buffered output, no newlineatexit ran\n"
     assert marker.read_text() == "thread done"
 
 
