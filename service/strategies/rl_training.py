@@ -66,7 +66,7 @@ def make_replica_env(ctx: Mapping[str, Any]) -> ResidualEnv:
     data = DataRef(ctx["scores"], ctx["ground_truth"], ctx["durations"],
                    None if ctx["clips"] is None else tuple(ctx["clips"]),
                    None if ctx["classes"] is None else tuple(ctx["classes"]))
-    env = ResidualEnv.from_shards(
+    return ResidualEnv.from_shards(
         data,
         mine,
         ResidualGrid.from_json(ctx["grid"]),
@@ -76,38 +76,13 @@ def make_replica_env(ctx: Mapping[str, Any]) -> ResidualEnv:
         n_nets=int(ctx["n_nets"]),
         episode_clips=int(ctx["episode_clips"]),
     )
-    seed = int(ctx["seed"])
-    if made == 0 and worker > 0:
-        # A remote EnvRunner's process: its sampling (torch, numpy) seeded per runner.
-        seed_globals(int(np.random.SeedSequence([seed, worker]).generate_state(1)[0]))
-    # Episodes drawn from a generator of (seed, runner, replica): RLlib resets unseeded.
-    env.np_random = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, worker, vector])))
-    return env
-
-
-def seed_globals(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (what RLlib's ``debugging(seed=)``
-    does, without its ``torch.use_deterministic_algorithms``, whose import of torch's compiler
-    took 0.9-1.5 s of every rl run; the CPU kernels used here are deterministic anyway)."""
-    import random
-
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def env_config(
-    problem: TuningProblem,
-    opts: RLOptions,
-    grid: ResidualGrid,
-    holdout: np.ndarray,
-    n_nets: int,
-    seed: int = 0,
+    problem: TuningProblem, opts: RLOptions, grid: ResidualGrid, holdout: np.ndarray, n_nets: int
 ) -> dict[str, Any]:
     """What replicas need to read their own shards and build their tables: URIs, shard paths,
-    clip names, each clip's held-out network, the residual grid, numbers, the seed."""
+    clip names, each clip's held-out network, the residual grid, numbers."""
     ref = problem.data
     scores = ScoreSet.open(ref.scores)
     wanted = set(problem.tuning.filenames)
@@ -129,7 +104,6 @@ def env_config(
         "n_nets": n_nets,
         "episode_clips": opts.episode_clips,
         "num_envs_per_env_runner": opts.num_envs_per_env_runner,
-        "seed": seed,
     }
 
 
@@ -220,7 +194,7 @@ def build_algorithm(
     config = (
         config.environment(
             env=ENV_NAME,
-            env_config=env_config(problem, opts, grid, holdout, n_nets, seed),
+            env_config=env_config(problem, opts, grid, holdout, n_nets),
             # Given here so that the driver builds no environment of its own.
             observation_space=gym.spaces.Box(
                 -FEATURE_BOUND, FEATURE_BOUND, (n_nets + n_features,), np.float32
@@ -255,9 +229,8 @@ def build_algorithm(
             },
         ))
         .fault_tolerance(restart_failed_env_runners=True)
+        .debugging(seed=seed)
     )
-    # Seeded here and in make_replica_env rather than by debugging(seed=...): see seed_globals.
-    seed_globals(seed)
     return config.build_algo()
 
 

@@ -91,8 +91,8 @@ def test_static_part_is_exacts_sweep_and_its_robust_selection(
 def test_a_seed_gives_the_same_training(
     problem: TuningProblem, trained: StrategyResult, tmp_path: Path
 ) -> None:
-    # Seeded by sedtune (rl_training.seed_globals and each replica's generator), not by RLlib:
-    # a second run with the same seed trains the same weights and makes the same choices.
+    # A second run with the same seed trains the same weights and makes the same choices
+    # (RLlib seeds the generators and the replicas from the job's seed).
     again = RLStrategy(FAST).run(problem, BUDGET, 0, RunContext(str(tmp_path)))
     first, second = trained.policies["adaptive"], again.policies["adaptive"]
     for a, b in zip(first.nets, second.nets, strict=True):
