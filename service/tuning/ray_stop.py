@@ -25,11 +25,16 @@ def stop_in_background(enabled: bool = True) -> None:
     _background = enabled
 
 
-def stop() -> None:
-    """Shut down the local Ray instance this process started (in the background if enabled)."""
+def stop(*, now: bool = False) -> None:
+    """Shut down the local Ray instance this process started (in the background if enabled).
+
+    Args:
+        now: Stop before returning even if the background is enabled (after a failure or an
+            interrupt, when the caller raises next).
+    """
     import ray
 
-    if not _background:
+    if now or not _background:
         ray.shutdown()
         return
     t = threading.Thread(target=ray.shutdown, name="sedtune-ray-shutdown")

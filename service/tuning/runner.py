@@ -184,9 +184,7 @@ def run_job(
         outcomes, results = _run_splits(job, use_ray, progress, on_strategy_done)
     except BaseException:
         if started:
-            import ray
-
-            ray.shutdown()
+            ray_stop.stop(now=True)
         raise
     if started:
         ray_stop.stop()
