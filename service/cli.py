@@ -119,11 +119,15 @@ def run() -> NoReturn:
     of :func:`main` (``SystemExit`` from argparse, a ``--debug`` traceback) takes the normal
     exit path. In-process callers (the tests) call :func:`main`. For the same reason a local
     Ray instance that the command started stops in a background thread while the command
-    writes its results (:mod:`service.tuning.ray_stop`); it is one of the threads joined.
+    writes its results (:mod:`service.tuning.ray_stop`); it is one of the threads joined. And
+    MLflow's import and store get ready in a helper process while the job runs
+    (:mod:`service.results.tracking_helper`).
     """
+    from service.results import tracking_helper
     from service.tuning import ray_stop
 
     ray_stop.stop_in_background()
+    tracking_helper.enable()
     code = main()
     main_thread = threading.main_thread()
     for t in threading.enumerate():
