@@ -81,12 +81,13 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "selection without smoothing (every candidate scored on its own F)",
         SELECTION,
-        "    if width <= 0 and kernel_width <= 0:\n        return f\n",
+        "    if width <= 0 and kernel_width <= 0 and merge_width <= 0:\n        return f\n",
         "    if True:\n        return f\n",
         (
             "test_robust_takes_the_plateau_over_the_spike_at_fixed_width",
             "test_robust_default_chooses_smoothing_by_cv_and_takes_the_plateau_centre",
             "test_robust_smooths_over_neighbouring_kernels",
+            "test_robust_smooths_over_neighbouring_merge_criteria",
         ),
     ),
     Mutant(
@@ -104,9 +105,23 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "selection ignores kernel neighbours (plateau width forced to one kernel)",
         SELECTION,
-        "            for j, dk in enumerate(range(-kernel_width, kernel_width + 1)):\n",
-        "            for j, dk in enumerate((0,)):\n",
+        "            for dk in range(-kernel_width, kernel_width + 1)\n",
+        "            for dk in (0,)\n",
         ("test_robust_smooths_over_neighbouring_kernels",),
+    ),
+    Mutant(
+        "selection ignores merge-criterion neighbours (plateau width forced to one criterion)",
+        SELECTION,
+        "            for dm in range(-merge_width, merge_width + 1)\n",
+        "            for dm in (0,)\n",
+        ("test_robust_smooths_over_neighbouring_merge_criteria",),
+    ),
+    Mutant(
+        "merge smoothing mixes the criteria (relative values are neighbours of absolute ones)",
+        SELECTION,
+        '                    merge = ("rel",)\n',
+        '                    merge = ("abs",)\n',
+        ("test_merge_smoothing_keeps_the_criteria_apart",),
     ),
     Mutant(
         "smoothing chosen in-sample (cross-validation does not leave the fold out)",

@@ -268,6 +268,7 @@ def _score(
         res.info["selection"] = {
             "width": report.width,
             "kernel_width": report.kernel_width,
+            "merge_width": report.merge_width,
             "shrunk": report.shrunk,
             "cv_macro_f": report.cv_macro_f,
         }

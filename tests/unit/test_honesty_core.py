@@ -122,8 +122,8 @@ def test_robust_default_chooses_smoothing_by_cv_and_takes_the_plateau_centre() -
     out, report = select_robust({"Dog": cands}, {"Dog": _manual()})
     assert out["Dog"].threshold == 0.45
     assert report.width == pytest.approx(0.18)
-    assert report.cv_macro_f["0.0/0"] == pytest.approx(0.64)
-    assert report.cv_macro_f["0.18/0"] == pytest.approx(0.70)
+    assert report.cv_macro_f["0.0/0/0"] == pytest.approx(0.64)
+    assert report.cv_macro_f["0.18/0/0"] == pytest.approx(0.70)
     assert report.cv_gain["Dog"] == pytest.approx(0.20)  # 0.70 - 0.50 on every fold
     assert report.shrunk == []
 
@@ -150,6 +150,46 @@ def test_robust_smooths_over_neighbouring_kernels() -> None:
     cfg = RobustConfig(widths=(0.0,), kernel_widths=(1,))
     out, _ = select_robust({"Dog": cands}, {"Dog": _manual()}, cfg)
     assert out["Dog"].median_filter_frames == 9
+
+
+MERGE_ABS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
+MERGE_SPIKE = 0.15
+MERGE_PLATEAU = (0.3, 0.4, 0.5)
+
+
+def _merge_tp(v: float) -> tuple[int, ...]:
+    """Per-fold true positives over the absolute merge criterion: spike at 0.15, plateau 0.3-0.5."""
+    if v == MERGE_SPIKE:
+        return SPIKE_TP
+    if v in MERGE_PLATEAU:
+        return (PLATEAU_TP,) * 4
+    return (LOW_TP,) * 4
+
+
+def _box(threshold: float = 0.5, **merge: float) -> ClassParams:
+    return ClassParams(threshold=threshold, decoder="boxes", step_filter_s=0.48, **merge)  # type: ignore[arg-type]
+
+
+def test_robust_smooths_over_neighbouring_merge_criteria() -> None:
+    """At one threshold and step filter, merge smoothing ±1 position among the absolute criteria:
+    the spike (0.15) scores (0.3 + 0.715 + 0.3) / 3, the middle of the plateau (0.4) 0.70."""
+    cands = [_cand(_box(merge_abs=v), _merge_tp(v)) for v in MERGE_ABS]
+    assert _naive(cands).merge_abs == MERGE_SPIKE
+    out, report = select_robust({"Dog": cands}, {"Dog": _manual()}, RobustConfig((0.0,), (0,), (1,)))
+    assert out["Dog"].merge_abs == 0.4 and report.merge_width == 1
+    # Without merge smoothing the spike stays the pick.
+    out, _ = select_robust({"Dog": cands}, {"Dog": _manual()}, RobustConfig((0.0,), (0,), (0,)))
+    assert out["Dog"].merge_abs == MERGE_SPIKE
+
+
+def test_merge_smoothing_keeps_the_criteria_apart() -> None:
+    """A relative criterion is no neighbour of an absolute one, nor a joint one of either: a lone
+    spike in each family is scored on its own F, so the best one (rel, F 0.715) is picked."""
+    cands = [_cand(_box(merge_abs=v), (LOW_TP,) * 4) for v in MERGE_ABS]
+    cands.append(_cand(_box(merge_rel=2.0), SPIKE_TP))
+    cands.append(_cand(_box(merge_abs=0.2, merge_rel=2.0), (PLATEAU_TP - 2,) * 4))
+    out, _ = select_robust({"Dog": cands}, {"Dog": _manual()}, RobustConfig((0.0,), (0,), (1,)))
+    assert (out["Dog"].merge_abs, out["Dog"].merge_rel) == (None, 2.0)
 
 
 def _noisy_class() -> tuple[list[Candidate], Candidate]:
