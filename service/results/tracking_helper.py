@@ -45,7 +45,7 @@ import sys
 import tempfile
 from typing import IO, Any
 
-from service.results.tracking import TrackingReport, _sqlite_path, resolve_uri, try_log
+from service.results.tracking import TrackingReport, resolve_uri, try_log
 
 LOG = logging.getLogger(__name__)
 
@@ -157,6 +157,10 @@ def start(tracking_uri: str | None) -> Helper | None:
 
 
 # The helper process.
+
+
+def _sqlite_path(uri: str) -> str | None:
+    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
 
 
 def _prepare(uri: str, workdir: str) -> str | None:
