@@ -158,7 +158,8 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
 
 
-def _sqlite_path(uri: str) -> str | None:
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other URI."""
     return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
 
 
@@ -184,7 +185,7 @@ def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingUnreachableError(uri, f"cannot reach {uri} ({_one_line(reason, 120)})") from e
-    elif (path := _sqlite_path(uri)) is not None:
+    elif (path := sqlite_path(uri)) is not None:
         folder = os.path.dirname(path)
         try:
             os.makedirs(folder or ".", exist_ok=True)
@@ -218,7 +219,7 @@ def _get_or_create(client: Any, name: str, uri: str) -> str:
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        path = _sqlite_path(uri)
+        path = sqlite_path(uri)
         location = None
         if path is not None:
             location = "file://" + os.path.join(os.path.dirname(os.path.abspath(path)), "mlartifacts")

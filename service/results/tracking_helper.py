@@ -45,7 +45,7 @@ import sys
 import tempfile
 from typing import IO, Any
 
-from service.results.tracking import TrackingReport, resolve_uri, try_log
+from service.results.tracking import TrackingReport, resolve_uri, sqlite_path, try_log
 
 LOG = logging.getLogger(__name__)
 
@@ -159,10 +159,6 @@ def start(tracking_uri: str | None) -> Helper | None:
 # The helper process.
 
 
-def _sqlite_path(uri: str) -> str | None:
-    return uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
-
-
 def _prepare(uri: str, workdir: str) -> str | None:
     """Import MLflow and open (or, as a template in ``workdir``, create) the store.
 
@@ -171,7 +167,7 @@ def _prepare(uri: str, workdir: str) -> str | None:
     """
     from mlflow import MlflowClient
 
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None:
         return None
     if os.path.exists(path):
@@ -184,7 +180,7 @@ def _prepare(uri: str, workdir: str) -> str | None:
 
 def _place(template: str, uri: str) -> None:
     """Copy the template store to ``uri``'s path if nothing is there yet (never replaces)."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or os.path.exists(path):
         return
     folder = os.path.dirname(os.path.abspath(path))

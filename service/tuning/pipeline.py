@@ -124,33 +124,29 @@ def run_pipeline(
             helper = tracking_helper.start(spec.tracking.uri)
         try:
             result, paths = _run_and_publish(spec, resolved, folder, reporter, address, job_id)
-        except BaseException:
-            if helper is not None:
-                helper.close()
-            raise
-        report: TrackingReport | None = None
-        line = ""
-        try:
-            interrupt.check()  # a signal while publishing: the results stand, tracking is skipped
-            reporter.written(result, paths)
-            if tracking:
-                from service.results.tracking import try_log
+            report: TrackingReport | None = None
+            line = ""
+            try:
+                interrupt.check()  # a signal while publishing: the results stand, tracking is skipped
+                reporter.written(result, paths)
+                if tracking:
+                    from service.results.tracking import try_log
 
-                reporter.stage("tracking")
-                uri, experiment = spec.tracking.uri, spec.tracking.experiment
-                if helper is not None:
-                    report, line = helper.log(result.output_dir, uri, experiment)
-                else:
-                    report, line = try_log(result.output_dir, uri, experiment)
-                reporter.tracked(report, line)
-            interrupt.check()
-        except interrupt.Interrupted as e:
-            done = f"the results in {target} are complete"
-            note = f"{done}; MLflow tracking is incomplete" if tracking else done
-            raise interrupt.Interrupted(e.signum, note) from None
+                    reporter.stage("tracking")
+                    uri, experiment = spec.tracking.uri, spec.tracking.experiment
+                    if helper is not None:
+                        report, line = helper.log(result.output_dir, uri, experiment)
+                    else:
+                        report, line = try_log(result.output_dir, uri, experiment)
+                    reporter.tracked(report, line)
+                interrupt.check()
+            except interrupt.Interrupted as e:
+                done = f"the results in {target} are complete"
+                note = f"{done}; MLflow tracking is incomplete" if tracking else done
+                raise interrupt.Interrupted(e.signum, note) from None
         finally:
             if helper is not None:
-                helper.close()  # ends it if it is still waiting (a signal before logging)
+                helper.close()  # ends it if it still runs (the job failed, or a signal before logging)
     return PipelineRun(result, paths, report, line)
 
 
