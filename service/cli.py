@@ -133,12 +133,28 @@ def run() -> NoReturn:
     for t in threading.enumerate():
         if t is not main_thread and not t.daemon:
             t.join()
+    _forget_unfinished_ray()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         # A closed stream or a broken pipe: nothing more can be said there.
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(code)
+
+
+def _forget_unfinished_ray() -> None:
+    """Drop Ray's exit hook when ``import ray`` did not finish (an interrupt during it).
+
+    Ray registers its ``shutdown`` with ``atexit`` half-way through ``import ray``. A signal
+    after that point, before the import ends, leaves the hook registered but ``ray`` itself
+    unimported; at exit the hook would import ``ray`` again from a half-initialized state and
+    print a traceback. Such a Ray was never initialized, so there is nothing to shut down.
+    """
+    worker = sys.modules.get("ray._private.worker")
+    ray = sys.modules.get("ray")
+    spec = getattr(ray, "__spec__", None)
+    if worker is not None and (ray is None or getattr(spec, "_initializing", False)):
+        atexit.unregister(worker.shutdown)
 
 
 def _interrupted(e: KeyboardInterrupt) -> int:

@@ -53,3 +53,40 @@ def test_run_leaves_exceptions_to_the_normal_exit() -> None:
     )
     assert proc.returncode == 2
     assert "usage: sedtune" in proc.stderr
+
+
+# An interrupt lands while ``import ray`` runs, after Ray registered its exit hook (its
+# ``ray._private.worker`` is complete) and before ``ray`` itself is: the import of
+# ``ray.client_builder`` near the end of ``ray/__init__.py`` raises KeyboardInterrupt.
+INTERRUPTED_IMPORT = textwrap.dedent(
+    """
+    import sys
+    import service.cli as cli
+
+    class Interrupt:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ray.client_builder":
+                raise KeyboardInterrupt
+            return None
+
+    def fake_main(argv=None):
+        sys.meta_path.insert(0, Interrupt())
+        try:
+            import ray  # noqa: F401
+        except KeyboardInterrupt:
+            sys.meta_path.pop(0)
+            return cli._interrupted(KeyboardInterrupt())
+        return 0
+
+    cli.main = fake_main
+    cli.run()
+    """
+)
+
+
+def test_an_interrupt_during_import_ray_exits_without_rays_exit_hook_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "sedtune: interrupted (SIGINT)\n"
