@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from envs.errors import SedtuneInputError
 
@@ -143,18 +143,31 @@ def run() -> NoReturn:
 
 
 def _forget_unfinished_ray() -> None:
-    """Drop Ray's exit hook when ``import ray`` did not finish (an interrupt during it).
+    """Silence Ray's exit hook when ``import ray`` did not finish (an interrupt during it).
 
     Ray registers its ``shutdown`` with ``atexit`` half-way through ``import ray``. A signal
-    after that point, before the import ends, leaves the hook registered but ``ray`` itself
-    unimported; at exit the hook would import ``ray`` again from a half-initialized state and
-    print a traceback. Such a Ray was never initialized, so there is nothing to shut down.
+    after that point, before the import ends, leaves the hook registered while ``ray`` (and
+    perhaps the module holding the hook) is gone or half-initialized; at exit the hook
+    imports ``ray`` again, fails, and Python prints the failure as a traceback ("Exception
+    ignored in atexit callback"). Such a Ray was never initialized, so there is nothing to
+    shut down: the hook is unregistered where its module survived, and otherwise its failure
+    is dropped (only that one: every other unraisable exception is reported as before).
     """
-    worker = sys.modules.get("ray._private.worker")
     ray = sys.modules.get("ray")
-    spec = getattr(ray, "__spec__", None)
-    if worker is not None and (ray is None or getattr(spec, "_initializing", False)):
+    if ray is not None and not getattr(getattr(ray, "__spec__", None), "_initializing", False):
+        return  # imported completely: its hook shuts down whatever it started
+    worker = sys.modules.get("ray._private.worker")
+    if worker is not None:
         atexit.unregister(worker.shutdown)
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        culprit = unraisable.object
+        ours = getattr(culprit, "__module__", None) == "ray._private.worker"
+        if not (ours and getattr(culprit, "__name__", None) == "shutdown"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _interrupted(e: KeyboardInterrupt) -> int:

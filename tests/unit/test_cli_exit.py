@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import atexit, sys, threading, time
@@ -55,9 +57,11 @@ def test_run_leaves_exceptions_to_the_normal_exit() -> None:
     assert "usage: sedtune" in proc.stderr
 
 
-# An interrupt lands while ``import ray`` runs, after Ray registered its exit hook (its
-# ``ray._private.worker`` is complete) and before ``ray`` itself is: the import of
-# ``ray.client_builder`` near the end of ``ray/__init__.py`` raises KeyboardInterrupt.
+# An interrupt lands while ``import ray`` runs, after Ray registered its exit hook. Either
+# ``ray._private.worker`` (the hook's module) is complete and ``ray`` itself is not: the import
+# of ``ray.client_builder`` near the end of ``ray/__init__.py`` raises KeyboardInterrupt; or the
+# signal came inside ``ray._private.worker`` after the registration, so the import system
+# dropped both modules (and kept the ones they had imported): simulated after a complete import.
 INTERRUPTED_IMPORT = textwrap.dedent(
     """
     import sys
@@ -70,13 +74,17 @@ INTERRUPTED_IMPORT = textwrap.dedent(
             return None
 
     def fake_main(argv=None):
-        sys.meta_path.insert(0, Interrupt())
-        try:
-            import ray  # noqa: F401
-        except KeyboardInterrupt:
-            sys.meta_path.pop(0)
-            return cli._interrupted(KeyboardInterrupt())
-        return 0
+        if sys.argv[1] == "in-ray":
+            sys.meta_path.insert(0, Interrupt())
+            try:
+                import ray  # noqa: F401
+            except KeyboardInterrupt:
+                sys.meta_path.pop(0)
+                return cli._interrupted(KeyboardInterrupt())
+            raise AssertionError("not interrupted")
+        import ray  # noqa: F401
+        del sys.modules["ray"], sys.modules["ray._private.worker"]
+        return cli._interrupted(KeyboardInterrupt())
 
     cli.main = fake_main
     cli.run()
@@ -84,9 +92,10 @@ INTERRUPTED_IMPORT = textwrap.dedent(
 )
 
 
-def test_an_interrupt_during_import_ray_exits_without_rays_exit_hook_traceback() -> None:
+@pytest.mark.parametrize("where", ["in-ray", "in-its-worker-module"])
+def test_an_interrupt_during_import_ray_exits_without_rays_exit_hook_traceback(where: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_IMPORT], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", INTERRUPTED_IMPORT, where], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "sedtune: interrupted (SIGINT)\n"
