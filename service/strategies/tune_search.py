@@ -29,6 +29,7 @@ is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import time
 import uuid
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -198,6 +199,32 @@ def _stopper(store: _Trials) -> Stopper:
     return FailureStopper()
 
 
+#: Ray Tune's switch for its default per-trial loggers (read when ``Tuner.fit`` starts).
+TUNE_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+@contextlib.contextmanager
+def _without_tune_loggers() -> Iterator[None]:
+    """Run ``Tuner.fit`` without Tune's default CSV, JSON and TensorBoard logger callbacks.
+
+    They write ``progress.csv``, ``result.json`` and a TensorBoard event file into every trial's
+    folder (a writer per trial). Every result already reaches :func:`_collector`, which keeps
+    it in ``trials.<strategy>.json``, so those files were copies nobody read. They cost the
+    driver about 22 ms a trial (median; 12-30 ms over six paired 40-trial experiments of a
+    no-op trainable, 2 cores): 0.9 s of each of the demo's two Tune searches. The variable is
+    restored afterwards.
+    """
+    before = os.environ.get(TUNE_LOGGERS_ENV)
+    os.environ[TUNE_LOGGERS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TUNE_LOGGERS_ENV, None)
+        else:
+            os.environ[TUNE_LOGGERS_ENV] = before
+
+
 def _auto_concurrency(cpus_per_trial: float) -> int:
     """Trials at once that leave one CPU of the cluster to the Tune controller (at least 1)."""
     import ray
@@ -302,7 +329,8 @@ class _TuneStrategy(Strategy):
             len(classes),
             len(points),
         )
-        tuner.fit()
+        with _without_tune_loggers():
+            tuner.fit()
         return self._result(trials, classes, problem, t0)
 
     def _result(
