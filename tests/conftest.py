@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 
+# The suite runs on two processes (pytest-xdist, one test module per process: README). Ray
+# starts its workers at nice 15, so a Ray test beside a busy test of the other process at
+# nice 0 got a few percent of a core: exact stalled for minutes (measured: test_interrupt
+# under two busy loops). Every Ray instance the tests start (in process, `ray start`, the
+# commands they run) inherits this and runs its workers at the tests' own priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEDTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -104,9 +104,25 @@ def _start(root: Path, spec: dict[str, object], address: str | None, force: bool
     args += ["--address", address] if address else []
     args += ["--force"] if force else []
     stderr = root / "stderr.txt"
+    # A run that hangs after its signal is aborted by _exit_code with faulthandler's stacks.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     with open(stderr, "wb") as f:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=f, cwd=root)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=f, cwd=root, env=env)
     return Run(proc, root, Path(str(spec["output"])), stderr)
+
+
+def _exit_code(run: Run, where: str, timeout_s: float = 120.0) -> int:
+    """The run's exit code; a run still going after ``timeout_s`` fails the test with its stacks."""
+    try:
+        return run.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        run.proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        try:
+            run.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.proc.wait()
+        pytest.fail(f"{where}: still running {timeout_s:.0f} s after its signal:\n{run.err()[-6000:]}")
 
 
 def _until(run: Run, seen: Callable[[], bool], deadline_s: float = 120.0) -> None:
@@ -183,7 +199,7 @@ def test_interrupted_tune_never_exits_0_nor_writes_results(
         run = _start(root, spec, None if local else cluster)
         where = _reach(run, phase, rng)
         run.proc.send_signal(signal.SIGINT)
-        rc = run.proc.wait(timeout=120)
+        rc = _exit_code(run, f"run {i} ({where})")
         err = run.err()
         context = f"run {i} ({where}): exit {rc}\n{err[-3000:]}"
         assert rc == 130, context
