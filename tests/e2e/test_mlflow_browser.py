@@ -102,7 +102,14 @@ def logged(server_process: MlflowServer, result_dir: Path, browser: Any) -> Logg
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    """A page in a fresh context: nothing remembered from an earlier visit."""
+    """A page in a fresh context: nothing remembered from an earlier visit.
+
+    Actions and ``expect`` assertions wait up to ``TIMEOUT_MS`` (``expect`` has its own 5 s
+    default, too short for the MLflow UI's first render beside a busy test on 2 cores).
+    """
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
     ctx = browser.new_context(viewport={"width": 1400, "height": 860})
     ctx.add_init_script(NO_ASSISTANT)
     ctx.set_default_timeout(TIMEOUT_MS)
