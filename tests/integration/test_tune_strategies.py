@@ -4,6 +4,8 @@ budgets, determinism across concurrency, and a worker that dies mid-search."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,7 +27,14 @@ from envs.synth_config import SynthConfig
 from service.strategies.base import RunContext, Strategy, StrategyResult, evaluate_joint, strategy_class
 from service.strategies.options import BayesOptions, RandomOptions
 from service.strategies.search_codec import ConditionalSpace, decode, encode, param_space
-from service.strategies.tune_search import BayesStrategy, RandomStrategy, trial_budget
+from service.strategies.tune_search import (
+    NO_METRIC_FILES,
+    TUNE_ANALYSIS_LOGGER,
+    TUNE_LOGGERS_ENV,
+    BayesStrategy,
+    RandomStrategy,
+    trial_budget,
+)
 from tests.contract.strategy_contract import StrategyContract
 from tests.integration.problems import decoder_problem, decoder_set, synth_problem
 
@@ -138,6 +147,22 @@ def test_random_search_is_the_same_at_any_concurrency(problem, tmp_path):
     assert one.naive == two.naive
     other_seed = _run(RandomStrategy(RandomOptions()), problem, tmp_path / "s1", budget=3, seed=1)
     assert _evaluated(other_seed) != _evaluated(one)[:3]
+
+
+def test_a_search_writes_no_per_trial_logs_and_warns_of_none(problem, tmp_path, caplog):
+    """Tune's per-trial loggers are off for the search only, and so is their absence's warning."""
+    caplog.set_level(logging.INFO)
+    os.environ.pop(TUNE_LOGGERS_ENV, None)
+    result = _run(RandomStrategy(RandomOptions()), problem, tmp_path, budget=3)
+    assert len(_evaluated(result)) == 3
+    written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert not written & {"progress.csv", "result.json"}, written
+    assert not any(n.startswith("events.out.tfevents") for n in written), written
+    assert TUNE_LOGGERS_ENV not in os.environ
+    assert not [r for r in caplog.records if r.getMessage().startswith(NO_METRIC_FILES)]
+    # The filter is gone with the search: the same warning from elsewhere is still reported.
+    logging.getLogger(TUNE_ANALYSIS_LOGGER).warning("%s 1 trial(s)", NO_METRIC_FILES)
+    assert [r for r in caplog.records if r.getMessage().startswith(NO_METRIC_FILES)]
 
 
 def test_bayes_evaluates_manual_then_warm_start_first(problem, tmp_path):
