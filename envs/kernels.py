@@ -12,7 +12,8 @@ with the same float64 arithmetic, so results are bit for bit those of the refere
   values are (reflect boundary as ``scipy.ndimage.median_filter``);
 - :func:`clean_decode`: gap filling, minimum duration and decoding to seconds;
 - :func:`small_alphabet_median`, :func:`compact_ranks`, :func:`rank_edges`: the median filter
-  of a quantized class and its level index.
+  of a quantized class and its level index;
+- :func:`level_runs`: every clip's runs at each of its own levels, for the threshold sweep.
 
 The matching of events against the truth is in :mod:`envs.matching`.
 
@@ -302,10 +303,13 @@ def small_alphabet_median(q: I64, offsets: I64, kernel: int, n_levels: int) -> I
 
 @njit(cache=True, nogil=True)
 def compact_ranks(rank: I64, n_values: int) -> tuple[I64, npt.NDArray[np.bool_]]:  # pragma: no cover
-    """Ranks renumbered over the values that occur, and which values occur."""
+    """Ranks renumbered over the values that occur (``rank`` itself when all occur), and
+    which values occur."""
     used = np.zeros(n_values, np.bool_)
     for i in range(rank.size):
         used[rank[i]] = True
+    if used.all():  # nothing to renumber (e.g. a filtered threshold grid)
+        return rank, used
     new = np.empty(n_values, np.int64)
     k = 0
     for v in range(n_values):
@@ -363,3 +367,137 @@ def rank_edges(rank: I64, offsets: I64) -> tuple[I64, I64, I64, I64, I64, I64]: 
                 e_rank[j] = rank[t]
                 j += 1
     return s_pos, s_prev, s_rank, e_pos, e_next, e_rank
+
+
+@njit(cache=True, nogil=True)
+def _dense_ranks(
+    rank: I64, lo: int, hi: int, levels: I64, pos: I64, stamp: I64, table: I64, visit: int
+) -> int:  # pragma: no cover - compiled
+    """A clip's distinct ranks, ascending, into ``levels[:m]``, and every frame's position
+    among them into ``pos[:hi - lo]``; returns m.
+
+    ``stamp`` and ``table`` are scratch arrays over all ranks: ``stamp[r] == visit`` marks r
+    as seen in this call (``visit`` differs between calls), ``table[r]`` is its position.
+    Only the m distinct ranks are sorted (a quantized class has a few).
+    """
+    m = 0
+    for t in range(lo, hi):
+        r = rank[t]
+        if stamp[r] != visit:
+            stamp[r] = visit
+            levels[m] = r
+            m += 1
+    if m > 32:
+        levels[:m] = np.sort(levels[:m])
+    else:  # insertion sort: no allocation for the few levels of a quantized class
+        for i in range(1, m):
+            v = levels[i]
+            j = i - 1
+            while j >= 0 and levels[j] > v:
+                levels[j + 1] = levels[j]
+                j -= 1
+            levels[j + 1] = v
+    for k in range(m):
+        table[levels[k]] = k
+    for t in range(lo, hi):
+        pos[t - lo] = table[rank[t]]
+    return m
+
+
+@njit(cache=True, nogil=True)
+def level_runs(
+    rank: I64, offsets: I64, clip_lo: int, clip_hi: int
+) -> tuple[I64, I64, I64, I64, I64]:  # pragma: no cover - compiled
+    """The runs of every clip at each of its own levels, for the threshold sweep.
+
+    A clip's levels are its distinct ranks ``r_0 < r_1 < ...``; level k is the pseudo-clip
+    "frames with rank >= r_k", whose runs are the clip's events at every threshold between
+    its ``r_{k-1}``-th and ``r_k``-th distinct value. With ``pos`` a frame's position among
+    the clip's levels, a frame above its predecessor (-1 at a clip start) starts a run at
+    the levels (pos[t - 1], pos[t]]; one above its successor ends one likewise. A first pass
+    finds each clip's levels, every frame's pos and the run count, a second writes every
+    level's runs in frame order.
+
+    Args:
+        rank: Rank of every frame (all clips).
+        offsets: Clip boundaries of the frames (n_clips + 1).
+        clip_lo: First clip handled.
+        clip_hi: One past the last clip handled.
+
+    Returns:
+        (level_clip, level_rank, run_level, run_start, run_end): per level (ordered by clip,
+        then rank) its clip and rank; per run (ordered by level, then start) its level index
+        and clip-local start and exclusive end frame.
+    """
+    n_clips = clip_hi - clip_lo
+    f_lo = offsets[clip_lo]
+    n_frames = offsets[clip_hi] - f_lo
+    n_values = 0
+    for t in range(f_lo, f_lo + n_frames):
+        n_values = max(n_values, rank[t] + 1)
+    stamp = np.full(n_values, -1, np.int64)
+    table = np.empty(n_values, np.int64)
+    # Pass 1: each clip's levels (into `levels`) and every frame's position among them.
+    levels = np.empty(n_frames, np.int64)
+    pos = np.empty(n_frames, np.int64)
+    level_ptr = np.zeros(n_clips + 1, np.int64)
+    n_runs = 0
+    longest = 0
+    for c in range(clip_lo, clip_hi):
+        lo, hi = offsets[c], offsets[c + 1]
+        l0 = level_ptr[c - clip_lo]
+        m = 0
+        if hi > lo:
+            m = _dense_ranks(rank, lo, hi, levels[l0:], pos[lo - f_lo :], stamp, table, c)
+        below = -1
+        for t in range(lo - f_lo, hi - f_lo):
+            if pos[t] > below:
+                n_runs += pos[t] - below
+            below = pos[t]
+        level_ptr[c - clip_lo + 1] = l0 + m
+        longest = max(longest, m)
+    n_levels = level_ptr[n_clips]
+    level_clip = np.empty(n_levels, np.int64)
+    level_rank = levels[:n_levels].copy()
+    run_level = np.empty(n_runs, np.int64)
+    run_start = np.empty(n_runs, np.int64)
+    run_end = np.empty(n_runs, np.int64)
+    s_ptr = np.empty(longest + 1, np.int64)
+    e_ptr = np.empty(longest + 1, np.int64)
+    # Pass 2: each level's first run slot (from its run count), then the runs in frame order.
+    r0 = 0
+    for c in range(clip_lo, clip_hi):
+        l0 = level_ptr[c - clip_lo]
+        m = level_ptr[c - clip_lo + 1] - l0
+        if m == 0:
+            continue
+        level_clip[l0 : l0 + m] = c
+        p = pos[offsets[c] - f_lo : offsets[c + 1] - f_lo]
+        n = p.size
+        # Run counts per level: a start at the levels (p[i - 1], p[i]] counts for each.
+        s_ptr[: m + 1] = 0
+        below = -1
+        for i in range(n):
+            if p[i] > below:
+                s_ptr[below + 1] += 1
+                s_ptr[p[i] + 1] -= 1
+            below = p[i]
+        count = 0
+        total = r0
+        for k in range(m):
+            count += s_ptr[k]
+            s_ptr[k] = total
+            e_ptr[k] = total
+            run_level[total : total + count] = l0 + k
+            total += count
+        for i in range(n):
+            below = p[i - 1] if i > 0 else -1
+            for k in range(below + 1, p[i] + 1):
+                run_start[s_ptr[k]] = i
+                s_ptr[k] += 1
+            after = p[i + 1] if i + 1 < n else -1
+            for k in range(after + 1, p[i] + 1):
+                run_end[e_ptr[k]] = i + 1
+                e_ptr[k] += 1
+        r0 = total
+    return level_clip, level_rank, run_level, run_start, run_end

@@ -5,9 +5,10 @@ the scores and ``rank(p)`` the index of p in V, ``p > θ`` holds exactly when
 ``rank(p) >= g(θ)``, with ``g(θ)`` the number of distinct values ``<= θ``. A frame starts a
 run at level g when its rank is ``>= g`` and its predecessor's (or -1 at a clip start) is
 ``< g``; it ends one likewise with its successor. Only frames where the rank rises (falls)
-can ever start (end) a run, so those edges are all that is kept, and the runs at any
-threshold come from two integer comparisons over the edges instead of a pass over every
-frame. The threshold sweep (:mod:`envs.sweep`) uses the same edges for every level at once.
+can ever start (end) a run, so the runs at any threshold come from two integer
+comparisons over those edges instead of a pass over every frame. The threshold sweep
+(:mod:`envs.sweep`) needs the ranks only: it finds every clip's runs at each of its levels
+in one pass (:func:`envs.kernels.level_runs`), so the edges are found on first query.
 """
 
 from __future__ import annotations
@@ -35,27 +36,56 @@ Blocks = tuple[int, I64, I64, I64, I64, I64, I64, I64, I64]
 class LevelIndex:
     """Rising and falling rank edges of one class's scores.
 
+    The edges are found on first use (:attr:`edges`): the threshold sweep reads the ranks
+    only (:func:`envs.kernels.level_runs`), the queries at one threshold read the edges.
+
     Attributes:
         values: Sorted distinct score values (float64).
         offsets: Clip boundaries of the frames (n_clips + 1).
-        start_pos: Global frame position of every rising edge.
-        start_prev_rank: Rank of the previous frame (-1 at a clip start).
-        start_rank: Rank of the edge's frame.
-        end_pos: Global frame position of every falling edge (the run's last frame).
-        end_next_rank: Rank of the next frame (-1 at a clip end).
-        end_rank: Rank of the edge's frame.
         rank: Rank of every frame.
     """
 
     values: F64
     offsets: I64
-    start_pos: I64
-    start_prev_rank: I64
-    start_rank: I64
-    end_pos: I64
-    end_next_rank: I64
-    end_rank: I64
     rank: I64
+
+    @functools.cached_property
+    def edges(self) -> tuple[I64, I64, I64, I64, I64, I64]:
+        """(start_pos, start_prev_rank, start_rank, end_pos, end_next_rank, end_rank): every
+        rising edge's global frame position, its previous frame's rank (-1 at a clip start)
+        and its own rank; every falling edge's position (the run's last frame), its next
+        frame's rank (-1 at a clip end) and its own rank (:func:`envs.kernels.rank_edges`)."""
+        return rank_edges(self.rank, self.offsets)
+
+    @property
+    def start_pos(self) -> I64:
+        """Global frame position of every rising edge."""
+        return self.edges[0]
+
+    @property
+    def start_prev_rank(self) -> I64:
+        """Rank of the frame before every rising edge (-1 at a clip start)."""
+        return self.edges[1]
+
+    @property
+    def start_rank(self) -> I64:
+        """Rank of every rising edge's frame."""
+        return self.edges[2]
+
+    @property
+    def end_pos(self) -> I64:
+        """Global frame position of every falling edge (the run's last frame)."""
+        return self.edges[3]
+
+    @property
+    def end_next_rank(self) -> I64:
+        """Rank of the frame after every falling edge (-1 at a clip end)."""
+        return self.edges[4]
+
+    @property
+    def end_rank(self) -> I64:
+        """Rank of every falling edge's frame."""
+        return self.edges[5]
 
     @staticmethod
     def build(scores: ClassScores) -> LevelIndex:
@@ -74,7 +104,7 @@ class LevelIndex:
         compact, used = compact_ranks(rank, len(values))
         if not used.all():
             rank, values = compact, values[used]
-        return LevelIndex(values, offsets, *rank_edges(rank, offsets), rank)
+        return LevelIndex(values, offsets, rank)
 
     @functools.cached_property
     def blocks(self) -> Blocks:

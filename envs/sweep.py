@@ -3,12 +3,13 @@
 For a fixed median-filter kernel, gap filling and minimum duration, the events of a clip
 depend on the threshold only through which of the clip's distinct (filtered) values lie
 above it, so a clip with m distinct values has m + 1 possible outputs. The sweep computes the
-runs of every clip at every one of its levels at once from the rank edges of
-:class:`envs.levels.LevelIndex` (a median filter commutes with a threshold, so filtering
-once per kernel suffices), cleans and decodes them, matches them against the clip's
-reference events (each (clip, level) is a pseudo-clip with its own copy of the references),
-and accumulates the per-clip count changes over the global sorted values. The result is
-exact: the counts at every threshold equal a direct evaluation at that threshold.
+runs of every clip at every one of its levels at once from the ranks of
+:class:`envs.levels.LevelIndex` in one compiled pass (:func:`envs.kernels.level_runs`; a
+median filter commutes with a threshold, so filtering once per kernel suffices), cleans and
+decodes them, matches them against the clip's reference events (each (clip, level) is a
+pseudo-clip with its own copy of the references), and accumulates the per-clip count changes
+over the global sorted values. The result is exact: the counts at every threshold equal a
+direct evaluation at that threshold.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy.typing as npt
 
 from envs.boxes import Boxes
 from envs.events import ClassEvents
+from envs.kernels import level_runs
 from envs.levels import LevelIndex
 from envs.metrics.counts import Counts
 from envs.metrics.event_based import unit_true_positives
@@ -252,53 +254,14 @@ def _sweep_chunk(
     delta_tp: npt.NDArray[np.int64],
     delta_sys: npt.NDArray[np.int64],
 ) -> None:
-    f_lo, f_hi = int(index.offsets[clip_lo]), int(index.offsets[clip_hi])
-    if f_hi == f_lo:
+    if index.offsets[clip_hi] == index.offsets[clip_lo]:
         return
-    n_values = np.int64(len(index.values) + 1)
-    offsets = index.offsets[clip_lo : clip_hi + 1]
-    frame_clip = np.repeat(np.arange(clip_lo, clip_hi, dtype=np.int64), np.diff(offsets))
-    # Levels: the distinct ranks of every clip, coded clip * n_values + rank, sorted.
-    codes = frame_clip * n_values + index.rank[f_lo:f_hi]
-    span = (clip_hi - clip_lo) * int(n_values)
-    if span <= 8 * len(codes):
-        # Few distinct values (a threshold grid): a presence table beats sorting.
-        present = np.zeros(span, dtype=bool)
-        present[codes - clip_lo * n_values] = True
-        levels = np.flatnonzero(present).astype(np.int64) + clip_lo * n_values
-    else:
-        levels = np.unique(codes)
-    level_clip = levels // n_values
-    level_rank = levels % n_values
-
-    def expand(pos: I64, low_rank: I64, high_rank: I64) -> tuple[I64, I64]:
-        # An edge at `pos` applies to the levels of its clip with rank in (low, high].
-        c = np.searchsorted(index.offsets, pos, side="right").astype(np.int64) - 1
-        a = np.searchsorted(levels, c * n_values + low_rank, side="right")
-        b = np.searchsorted(levels, c * n_values + high_rank, side="right")
-        n = b - a
-        total = int(n.sum())
-        first = np.cumsum(n) - n
-        lvl = np.repeat(a - first, n) + np.arange(total, dtype=np.int64)
-        return lvl, np.repeat(pos, n)
-
-    s_sel = (index.start_pos >= f_lo) & (index.start_pos < f_hi)
-    e_sel = (index.end_pos >= f_lo) & (index.end_pos < f_hi)
-    s_lvl, s_pos = expand(index.start_pos[s_sel], index.start_prev_rank[s_sel], index.start_rank[s_sel])
-    e_lvl, e_pos = expand(index.end_pos[e_sel], index.end_next_rank[e_sel], index.end_rank[e_sel])
-    n_frames = np.int64(index.offsets[-1] + 1)
-    s_order = np.argsort(s_lvl * n_frames + s_pos, kind="stable")
-    e_order = np.argsort(e_lvl * n_frames + e_pos, kind="stable")
-    group = s_lvl[s_order]
-    clip = level_clip[group]
-    base = index.offsets[clip]
-    start = s_pos[s_order] - base
-    end = e_pos[e_order] + 1 - base
+    # Every (clip, distinct rank) is a pseudo-clip: that clip's output at one level.
+    level_clip, level_rank, group, start, end = level_runs(index.rank, index.offsets, clip_lo, clip_hi)
     group, start, end = clean(group, start, end, hop, fill_gap_s, min_duration_s)
     # Decode with each level as a pseudo-clip carrying its clip's duration.
     est = decode(group, start, end, hop, durations_s[level_clip])
-    n_levels = len(levels)
-    nsys, ntp = pseudo_clip_counts(est, level_clip, n_levels, refs, t_collar_s, pct)
+    nsys, ntp = pseudo_clip_counts(est, level_clip, len(level_clip), refs, t_collar_s, pct)
     _accumulate(level_clip, level_rank, nsys, ntp, groups, delta_tp, delta_sys)
 
 
