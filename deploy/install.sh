@@ -26,3 +26,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   echo "install.sh: $venv is up to date"
 fi
+# Compile sedtune's numba kernels once now (about 10 s; under a second when already cached),
+# so that no job, and none of its Ray workers, compiles them on first use (envs/warmup.py).
+"$venv/bin/python" -m envs.warmup
