@@ -117,9 +117,10 @@ def run() -> NoReturn:
     the non-daemon threads, runs the ``atexit`` handlers (logging's flush, the libraries'
     shutdown hooks) and flushes stdout and stderr, then calls ``os._exit``. An exception out
     of :func:`main` (``SystemExit`` from argparse, a ``--debug`` traceback) takes the normal
-    exit path. In-process callers (the tests) call :func:`main`. For the same reason a local
-    Ray instance that the command started stops in a background thread while the command
-    writes its results (:mod:`service.tuning.ray_stop`); it is one of the threads joined. And
+    exit path. In-process callers (the tests) call :func:`main`. For the same reason the processes of
+    a local Ray instance that the command started stop in a background thread (the driver
+    disconnects first) while the command writes its results (:mod:`service.tuning.ray_stop`);
+    it is one of the threads joined. And
     MLflow's import and store get ready in a helper process while the job runs
     (:mod:`service.results.tracking_helper`).
     """
