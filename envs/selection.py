@@ -31,7 +31,8 @@ shrinkage +1.81 / +3.16. Hence the defaults. Smoothing over neighbouring merge c
 (``merge_widths`` (0, 1), on the default two-decoder space, same protocol): held-out macro F1
 0.4819 / 0.4308 / 0.4756 (dcase2021-student / dcase2020 / dcase2021-teacher) against 0.4814 /
 0.4318 / 0.4728 without, and 0.4806 / 0.4337 / 0.4774 against 0.4801 / 0.4332 / 0.4752 on ten
-other splits (seeds 5-14).
+other splits (seeds 5-14). (The figures of this paragraph were measured on the splits jobs
+drew before :func:`envs.split.split_names`, over the ground-truth file's row order.)
 """
 
 from __future__ import annotations

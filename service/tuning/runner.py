@@ -41,7 +41,7 @@ from envs.metrics.fscore import f_measure
 from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
-from envs.split import split_clips
+from envs.split import split_names
 from service.strategies.base import RunContext, Strategy, StrategyResult, TrajectoryPoint, evaluate_joint
 from service.tuning import interrupt, ray_stop
 from service.tuning.check import DRIVER_CACHED_CLASSES, ResolvedJob, check_job
@@ -218,7 +218,7 @@ def _run_splits(
     for k in range(n_splits):
         seed = spec.heldout.seed + k
         if job.heldout_data is None:
-            tune_idx, held_idx = split_clips(len(job.data), spec.heldout.fraction, seed)
+            tune_idx, held_idx = split_names(job.data.filenames, spec.heldout.fraction, seed)
             tuning_names = tuple(job.data.filenames[i] for i in tune_idx)
             heldout = job.data.subset(held_idx)
         else:

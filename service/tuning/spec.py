@@ -79,7 +79,7 @@ class DataSpec(_Model):
 
 
 class HeldoutSpec(_Model):
-    """How clips are split into tuning and held-out parts."""
+    """How clips are split into tuning and held-out parts (seeded, over the clips in name order)."""
 
     fraction: float = Field(default=0.5, gt=0.0, lt=1.0, description="held-out fraction of clips")
     seed: int = Field(default=0, description="seed of the first split")

@@ -28,7 +28,7 @@ from envs.heldout import clip_counts, clip_counts_of_events, gain_interval
 from envs.metrics.sed_eval_oracle import MACRO_KEY, sed_eval_event_counts
 from envs.problem import DataRef, TuningProblem, fold_counts
 from envs.selection import Candidate, select_robust
-from envs.split import split_clips
+from envs.split import split_names
 from envs.synth import SynthResult, generate
 from envs.synth_config import SynthConfig
 from service.strategies.rl_policy import AdaptivePolicy
@@ -100,7 +100,7 @@ def _static_rows(result: JobResult) -> list[Row]:
 def _held_out(result: JobResult) -> Evaluator:
     """The held-out clips of the job's split 0, as the runner drew them."""
     job = check_job(result.spec)
-    _, held = split_clips(len(job.data), result.spec.heldout.fraction, result.spec.heldout.seed)
+    _, held = split_names(job.data.filenames, result.spec.heldout.fraction, result.spec.heldout.seed)
     return Evaluator(job.data.subset(held), job.metric)
 
 
@@ -130,7 +130,7 @@ def test_the_gain_over_exact_robust_has_a_paired_bootstrap_interval_above_zero(
     policy = rl.policies["adaptive"]
     mine = clip_counts_of_events(held, policy.events(held.data))
     # exact/robust as the runner selected it (its manual candidates from the tuning folds).
-    tune, _ = split_clips(len(job.data), 0.5, 0)
+    tune, _ = split_names(job.data.filenames, 0.5, 0)
     names = tuple(job.data.filenames[i] for i in tune)
     d = result.spec.data
     ref = DataRef(d.scores, d.ground_truth, d.durations, names, tuple(job.classes))
