@@ -32,7 +32,7 @@ from envs.metrics.event_based import event_counts
 from envs.params import ClassParams
 from envs.problem import DataRef, TuningProblem
 from envs.space import AUTHORS_MERGE, AUTHORS_STEP_FILTER_S, SearchSpace
-from envs.split import split_clips
+from envs.split import split_names
 from envs.sweep import sweep_boxes
 from service.strategies.base import RunContext
 from service.strategies.exact import ExactStrategy
@@ -53,7 +53,7 @@ def main() -> int:
         import_tsv_folder(str(base / "dcase2021-baseline-student" / "scores"), scores)
         full = DataRef(scores, str(base / "ground_truth.tsv"), str(base / "durations.tsv"))
         everything = full.load()
-        tune_idx, _ = split_clips(len(everything), 0.5, 0)
+        tune_idx, _ = split_names(everything.filenames, 0.5, 0)
         ref = DataRef(
             full.scores, full.ground_truth, full.durations, tuple(everything.filenames[i] for i in tune_idx)
         )

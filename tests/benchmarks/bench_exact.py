@@ -30,7 +30,7 @@ from envs.evaluator import Evaluator
 from envs.importers import import_tsv_folder
 from envs.metrics.sed_eval_oracle import sed_eval_event_counts
 from envs.params import ClassParams
-from envs.split import split_clips
+from envs.split import split_names
 from service.tuning.runner import run_job
 from service.tuning.spec import parse_spec
 
@@ -78,7 +78,7 @@ def main() -> int:
         scores = f"{tmp}/scores"
         import_tsv_folder(str(base / "dcase2021-baseline-student" / "scores"), scores)
         data = open_eval_set(scores, str(base / "ground_truth.tsv"), str(base / "durations.tsv"))
-        tune_idx, _ = split_clips(len(data), 0.5, 0)
+        tune_idx, _ = split_names(data.filenames, 0.5, 0)
         tuning = data.subset(tune_idx)
         ev = Evaluator(tuning)
         manual = ClassParams(median_filter_frames=7, threshold=0.5)
