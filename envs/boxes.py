@@ -13,12 +13,22 @@ the clip's n frames (frame i covers ``[i*h, (i+1)*h]``; the curve is 0 outside t
    ``[b*h - L/2, b*h]``, exact for any L (the curve is piecewise constant, so each mean is a
    difference of its piecewise-linear integral). Change points lie on frame boundaries, so
    boxes decode to frame-aligned events like the frames decoder's;
-3. change points: the boundaries' Δ are grouped into maximal runs of one sign (values with
-   ``|Δ| <= DELTA_TOL`` are zero and break nothing); a positive run gives one onset at its
-   maximum (the latest boundary on ties, values within ``TIE_TOL`` tying), a negative run one
-   offset at its minimum (the earliest on ties), so plateaus of Δ give the tightest box. Runs
-   alternate, the first is positive and the last negative (scores are >= 0 and 0 outside the
-   clip); box k spans ``[onset_k, offset_k)`` frames and the gaps between boxes are the other segments;
+3. change points: every local extremum of Δ over the boundaries (changes of Δ within
+   ``DELTA_TOL`` are flat); a maximum is an onset, at the last boundary of its plateau, a
+   minimum an offset, at the first boundary of its floor (the tightest box). Extrema
+   alternate; a clip's leading minimum and trailing maximum bound nothing. Box k spans
+   ``[onset_k, offset_k)`` frames and the gaps between boxes are the other segments. A
+   staircase (a plateau, a shoulder, the floor) so gets a change point at every step, and
+   merging decides which steps belong to one event. DESIGN.md's outline keeps one extremum
+   per sign run of Δ instead (the strongest between two zero crossings), which cannot cut a
+   box at a shoulder. Measured with the search (tests/benchmarks/bench_strategies.py protocol:
+   exact, robust, budget 200, default space; held-out macro F1 dcase2021-student / dcase2020 /
+   dcase2021-teacher on seeds 0-4, in brackets seeds 5-14): one extremum per run 0.4810 /
+   0.4403 / 0.4828 [0.4778 / 0.4313 / 0.4834], with step 5's span mean 0.4826 / 0.4430 / 0.4781
+   [0.4768 / 0.4382 / 0.4788]; every extremum with a merged box's mean over its members only
+   0.4767 / 0.4447 / 0.4805 [0.4661 / 0.4414 / 0.4791], with the span mean (as built) 0.4820 /
+   0.4513 / 0.4834 [0.4667 / 0.4454 / 0.4785]. The authors' method, run as a black box on the
+   same splits: 0.4720 / 0.4461 / 0.4766 [0.4663 / 0.4399 / 0.4746];
 4. merging: box k and box k+1 of a clip merge across their gap when, with
    ``level = max(mean of box k, mean of box k+1)`` and ``dip = min of the gap``,
    ``level - dip < merge_abs`` or ``level / dip < merge_rel`` (each criterion optional, both
@@ -27,14 +37,15 @@ the clip's n frames (frame i covers ``[i*h, (i+1)*h]``; the curve is 0 outside t
    merged boxes become one box spanning them all. DESIGN.md's outline measures the dip
    against the *smaller* of the two boxes' maxima; that merges every low bump (a shoulder of
    the curve, noise before a clear rise) into its neighbour and stretches the neighbour's
-   extent over it. Measured (tests/benchmarks/bench_strategies.py protocol, the authors' 18
-   settings, every threshold, naive, seeds 0-4, dcase2021-baseline-student held-out):
-   smaller max 0.448, larger max 0.459, larger mean 0.468; hence the larger mean;
-5. confidence: the box's mean score (``confidence="mean"``, the paper's; for a merged box the
-   length-weighted mean of its members, its gaps excluded) or its maximum over the whole span
-   (``"max"``); the events are the boxes with confidence > θ (strict, float64), then gap
-   filling and minimum duration as in the frames decoder, then decoding ``[start*h, end*h]``
-   clipped to the clip's duration where known.
+   extent over it. Measured (the authors' 18 settings, every threshold, naive, seeds 0-4,
+   dcase2021-baseline-student held-out, with the change points of that time): smaller max
+   0.448, larger max 0.459, larger mean 0.468; hence the larger mean;
+5. confidence: the box's mean score over its whole span (``confidence="mean"``, the paper's;
+   a merged box's mean covers its members and the gaps merged over, so a strong fragment
+   chained to a long weak stretch is diluted) or its maximum over the span (``"max"``); the
+   events are the boxes with confidence > θ (strict, float64), then gap filling and minimum
+   duration as in the frames decoder, then decoding ``[start*h, end*h]`` clipped to the
+   clip's duration where known.
 
 For a fixed setting (everything but θ) the boxes are fixed; :func:`sweep_boxes` gives the
 counts at every θ in one pass over the sorted box confidences.
@@ -54,10 +65,8 @@ from envs.stack import clean, decode, equal_length_blocks, median_filter_values
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
-# Step-filter outputs this close to 0 are 0: float64 rounding of exact zeros on flat curves.
+# Changes of the step response this small are flat: float64 rounding on flat stretches of a curve.
 DELTA_TOL = 1e-9
-# Step responses this close to their run's extremum tie with it (float rounding).
-TIE_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class ChangeBoxes:
         peak: Maximum score of the box.
         gap_min: Minimum score of the following gap.
         gap_max: Maximum score of the following gap.
+        gap_sum: Sum of the scores over the following gap (score x frames).
         n_clips: Number of clips.
     """
 
@@ -109,6 +119,7 @@ class ChangeBoxes:
     peak: F64
     gap_min: F64
     gap_max: F64
+    gap_sum: F64
     n_clips: int
 
 
@@ -155,12 +166,12 @@ def change_boxes(
     n_clips = len(offsets) - 1
     if not parts:
         z, e = np.zeros(0, np.int64), np.zeros(0)
-        return ChangeBoxes(z, z, z, e, e, e, e, n_clips)
-    cols = [np.concatenate([p[i] for p in parts]) for i in range(7)]
+        return ChangeBoxes(z, z, z, e, e, e, e, e, n_clips)
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(8)]
     order = np.lexsort((cols[1], cols[0]))
     clip, start, end = (cols[i][order].astype(np.int64) for i in range(3))
-    mean, peak, gap_min, gap_max = (cols[i][order].astype(np.float64) for i in range(3, 7))
-    return ChangeBoxes(clip, start, end, mean, peak, gap_min, gap_max, n_clips)
+    mean, peak, gap_min, gap_max, gap_sum = (cols[i][order].astype(np.float64) for i in range(3, 8))
+    return ChangeBoxes(clip, start, end, mean, peak, gap_min, gap_max, gap_sum, n_clips)
 
 
 def merge_boxes(found: ChangeBoxes, setting: BoxSetting) -> Boxes:
@@ -192,9 +203,14 @@ def merge_boxes(found: ChangeBoxes, setting: BoxSetting) -> Boxes:
             last = np.r_[~merge, True]
             group = np.cumsum(first) - 1
             length = (end - start).astype(np.float64)
-            # A merged box's mean is its members' length-weighted mean (its gaps excluded);
-            # its maximum spans members and the gaps merged over.
-            mean = np.bincount(group, mean * length) / np.bincount(group, length)
+            # A merged box's mean and maximum are over its whole span: members and the gaps
+            # merged over.
+            gap_len = (start[1:] - end[:-1]).astype(np.float64)
+            gap_sum = np.zeros(len(length))
+            gap_sum[:-1][merge] = found.gap_sum[:-1][merge]
+            gap_len_m = np.zeros(len(length))
+            gap_len_m[:-1][merge] = gap_len[merge]
+            mean = np.bincount(group, mean * length + gap_sum) / np.bincount(group, length + gap_len_m)
             top = np.full(int(group[-1]) + 1, -np.inf)
             np.maximum.at(top, group, peak)
             np.maximum.at(top, group[:-1][merge], found.gap_max[:-1][merge])
@@ -207,7 +223,7 @@ def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generi
     """Unmerged boxes of equal-length clips held as rows of ``s`` (m clips x n frames).
 
     Returns:
-        clip, start, end, mean, peak, gap_min, gap_max per box (see :class:`ChangeBoxes`).
+        clip, start, end, mean, peak, gap_min, gap_max, gap_sum per box (see :class:`ChangeBoxes`).
     """
     m, n = s.shape
     csum = np.zeros((m, n + 1))
@@ -221,38 +237,36 @@ def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generi
         return np.asarray(csum[:, i] + (x - i)[None, :] * s[:, i], np.float64)
 
     delta = (integral(b + half) - 2.0 * csum + integral(b - half)) / half
-    delta[np.abs(delta) <= DELTA_TOL] = 0.0
-    rows, cols = np.nonzero(delta)
-    empty = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),) * 4
+    empty = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),) * 5
+    # Change points: every local extremum of Δ over the boundaries (module docstring, step 3).
+    # slope[:, j] is the sign of Δ(j + 1) - Δ(j); changes within DELTA_TOL are flat.
+    step = delta[:, 1:] - delta[:, :-1]
+    rows, js = np.nonzero(np.abs(step) > DELTA_TOL)
     if len(rows) == 0:
         return empty
-    d = delta[rows, cols]
-    positive = d > 0
-    new = np.ones(len(d), dtype=bool)
-    new[1:] = (rows[1:] != rows[:-1]) | (positive[1:] != positive[:-1])
-    run = np.cumsum(new) - 1
-    # Extremum of every run: positive runs the maximum (latest on ties), negative runs the
-    # minimum (earliest on ties). Values within TIE_TOL of the run's extremum are ties: equal
-    # step responses can differ in their last bits (sums in another order).
-    key = np.where(positive, d, -d)
-    n_runs = int(run[-1]) + 1
-    top = np.full(n_runs, -np.inf)
-    np.maximum.at(top, run, key)
-    tied = key >= top[run] - TIE_TOL
-    latest = np.full(n_runs, -1, np.int64)
-    np.maximum.at(latest, run[tied], cols[tied])
-    earliest = np.full(n_runs, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(earliest, run[tied], cols[tied])
-    first_of_run = np.flatnonzero(new)
-    r_row, r_pos = rows[first_of_run], positive[first_of_run]
-    r_col = np.where(r_pos, latest, earliest)
-    # Drop a leading negative run and a trailing positive run of a row (cannot bound a box).
-    first_in_row = np.r_[True, r_row[1:] != r_row[:-1]]
-    last_in_row = np.r_[r_row[1:] != r_row[:-1], True]
-    keep = ~((first_in_row & ~r_pos) | (last_in_row & r_pos))
-    r_row, r_col, r_pos = r_row[keep], r_col[keep], r_pos[keep]
-    # Runs alternate within a row, starting positive and ending negative: pairs in order.
-    row, start, end = r_row[r_pos].astype(np.int64), r_col[r_pos], r_col[~r_pos]
+    rising = step[rows, js] > 0
+    same_row = rows[1:] == rows[:-1]
+    turn = np.flatnonzero(same_row & (rising[1:] != rising[:-1]))
+    # A maximum sits at the last boundary of its plateau (where the fall begins), a minimum at
+    # the first boundary of its floor (where the fall ended): the tightest box.
+    turn_max = rising[turn]
+    turn_pos = np.where(turn_max, js[turn + 1], js[turn] + 1)
+    # A row whose first change falls starts at a maximum; one whose last change falls ends at a
+    # minimum (a row starting with a rise or ending with a rise has no change point there).
+    first = np.flatnonzero(np.r_[True, ~same_row] & ~rising)
+    last = np.flatnonzero(np.r_[~same_row, True] & ~rising)
+    e_row = np.concatenate((rows[turn], rows[first], rows[last]))
+    e_pos = np.concatenate((turn_pos, js[first], js[last] + 1))
+    e_max = np.concatenate((turn_max, np.ones(len(first), bool), np.zeros(len(last), bool)))
+    order = np.lexsort((e_pos, e_row))
+    e_row, e_pos, e_max = e_row[order], e_pos[order], e_max[order]
+    # Extrema alternate within a row; a box needs a maximum first and a minimum last.
+    row_first = np.r_[True, e_row[1:] != e_row[:-1]]
+    row_last = np.r_[e_row[1:] != e_row[:-1], True]
+    keep = ~((row_first & ~e_max) | (row_last & e_max))
+    e_row, e_pos, e_max = e_row[keep], e_pos[keep], e_max[keep]
+    row = e_row[e_max].astype(np.int64)
+    start, end = e_pos[e_max].astype(np.int64), e_pos[~e_max].astype(np.int64)
     if len(start) == 0:
         return empty
     flat = s.ravel()
@@ -261,12 +275,14 @@ def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generi
     peak = _segment_reduce(np.maximum, flat, base + start, base + end)
     gap_min = np.full(len(start), np.nan)
     gap_max = np.full(len(start), np.nan)
+    gap_sum = np.full(len(start), np.nan)
     same = np.flatnonzero(row[1:] == row[:-1])
     if len(same):
         lo, hi = base[same] + end[same], base[same] + start[same + 1]
         gap_min[same] = _segment_reduce(np.minimum, flat, lo, hi)
         gap_max[same] = _segment_reduce(np.maximum, flat, lo, hi)
-    return clips[row], start, end, mean, peak, gap_min, gap_max
+        gap_sum[same] = csum[row[same], start[same + 1]] - csum[row[same], end[same]]
+    return clips[row], start, end, mean, peak, gap_min, gap_max, gap_sum
 
 
 def _segment_reduce(op: np.ufunc, flat: F64, lo: I64, hi: I64) -> F64:

@@ -579,3 +579,25 @@ def test_a_clean_step_through_the_whole_chain() -> None:
     assert fs["Dog"] == class_f_measure(Counts(1, 1, 1)) == 1.0
     assert fs[MACRO_KEY] == macro_f_measure([1.0])
     assert len(box_events(b, float(np.float32(0.9)), 0.1, None)) == 0  # strict >
+
+
+def test_a_staircase_gets_a_change_point_at_every_step() -> None:
+    # 0, a 0.9 plateau (frames 4-9), a 0.5 shoulder (10-12), 0. With L = 2 frames the step
+    # response is s[b] - s[b - 1]: maxima at boundaries 4 and 12 (the shoulder's last boundary
+    # before its fall), minima at 10 and 13. One extremum per sign run would give one box
+    # [4, 13) and could not cut the shoulder off.
+    x = np.array([0] * 4 + [0.9] * 6 + [0.5] * 3 + [0] * 4, np.float32)
+    hi, lo = float(np.float32(0.9)), float(np.float32(0.5))
+    clip = np.array([0, len(x)], np.int64)
+    b = detect_boxes(x, clip, 0.1, BoxSetting(1, 0.2, None, None))
+    assert [(s, e) for s, e, _ in _boxes_of_clip(b, 0)] == [(4, 10), (12, 13)]
+    assert np.allclose(b.confidence, [hi, lo], rtol=0, atol=1e-12)
+    # The gap [10, 12) dips to 0.5: level 0.9 (the higher box mean) minus 0.5 is 0.4.
+    assert len(detect_boxes(x, clip, 0.1, BoxSetting(1, 0.2, 0.3, None))) == 2
+    for merge_abs, merge_rel in ((0.45, None), (None, 2.0)):
+        m = detect_boxes(x, clip, 0.1, BoxSetting(1, 0.2, merge_abs, merge_rel))
+        assert [(s, e) for s, e, _ in _boxes_of_clip(m, 0)] == [(4, 13)]
+        # The merged box's mean is over its whole span, the gap included: (6 hi + 3 lo) / 9.
+        assert abs(float(m.confidence[0]) - (6 * hi + 3 * lo) / 9) <= 1e-12
+        peak = detect_boxes(x, clip, 0.1, BoxSetting(1, 0.2, merge_abs, merge_rel, "max"))
+        assert float(peak.confidence[0]) == hi
