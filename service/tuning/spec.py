@@ -6,10 +6,11 @@ Example (every field but ``name``, ``data`` and ``strategies`` has a default)::
     data: {scores: scores/, ground_truth: ground_truth.tsv, durations: durations.tsv}
     heldout: {fraction: 0.5, seed: 0, splits: 1}      # or heldout: {data: {...}} for a separate set
     metric: {t_collar_s: 0.2, percentage_of_length: 0.2}
-    space: {decoders: [frames, boxes], kernels: [7],          # frames: median filters
+    space: {decoders: [frames, boxes], kernels: [1, 7, 13],   # frames: median filters
             threshold: {low: 0.01, high: 0.99}, fill_gap_s: [0.0], min_duration_s: [0.0],
             boxes: {kernels: [1], step_filter_s: [0.32, 0.48, 0.64],
-                    merge: [{abs: 0.15}, {abs: 0.2}, {abs: 0.3}, {rel: 1.5}, {rel: 2.0}, {rel: 3.0}],
+                    merge: [{abs: 0.15}, {abs: 0.2}, {abs: 0.3}, {abs: 0.4},
+                            {rel: 1.5}, {rel: 2.0}, {rel: 3.0}, {rel: 5.0}],
                     confidence: [mean]}}
     manual: {threshold: 0.5, median_filter_s: 0.45}
     strategies:

@@ -34,7 +34,7 @@ manual and at or above rl's own static table (``rl/robust``) on every set; ``rl/
 within 0.3 points of ``exact/robust``; rl at most 60 s per split. Goal (recorded either way):
 ``rl/adaptive`` above the best static recommendation on at least two sets.
 
-Run: python tests/benchmarks/bench_strategies.py [--splits 5] [--budget 200]
+Run: python tests/benchmarks/bench_strategies.py [--splits 5] [--first-seed 0] [--budget 200]
      [--strategies manual,exact,random,bayes,rl] [--sets student,2020,teacher] [--no-ray]
      [--space JSON]   (a job-spec ``space`` instead of the default, for measuring spaces)
 """
@@ -101,7 +101,7 @@ def job_spec(scores: str, base: Path, name: str, args: argparse.Namespace, out: 
             "ground_truth": str(base / "ground_truth.tsv"),
             "durations": str(base / "durations.tsv"),
         },
-        "heldout": {"fraction": 0.5, "seed": 0, "splits": args.splits},
+        "heldout": {"fraction": 0.5, "seed": args.first_seed, "splits": args.splits},
         "strategies": strategies,
         "resources": {"num_cpus": 2},
         "tracking": {"enabled": False},
@@ -121,7 +121,7 @@ def authors_grid_spec(scores: str, base: Path, name: str, args: argparse.Namespa
             "ground_truth": str(base / "ground_truth.tsv"),
             "durations": str(base / "durations.tsv"),
         },
-        "heldout": {"fraction": 0.5, "seed": 0, "splits": args.splits},
+        "heldout": {"fraction": 0.5, "seed": args.first_seed, "splits": args.splits},
         "space": AUTHORS_SPACE,
         "strategies": [
             {"name": "manual"},
@@ -263,9 +263,15 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
     if name in PUBLISHED:
         rec = result.recommended
         pub = PUBLISHED[name]
+        # PUBLISHED was measured on seeds 0-4: on other splits the comparison is only reported.
+        ho = result.spec.heldout
+        info = "" if (ho.seed, ho.splits) == (0, 5) else "INFO (other splits) "
         out.append(
-            (f"{name}: recommendation {rec.key} held-out {rec.heldout_f_mean:.4f} >= published {pub:.4f}",
-             rec.heldout_f_mean >= pub)
+            (
+                f"{name}: {info}recommendation {rec.key} held-out {rec.heldout_f_mean:.4f} "
+                f">= published {pub:.4f}",
+                rec.heldout_f_mean >= pub,
+            )
         )
         out.append(
             (f"{name}: GOAL recommendation {rec.heldout_f_mean:.4f} >= published + 1 point {pub + 0.01:.4f}",
@@ -290,6 +296,9 @@ def check_bars(name: str, result: JobResult) -> list[tuple[str, bool]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="first split's seed, +1 per split (PUBLISHED: seeds 0-4)"
+    )
     ap.add_argument("--budget", type=float, default=200)
     ap.add_argument("--strategies", default="manual,exact,random,bayes,rl")
     ap.add_argument("--sets", default="student,2020,teacher")
