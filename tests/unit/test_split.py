@@ -58,7 +58,10 @@ def _job(data: dict[str, str], out: Path) -> Any:
     raw: dict[str, Any] = {
         "name": "split-order",
         "data": data,
-        "space": {"kernels": [1, 5]},
+        "space": {
+            "kernels": [1, 5],
+            "boxes": {"step_filter_s": [0.32, 0.48], "merge": [{"abs": 0.2}, {"rel": 2.0}]},
+        },
         "strategies": [{"name": "manual"}, {"name": "exact", "budget": 20}],
         "heldout": {"fraction": 0.5, "seed": 3, "splits": 2},
         "folds": 3,
