@@ -202,15 +202,11 @@ def merge_boxes(found: ChangeBoxes, setting: BoxSetting) -> Boxes:
             first = np.r_[True, ~merge]
             last = np.r_[~merge, True]
             group = np.cumsum(first) - 1
-            length = (end - start).astype(np.float64)
             # A merged box's mean and maximum are over its whole span: members and the gaps
-            # merged over.
-            gap_len = (start[1:] - end[:-1]).astype(np.float64)
-            gap_sum = np.zeros(len(length))
-            gap_sum[:-1][merge] = found.gap_sum[:-1][merge]
-            gap_len_m = np.zeros(len(length))
-            gap_len_m[:-1][merge] = gap_len[merge]
-            mean = np.bincount(group, mean * length + gap_sum) / np.bincount(group, length + gap_len_m)
+            # merged over (gap i follows box i).
+            total = mean * (end - start)
+            total[:-1][merge] += found.gap_sum[:-1][merge]
+            mean = np.bincount(group, total) / (end[last] - start[first])
             top = np.full(int(group[-1]) + 1, -np.inf)
             np.maximum.at(top, group, peak)
             np.maximum.at(top, group[:-1][merge], found.gap_max[:-1][merge])
@@ -239,7 +235,7 @@ def _block_boxes(s: F64, clips: I64, half: float) -> tuple[npt.NDArray[np.generi
     delta = (integral(b + half) - 2.0 * csum + integral(b - half)) / half
     empty = (np.zeros(0, np.int64),) * 3 + (np.zeros(0),) * 5
     # Change points: every local extremum of Δ over the boundaries (module docstring, step 3).
-    # slope[:, j] is the sign of Δ(j + 1) - Δ(j); changes within DELTA_TOL are flat.
+    # step[:, j] = Δ(j + 1) - Δ(j); steps within DELTA_TOL are flat.
     step = delta[:, 1:] - delta[:, :-1]
     rows, js = np.nonzero(np.abs(step) > DELTA_TOL)
     if len(rows) == 0:
